@@ -1,0 +1,56 @@
+"""Shared fixtures: the real LIDC-IDRI-0001 series (read in place) and its conversion.
+
+Under CI (``CI=true``) a test that needs the real series fails when it is missing; elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LIDC_ROOT = (REPO_ROOT / ".." / "shared" / "data" / "lidc").resolve()
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        msg = f"real LIDC-IDRI data missing at {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lidc_root() -> Path:
+    """../shared/data/lidc: LIDC-IDRI-0001 (DICOM + XML) and luna16_annotations.csv."""
+    return _require(LIDC_ROOT / "LIDC-IDRI-0001").parent
+
+
+@pytest.fixture(scope="session")
+def lidc_series_dir(lidc_root) -> Path:
+    """The folder holding the 133 DICOM slices and 069.xml of LIDC-IDRI-0001."""
+    return next(lidc_root.glob("LIDC-IDRI-0001/*/*/"))
+
+
+@pytest.fixture(scope="session")
+def luna16_row(lidc_root) -> dict:
+    import csv
+
+    with open(lidc_root / "luna16_annotations.csv") as f:
+        row = next(csv.DictReader(f))
+    return {"series_uid": row["seriesuid"], "centre_lps": [float(row[k]) for k in ("coordX", "coordY", "coordZ")],
+            "diameter_mm": float(row["diameter_mm"])}
+
+
+@pytest.fixture(scope="session")
+def lidc_converted(lidc_root, tmp_path_factory) -> Path:
+    """LIDC-IDRI-0001 converted once per session by data_prep's convert (output folder)."""
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+
+    out = tmp_path_factory.mktemp("lidc_converted")
+    report = convert_dicom_root(lidc_root, out, ConvertOptions(progress=False))
+    assert len(report.converted) == 1 and not report.failed, report.as_dict()
+    return out
