@@ -64,11 +64,13 @@ class ConversionReport:
     reused: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)     # not wanted (non-CT, scout, ...)
     failed: list[dict] = field(default_factory=list)      # CT series / files we could not convert
+    warnings: list[str] = field(default_factory=list)
     n_nodules: int = 0
 
     def as_dict(self) -> dict:
         return {"out_dir": str(self.out_dir), "converted": self.converted, "reused": self.reused,
-                "skipped": self.skipped, "failed": self.failed, "n_nodules": self.n_nodules}
+                "skipped": self.skipped, "failed": self.failed, "warnings": self.warnings,
+                "n_nodules": self.n_nodules}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -206,6 +208,12 @@ def convert_dicom_root(input_root, out_dir, options: ConvertOptions | None = Non
             {"series_uid": s.series_uid, "folder": s.folder, "n_files": s.n_files, "reason": s.reason})
     for msg in unreadable:
         report.failed.append({"file": msg.split(": ", 1)[0], "reason": msg.split(": ", 1)[-1]})
+    known = {p.series_uid for p in plans} | {s.series_uid for s in skipped}
+    for uid, paths in xml_index.items():
+        if uid not in known:
+            for p in paths:
+                report.warnings.append(f"{p}: annotations for series {uid}, not found under {input_root}: ignored")
+                log.warning("%s", report.warnings[-1])
     todo = []
     for plan in plans:
         xmls = xml_index.get(plan.series_uid, [])
