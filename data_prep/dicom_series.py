@@ -19,6 +19,7 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ class SeriesPlan:
     tilt_offsets_mm: np.ndarray | None = None   # (n_slices, 2) in-plane (i, j) shift in mm, when tilted
     warnings: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def folder(self) -> Path:
         return Path(os.path.commonpath([str(f.parent) for f in self.files]))
 
