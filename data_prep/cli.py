@@ -91,11 +91,16 @@ def _cmd_demo(args) -> int:
         print(f"error: {source}: no CT series could be converted", file=sys.stderr)
         return EXIT_ERROR
     converted = (out / "converted").resolve()
-    datalist = write_datalist(converted, n_folds=min(5, max(2, n_ok)), val_fold=0, seed=args.seed, require_labels=False)
+    try:
+        datalist = write_datalist(converted, n_folds=min(5, max(2, n_ok)), val_fold=0, seed=args.seed, require_labels=False)
+    except DataPrepError as exc:   # e.g. one patient only: nothing to split into folds
+        datalist = None
+        print(f"datalist:  not written ({exc.problem})")
     print(f"images:    {converted / 'images'}")
     print(f"labels:    {converted / 'labels'}")
     print(f"nodules:   {converted / 'nodules.csv'}")
-    print(f"datalist:  {Path(datalist).resolve()}")
+    if datalist:
+        print(f"datalist:  {Path(datalist).resolve()}")
     print(f"report:    {converted / 'conversion_report.json'}")
     return EXIT_PARTIAL if report.failed else EXIT_OK
 

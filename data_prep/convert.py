@@ -296,3 +296,51 @@ def finalize_tables(out_dir: Path, report: ConversionReport) -> None:
     write_text_atomic(out_dir / "nodules.csv", _csv_text(NODULE_COLUMNS, nodules))
     write_text_atomic(out_dir / "small_marks.csv", _csv_text(SMALL_MARK_COLUMNS, small))
     write_text_atomic(out_dir / "conversion_report.json", json.dumps(report.as_dict(), indent=1, default=_json_default))
+
+
+# -------------------------------------------------------------------------------------------------
+# LUNA16: .mhd/.raw volumes + annotations.csv
+# -------------------------------------------------------------------------------------------------
+
+def convert_luna16_root(input_root, out_dir, annotations_csv, options: ConvertOptions | None = None) -> ConversionReport:
+    """Convert LUNA16 ``.mhd`` volumes under ``input_root``; nodule masks are spheres of the annotated
+    diameter at the annotated world (LPS) centre."""
+    from data_prep import luna16
+
+    options = options or ConvertOptions()
+    input_root, out_dir = Path(input_root), Path(out_dir)
+    if not input_root.exists():
+        raise InputNotFoundError(input_root, "no such file or folder")
+    _check_output_dir(out_dir)
+    report = ConversionReport(out_dir)
+    annotations = luna16.read_annotations(annotations_csv)
+    mhds = luna16.find_mhd_files(input_root)
+    if not mhds:
+        raise InputNotFoundError(input_root, "no .mhd files found")
+    for uid in luna16.unmatched_annotations(annotations, mhds):
+        report.warnings.append(f"{annotations_csv}: annotations for series {uid}, no {uid}.mhd under {input_root}: ignored")
+    todo = []
+    for mhd in mhds:
+        case_id = luna16.luna16_case_id(mhd.stem)
+        sig = _signature([mhd, mhd.with_suffix(".raw")] if mhd.with_suffix(".raw").exists() else [mhd], [annotations_csv],
+                         options.consensus)
+        if not options.force and is_complete(out_dir, case_id, sig):
+            report.reused.append(case_id)
+        else:
+            todo.append((mhd, sig))
+    from tqdm import tqdm
+
+    for mhd, sig in tqdm(todo, desc="convert", unit="case", disable=not options.progress or not todo, leave=False):
+        try:
+            case = luna16.load_luna16_case(mhd, annotations)
+            hu, geometry, mask = case.pop("hu_zyx"), case.pop("geometry"), case.pop("instance_mask")
+            records = case.pop("records")
+            meta = {**case, "study_uid": None, "source_dir": str(mhd.parent), "annotation_files": [str(annotations_csv)],
+                    "annotation_source": "luna16", "signature": sig, "nodules": records, "small_marks": []}
+            write_case(out_dir, meta, hu, geometry, mask)
+            report.converted.append(case["case_id"])
+        except DataPrepError as exc:
+            report.failed.append({"case_id": luna16.luna16_case_id(mhd.stem), "folder": str(mhd.parent), "reason": str(exc)})
+            log.error("%s", exc)
+    finalize_tables(out_dir, report)
+    return report
