@@ -54,3 +54,28 @@ def lidc_converted(lidc_root, tmp_path_factory) -> Path:
     report = convert_dicom_root(lidc_root, out, ConvertOptions(progress=False))
     assert len(report.converted) == 1 and not report.failed, report.as_dict()
     return out
+
+
+SYNTH_CASES = 4
+
+
+@pytest.fixture(scope="session")
+def synth_cohort(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A small synthetic DICOM cohort (4 cases, seed 0) and its ground truth, generated once per session."""
+    from data_prep.synth import CohortConfig, write_cohort
+
+    root = tmp_path_factory.mktemp("synth")
+    truth = write_cohort(root, CohortConfig(n_cases=SYNTH_CASES, seed=0))
+    return root, truth
+
+
+@pytest.fixture(scope="session")
+def synth_converted(synth_cohort, tmp_path_factory) -> Path:
+    """The synthetic cohort run through data_prep convert, like real data."""
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+
+    root, _ = synth_cohort
+    out = tmp_path_factory.mktemp("synth_converted")
+    report = convert_dicom_root(root / "dicom", out, ConvertOptions(progress=False))
+    assert len(report.converted) == SYNTH_CASES and not report.failed, report.as_dict()
+    return out
