@@ -1,0 +1,382 @@
+"""Post-processing: a nodule probability map -> a list of nodule candidates (+ their label map).
+
+Conventions (see :mod:`lungnod_ext.coords`): arrays are ``(z, y, x)`` = (slice k, row j, column i);
+voxel indices are ``(i, j, k)``; world positions are LPS millimetres.
+
+A candidate is one 3D connected component (26-connectivity) of ``prob >= threshold`` that is at least
+``min_volume_mm3`` large and, when a lung mask is given, comes within ``lung_dilate_mm`` of it
+(distances in mm, so anisotropic voxels are handled). Candidates are numbered 1..n by descending
+maximum probability (ties: larger first, then scan order); the label map carries the same ids.
+
+Each candidate is a plain dict (JSON-ready):
+
+* ``id``: 1..n; ``n_voxels``; ``volume_mm3``; ``diameter_mm`` (equivalent sphere)
+* ``centre_voxel``: centroid (i, j, k), fractional voxel indices
+* ``centre_lps``: centroid in LPS mm
+* ``bbox_voxel``: (i0, j0, k0, i1, j1, k1), end exclusive
+* ``bbox_lps_mm``: (x0, y0, z0, x1, y1, z1), the axis-aligned LPS box holding the voxels' full extent
+  (voxel centres +- half a voxel), min corner first
+* ``mean_hu`` (NaN without an HU image; ``null`` in JSON), ``max_prob``, ``mean_prob``
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data.meta_tensor import MetaTensor
+from monai.transforms import MapTransform, Transform
+from scipy import ndimage as ndi
+
+from data_prep.masks import equivalent_diameter_mm
+from data_prep.nifti_io import write_text_atomic
+from lungnod_ext.coords import LPS_TO_RAS, Geometry
+
+DEFAULT_MIN_VOLUME_MM3 = 10.0
+"""About a 2.7 mm sphere: just under LIDC's 3 mm nodule size, so an under-segmented 3 mm nodule survives."""
+DEFAULT_LUNG_DILATE_MM = 5.0
+"""Juxta-pleural nodules often sit just outside a classic (threshold-based) lung mask."""
+
+CANDIDATE_KEYS = ("id", "centre_voxel", "centre_lps", "bbox_voxel", "bbox_lps_mm", "diameter_mm", "volume_mm3",
+                  "mean_hu", "max_prob", "mean_prob", "n_voxels")
+
+_FLAT_COLUMNS = {
+    "centre_lps": ("centre_x_lps_mm", "centre_y_lps_mm", "centre_z_lps_mm"),
+    "centre_voxel": ("centre_i", "centre_j", "centre_k"),
+    "bbox_voxel": ("bbox_i0", "bbox_j0", "bbox_k0", "bbox_i1", "bbox_j1", "bbox_k1"),
+    "bbox_lps_mm": ("bbox_x0_lps_mm", "bbox_y0_lps_mm", "bbox_z0_lps_mm",
+                    "bbox_x1_lps_mm", "bbox_y1_lps_mm", "bbox_z1_lps_mm"),
+}
+CSV_COLUMNS = tuple(c for k in CANDIDATE_KEYS for c in _FLAT_COLUMNS.get(k, (k,)))
+"""The CSV header written by :func:`write_candidates` (extra candidate keys are appended after these)."""
+
+_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def _touches_lung(component_crop: np.ndarray, lung_crop: np.ndarray, spacing_zyx, dilate_mm: float) -> bool:
+    """Does the component come within ``dilate_mm`` (Euclidean, mm) of a lung voxel? Crops are (z, y, x)."""
+    if not lung_crop.any():
+        return False
+    if (component_crop & lung_crop).any():
+        return True
+    if dilate_mm <= 0:
+        return False
+    distance_mm = ndi.distance_transform_edt(~lung_crop, sampling=spacing_zyx)
+    return bool(distance_mm[component_crop].min() <= dilate_mm + 1e-6)
+
+
+def _bbox_lps(geometry: Geometry, bbox_ijk) -> list[float]:
+    """Voxel box (i0, j0, k0, i1, j1, k1) end exclusive -> LPS box (x0, y0, z0, x1, y1, z1) of the voxels' extent."""
+    lo = np.asarray(bbox_ijk[:3], dtype=float) - 0.5
+    hi = np.asarray(bbox_ijk[3:], dtype=float) - 0.5
+    corners = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
+                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    world = geometry.voxel_to_world(corners)
+    return [float(v) for v in world.min(axis=0)] + [float(v) for v in world.max(axis=0)]
+
+
+def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_zyx: np.ndarray | None = None,
+                                  lung_mask_zyx: np.ndarray | None = None, threshold: float = 0.5,
+                                  min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
+                                  lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM,
+                                  max_candidates: int | None = None) -> tuple[list[dict], np.ndarray]:
+    """Candidates of a probability map and their label map.
+
+    Args:
+        prob_zyx: (z, y, x) float probabilities in [0, 1] (a binary mask works too).
+        geometry: the grid of ``prob_zyx`` (LPS).
+        hu_zyx: optional (z, y, x) HU image for ``mean_hu``.
+        lung_mask_zyx: optional (z, y, x) lung mask (non-zero = lung). Components farther than
+            ``lung_dilate_mm`` from it are dropped. An empty lung mask (failed lung segmentation) is
+            ignored with a warning rather than dropping every candidate.
+        threshold: a voxel is foreground when ``prob >= threshold`` (MONAI ``AsDiscrete`` convention).
+        min_volume_mm3: smaller components are dropped.
+        lung_dilate_mm: the lung mask is grown by this many mm (Euclidean, anisotropic voxels handled).
+        max_candidates: keep only the first n (highest max probability); None keeps all.
+
+    Returns:
+        (candidates, label_map): the list described in the module docstring (empty when nothing passes),
+        and a (z, y, x) uint16 map whose value is the candidate ``id`` (0 = background).
+    """
+    prob = np.asarray(prob_zyx)
+    if prob.ndim != 3:
+        raise ValueError(f"prob_zyx must be 3D (z, y, x), got shape {prob.shape}")
+    if tuple(prob.shape) != geometry.shape_zyx:
+        raise ValueError(f"prob_zyx shape {prob.shape} does not match geometry (z, y, x) {geometry.shape_zyx}")
+    for name, arr in (("hu_zyx", hu_zyx), ("lung_mask_zyx", lung_mask_zyx)):
+        if arr is not None and tuple(np.shape(arr)) != tuple(prob.shape):
+            raise ValueError(f"{name} shape {np.shape(arr)} differs from prob_zyx shape {prob.shape}")
+
+    empty_map = np.zeros(prob.shape, dtype=np.uint16)
+    foreground = prob >= threshold
+    if not foreground.any():
+        return [], empty_map
+    labels, n_components = ndi.label(foreground, structure=_STRUCTURE_26)
+    voxel_mm3 = geometry.voxel_volume_mm3
+    counts = np.bincount(labels.ravel(), minlength=n_components + 1)
+    big_enough = np.nonzero(counts[1:] * voxel_mm3 >= min_volume_mm3 - 1e-9)[0] + 1
+    if big_enough.size == 0:
+        return [], empty_map
+
+    lung = None
+    if lung_mask_zyx is not None:
+        lung = np.asarray(lung_mask_zyx) != 0
+        if not lung.any():
+            warnings.warn("lung mask is empty: candidates are not restricted to the lung", stacklevel=2)
+            lung = None
+    spacing_zyx = np.asarray(geometry.spacing, dtype=float)[::-1]
+    margin = np.ceil(max(lung_dilate_mm, 0.0) / spacing_zyx).astype(int) + 1
+
+    objects = ndi.find_objects(labels)
+    found = []
+    for label in big_enough:
+        box = objects[label - 1]
+        component = labels[box] == label
+        if lung is not None:
+            lo = [max(s.start - m, 0) for s, m in zip(box, margin)]
+            hi = [min(s.stop + m, n) for s, m, n in zip(box, margin, prob.shape)]
+            wide = tuple(slice(a, b) for a, b in zip(lo, hi))
+            component_wide = np.zeros([b - a for a, b in zip(lo, hi)], dtype=bool)
+            component_wide[tuple(slice(s.start - a, s.stop - a) for s, a in zip(box, lo))] = component
+            if not _touches_lung(component_wide, lung[wide], spacing_zyx, lung_dilate_mm):
+                continue
+        values = prob[box][component].astype(np.float64)
+        z, y, x = np.nonzero(component)
+        z, y, x = z + box[0].start, y + box[1].start, x + box[2].start
+        n = int(z.size)
+        centre_ijk = np.array([x.mean(), y.mean(), z.mean()])
+        bbox = [box[2].start, box[1].start, box[0].start, box[2].stop, box[1].stop, box[0].stop]
+        volume = n * voxel_mm3
+        found.append({
+            "label": int(label),
+            "centre_voxel": [float(v) for v in centre_ijk],
+            "centre_lps": [float(v) for v in geometry.voxel_to_world(centre_ijk)],
+            "bbox_voxel": [int(v) for v in bbox],
+            "bbox_lps_mm": _bbox_lps(geometry, bbox),
+            "diameter_mm": equivalent_diameter_mm(volume),
+            "volume_mm3": float(volume),
+            "mean_hu": float(np.asarray(hu_zyx)[z, y, x].mean()) if hu_zyx is not None else float("nan"),
+            "max_prob": float(values.max()),
+            "mean_prob": float(values.mean()),
+            "n_voxels": n,
+        })
+
+    found.sort(key=lambda c: (-c["max_prob"], -c["n_voxels"], c["label"]))
+    if max_candidates is not None:
+        found = found[:max(int(max_candidates), 0)]
+    if len(found) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{len(found)} candidates do not fit a uint16 label map; set max_candidates")
+    lut = np.zeros(n_components + 1, dtype=np.uint16)
+    candidates = []
+    for new_id, c in enumerate(found, start=1):
+        lut[c.pop("label")] = new_id
+        candidates.append({"id": new_id, **c})
+    return candidates, lut[labels]
+
+
+def extract_candidates(prob_zyx: np.ndarray, geometry: Geometry, hu_zyx: np.ndarray | None = None,
+                       lung_mask_zyx: np.ndarray | None = None, threshold: float = 0.5,
+                       min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
+                       lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM,
+                       max_candidates: int | None = None) -> list[dict]:
+    """The candidate list of :func:`extract_candidates_and_labels` (same arguments), without the label map."""
+    return extract_candidates_and_labels(prob_zyx, geometry, hu_zyx, lung_mask_zyx, threshold, min_volume_mm3,
+                                         lung_dilate_mm, max_candidates)[0]
+
+
+# ------------------------------------------------------------------------------------------------ files
+def _json_value(v):
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, (float, np.floating)):
+        return None if not math.isfinite(float(v)) else float(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _flatten(candidate: Mapping) -> dict:
+    row = {}
+    for key, value in candidate.items():
+        if key in _FLAT_COLUMNS:
+            row.update(zip(_FLAT_COLUMNS[key], value))
+        elif isinstance(value, (list, tuple, np.ndarray)):
+            row.update({f"{key}_{n}": v for n, v in enumerate(value)})
+        else:
+            row[key] = value
+    return row
+
+
+def _csv_cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return "" if not math.isfinite(float(v)) else repr(float(v))
+    return str(v)
+
+
+def candidates_csv_text(candidates: Sequence[Mapping]) -> str:
+    """One CSV row per candidate with flattened columns (:data:`CSV_COLUMNS`, then any extra keys)."""
+    rows = [_flatten(c) for c in candidates]
+    columns = list(CSV_COLUMNS)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def write_candidates(candidates: Sequence[Mapping], json_path=None, csv_path=None,
+                     meta: Mapping | None = None) -> list[Path]:
+    """Write candidates as JSON and/or CSV, each atomically (a killed run leaves no half file).
+
+    JSON: ``{"case": meta["case"], "coordinate_system": "LPS", "units": "mm", <other meta keys>,
+    "candidates": [...]}``; NaN (e.g. ``mean_hu`` without an image) becomes ``null``.
+    CSV: header :data:`CSV_COLUMNS` (+ extra keys the candidates carry, e.g. a classifier probability),
+    one row per candidate; NaN is an empty cell. An empty list gives ``"candidates": []`` and a
+    header-only CSV. Returns the paths written.
+    """
+    meta = dict(meta or {})
+    written = []
+    if json_path is not None:
+        doc = {"case": meta.pop("case", None), "coordinate_system": "LPS", "units": "mm"}
+        doc.update({k: v for k, v in meta.items() if k not in doc and k != "candidates"})
+        doc["candidates"] = [dict(c) for c in candidates]
+        write_text_atomic(json_path, json.dumps(_json_value(doc), indent=2, allow_nan=False) + "\n")
+        written.append(Path(json_path))
+    if csv_path is not None:
+        write_text_atomic(csv_path, candidates_csv_text(candidates))
+        written.append(Path(csv_path))
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ MONAI
+def geometry_from_meta_tensor(img: MetaTensor) -> Geometry:
+    """LPS :class:`Geometry` of a channel-first MetaTensor ``(C, X, Y, Z)`` as MONAI's ``LoadImaged`` +
+    ``EnsureChannelFirstd`` give it: spatial index (i, j, k) = NIfTI voxel order, ``meta["affine"]`` in RAS
+    (or LPS when ``meta["space"] == "LPS"``, e.g. ITKReader with ``affine_lps_to_ras=False``)."""
+    if not isinstance(img, MetaTensor):
+        raise TypeError(f"expected a MetaTensor with an affine, got {type(img).__name__}")
+    if img.ndim != 4:
+        raise ValueError(f"expected a channel-first (C, X, Y, Z) image, got shape {tuple(img.shape)}; "
+                         "decollate batches before post-processing")
+    affine = np.asarray(img.affine.detach().cpu().numpy() if torch.is_tensor(img.affine) else img.affine, float)
+    if str(img.meta.get("space", "RAS")).upper() == "LPS":
+        affine = affine.copy()
+        affine[:3, :] = LPS_TO_RAS @ affine[:3, :]
+    return Geometry.from_affine_ras(affine, tuple(int(s) for s in img.shape[1:]))
+
+
+def _channel_zyx(img, channel: int = 0) -> np.ndarray:
+    """Channel ``channel`` of a (C, X, Y, Z) tensor/array -> (z, y, x) numpy."""
+    arr = img.detach().cpu().numpy() if torch.is_tensor(img) else np.asarray(img)
+    if arr.ndim != 4:
+        raise ValueError(f"expected a channel-first (C, X, Y, Z) array, got shape {arr.shape}")
+    return np.ascontiguousarray(arr[channel].transpose(2, 1, 0))
+
+
+def case_id_from_meta(img) -> str:
+    """File name of the image a MetaTensor was loaded from, without .nii/.nii.gz ("case" if unknown)."""
+    meta = getattr(img, "meta", {}) or {}
+    name = Path(str(meta.get("filename_or_obj", "") or "case")).name
+    for suffix in (".nii.gz", ".nii", ".mhd", ".nrrd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class ExtractCandidates(Transform):
+    """Array transform: a channel-first prediction ``(C, X, Y, Z)`` MetaTensor -> (candidates, label map).
+
+    ``prob_channel`` picks the foreground-probability channel (default -1: the only channel of a sigmoid
+    output, the foreground of a 2-channel softmax). ``image`` (HU) and ``lung_mask`` are optional
+    ``(C, X, Y, Z)`` arrays on the same grid (channel 0 is used). The label map comes back as an int32
+    ``(1, X, Y, Z)`` MetaTensor with the prediction's metadata, ready for ``SaveImage``.
+    Other arguments: see :func:`extract_candidates_and_labels`.
+    """
+
+    def __init__(self, threshold: float = 0.5, min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
+                 lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM, max_candidates: int | None = None,
+                 prob_channel: int = -1) -> None:
+        self.threshold = threshold
+        self.min_volume_mm3 = min_volume_mm3
+        self.lung_dilate_mm = lung_dilate_mm
+        self.max_candidates = max_candidates
+        self.prob_channel = prob_channel
+
+    def __call__(self, pred: MetaTensor, image=None, lung_mask=None) -> tuple[list[dict], MetaTensor]:
+        geometry = geometry_from_meta_tensor(pred)
+        prob = _channel_zyx(pred, self.prob_channel).astype(np.float32, copy=False)
+        hu = None
+        if image is not None:
+            hu = _channel_zyx(image)
+            if tuple(hu.shape) != tuple(prob.shape):
+                raise ValueError(f"image (z, y, x) {hu.shape} and pred {prob.shape} are on different grids: "
+                                 "invert the preprocessing (Invertd) before extracting candidates")
+            if hu.size and float(hu.min()) >= 0.0 and float(hu.max()) <= 1.0:
+                warnings.warn("the image looks windowed to [0, 1], not HU: mean_hu will not be in HU; "
+                              "point image_key at an unwindowed copy", stacklevel=2)
+        lung = _channel_zyx(lung_mask) if lung_mask is not None else None
+        candidates, label_map = extract_candidates_and_labels(
+            prob, geometry, hu, lung, self.threshold, self.min_volume_mm3, self.lung_dilate_mm, self.max_candidates)
+        labels = MetaTensor(torch.from_numpy(label_map.astype(np.int32).transpose(2, 1, 0).copy())[None],
+                            meta=dict(pred.meta))
+        return candidates, labels
+
+
+class ExtractCandidatesd(MapTransform):
+    """Dictionary twin of :class:`ExtractCandidates`, for a bundle's post-processing.
+
+    Reads ``data[keys]`` (the prediction, one key), ``data[image_key]`` (HU, optional: None or absent ->
+    ``mean_hu`` NaN) and ``data[lung_mask_key]`` (optional); writes the candidate list to
+    ``data[output_key]`` and the label map to ``data[labels_key]`` (skipped when None). With ``output_dir``
+    the list is also written as ``<output_dir>/<case>_candidates.json`` and ``.csv``, ``<case>`` being the
+    prediction's source file name without extension.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", image_key: str | None = "image",
+                 lung_mask_key: str | None = None, output_key: str = "candidates",
+                 labels_key: str | None = "candidate_labels", threshold: float = 0.5,
+                 min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3, lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM,
+                 max_candidates: int | None = None, prob_channel: int = -1, output_dir: str | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"ExtractCandidatesd takes one prediction key, got {self.keys}")
+        self.image_key = image_key
+        self.lung_mask_key = lung_mask_key
+        self.output_key = output_key
+        self.labels_key = labels_key
+        self.output_dir = output_dir
+        self.extractor = ExtractCandidates(threshold, min_volume_mm3, lung_dilate_mm, max_candidates, prob_channel)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d.get(self.image_key) if self.image_key is not None else None
+            lung = d.get(self.lung_mask_key) if self.lung_mask_key is not None else None
+            if self.lung_mask_key is not None and lung is None and not self.allow_missing_keys:
+                raise KeyError(f"lung mask key {self.lung_mask_key!r} not in data")
+            candidates, labels = self.extractor(d[key], image=image, lung_mask=lung)
+            d[self.output_key] = candidates
+            if self.labels_key is not None:
+                d[self.labels_key] = labels
+            if self.output_dir is not None:
+                case = case_id_from_meta(d[key])
+                out = Path(self.output_dir)
+                write_candidates(candidates, out / f"{case}_candidates.json", out / f"{case}_candidates.csv",
+                                 {"case": case, "source": str(d[key].meta.get("filename_or_obj", ""))})
+        return d

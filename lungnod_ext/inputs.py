@@ -1,0 +1,60 @@
+"""What a user hands to inference -> a list of ``{"image": <NIfTI path>}`` for a MONAI dataset.
+
+Accepted: a NIfTI file (.nii / .nii.gz), a folder of NIfTI files, a MONAI datalist JSON (its
+``testing`` list, else ``validation``), a LUNA16 ``.mhd`` file, or a folder of DICOM files (any
+nesting; every usable CT series is converted by data_prep's convert into ``<work_dir>``, with all of
+its checks, and the converted volumes are used).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data_prep.errors import InputNotFoundError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".nrrd")
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def resolve_inputs(path, work_dir) -> list[dict]:
+    """Inputs for inference (see module doc). Raises InputNotFoundError with a one-line reason."""
+    path = Path(str(path))
+    if not path.exists():
+        raise InputNotFoundError(path, "no such file or folder")
+    if _is_image_file(path):
+        return [{"image": str(path.resolve())}]
+    if path.is_file() and path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        key = next((k for k in ("testing", "validation", "training") if data.get(k)), None)
+        if key is None:
+            raise InputNotFoundError(path, "datalist has no testing/validation/training entries")
+        base = path.parent
+        return [{"image": str((base / e["image"]).resolve()) if isinstance(e, dict) else str((base / e).resolve())}
+                for e in data[key]]
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if _is_image_file(p))
+        if not images and (path / "images").is_dir():
+            images = sorted(p for p in (path / "images").iterdir() if _is_image_file(p))
+        if images:
+            return [{"image": str(p.resolve())} for p in images]
+        from data_prep.convert import ConvertOptions, convert_dicom_root
+
+        report = convert_dicom_root(path, work_dir, ConvertOptions(progress=False))
+        cases = report.converted + report.reused
+        if not cases:
+            reasons = "; ".join(f.get("reason", "") for f in report.failed + report.skipped)[:300]
+            raise InputNotFoundError(path, f"no usable CT series ({reasons or 'nothing found'})")
+        return [{"image": str((Path(work_dir) / "images" / f"{c}.nii.gz").resolve())} for c in sorted(cases)]
+    raise InputNotFoundError(path, "not a NIfTI / MetaImage file, datalist JSON or DICOM folder")
+
+
+def check_checkpoint(path) -> str:
+    """Fail early, in one line, when a config points at a missing checkpoint."""
+    p = Path(str(path))
+    if not p.is_file():
+        raise InputNotFoundError(p, "checkpoint not found: train the bundle first or set --ckpt_path")
+    return str(p)

@@ -1,0 +1,243 @@
+"""Candidates: thresholding + 26-connected components, filters, measurements, files, the MONAI wrapper."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+from data_prep.masks import sphere_mask
+from data_prep.nifti_io import write_nifti
+from lungnod_ext.candidates import (CSV_COLUMNS, ExtractCandidatesd, extract_candidates,
+                                    extract_candidates_and_labels, geometry_from_meta_tensor, write_candidates)
+from lungnod_ext.coords import Geometry
+
+SPACING = (0.7, 0.7, 2.5)  # (i, j, k) mm
+ORIGIN = (-150.0, -120.0, -300.0)  # LPS mm
+
+
+def geometry(shape_ijk=(64, 48, 24), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), origin=ORIGIN) -> Geometry:
+    return Geometry(origin, SPACING, tuple(float(v) for v in direction), shape_ijk)
+
+
+def test_components_are_measured_and_ordered_by_max_prob():
+    g = geometry()
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    prob[5:8, 10:20, 10:20] = 0.7                 # 3 x 10 x 10 = 300 voxels, max 0.7
+    prob[6, 15, 15] = 0.95                        # -> id 1
+    prob[15:17, 30:34, 40:46] = 0.9               # 2 x 4 x 6 = 48 voxels, max 0.9 (id 2)
+    prob[20, 40, 60] = 0.99                       # one voxel: 1.225 mm^3 < 10 mm^3 -> dropped
+    prob[2, 2, 2] = 0.4                           # below threshold
+    hu = np.full(g.shape_zyx, -800, dtype=np.int16)
+    hu[5:8, 10:20, 10:20] = 30
+    cands, labels = extract_candidates_and_labels(prob, g, hu_zyx=hu)
+    assert [c["id"] for c in cands] == [1, 2]
+    big, small = cands  # the big one holds the highest probability (0.95)
+    assert small["max_prob"] == pytest.approx(0.9) and big["max_prob"] == pytest.approx(0.95)
+    assert small["n_voxels"] == 48 and big["n_voxels"] == 300
+    assert big["volume_mm3"] == pytest.approx(300 * 0.7 * 0.7 * 2.5)
+    assert big["diameter_mm"] == pytest.approx((6 * big["volume_mm3"] / math.pi) ** (1 / 3))
+    assert big["centre_voxel"] == pytest.approx([14.5, 14.5, 6.0])
+    assert big["centre_lps"] == pytest.approx([-150 + 14.5 * 0.7, -120 + 14.5 * 0.7, -300 + 6 * 2.5])
+    assert big["bbox_voxel"] == [10, 10, 5, 20, 20, 8]
+    assert big["bbox_lps_mm"] == pytest.approx([-150 + 9.5 * 0.7, -120 + 9.5 * 0.7, -300 + 4.5 * 2.5,
+                                                -150 + 19.5 * 0.7, -120 + 19.5 * 0.7, -300 + 7.5 * 2.5])
+    assert big["mean_hu"] == pytest.approx(30.0) and small["mean_hu"] == pytest.approx(-800.0)
+    assert big["mean_prob"] == pytest.approx((299 * 0.7 + 0.95) / 300, rel=1e-6)
+    assert labels.dtype == np.uint16
+    assert (labels == 1).sum() == 300 and (labels == 2).sum() == 48 and labels.max() == 2
+    assert labels[20, 40, 60] == 0 and labels[2, 2, 2] == 0
+    # list version agrees; max_candidates keeps the best
+    assert extract_candidates(prob, g, hu_zyx=hu) == cands
+    top, top_labels = extract_candidates_and_labels(prob, g, max_candidates=1)
+    assert len(top) == 1 and top[0]["max_prob"] == pytest.approx(0.95) and top[0]["id"] == 1
+    assert set(np.unique(top_labels)) == {0, 1} and (top_labels == 1).sum() == 300
+    assert math.isnan(top[0]["mean_hu"])
+
+
+def test_26_connectivity_joins_diagonal_voxels():
+    g = geometry()
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    for n in range(6):  # a diagonal line through (z, y, x): corner-connected only
+        prob[5 + n, 10 + n, 10 + n] = 1.0
+    cands = extract_candidates(prob, g, min_volume_mm3=0)
+    assert len(cands) == 1 and cands[0]["n_voxels"] == 6
+
+
+def test_nothing_above_threshold_gives_empty_list():
+    g = geometry()
+    prob = np.full(g.shape_zyx, 0.49, dtype=np.float32)
+    cands, labels = extract_candidates_and_labels(prob, g)
+    assert cands == [] and labels.shape == g.shape_zyx and labels.max() == 0
+    assert extract_candidates(np.zeros(g.shape_zyx), g) == []
+
+
+def test_min_volume_in_mm3():
+    g = geometry()
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    prob[3, 3:6, 3:6] = 1.0  # 9 voxels = 11.025 mm^3
+    assert len(extract_candidates(prob, g, min_volume_mm3=11.0)) == 1
+    assert extract_candidates(prob, g, min_volume_mm3=11.1) == []
+
+
+def test_lung_filter_uses_mm_distances_on_anisotropic_voxels():
+    g = geometry()  # spacing x 0.7, y 0.7, z 2.5 mm
+    lung = np.zeros(g.shape_zyx, dtype=np.uint8)
+    lung[0:10, :, 0:30] = 1
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    prob[12:14, 20:24, 5:9] = 0.8       # 3 slices above the lung's last slice (9): 3 * 2.5 = 7.5 mm
+    prob[2:4, 20:24, 40:44] = 0.9       # 11 columns right of the lung's last column (29): 11 * 0.7 = 7.7 mm
+    prob[4:6, 30:34, 10:14] = 0.6       # inside the lung
+    def kept(dilate):
+        return sorted(round(c["max_prob"], 2) for c in extract_candidates(prob, g, lung_mask_zyx=lung,
+                                                                           lung_dilate_mm=dilate, min_volume_mm3=0))
+    assert kept(0.0) == [0.6]
+    assert kept(7.0) == [0.6]
+    assert kept(7.5) == [0.6, 0.8]          # z gap: 7.5 mm, would be 3 voxels if counted in voxels
+    assert kept(7.7) == [0.6, 0.8, 0.9]     # x gap: 7.7 mm, 11 voxels
+    assert len(extract_candidates(prob, g, min_volume_mm3=0)) == 3  # no lung mask: no filter
+
+
+def test_empty_lung_mask_warns_and_keeps_candidates():
+    g = geometry()
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    prob[5:8, 10:14, 10:14] = 0.8
+    with pytest.warns(UserWarning, match="lung mask is empty"):
+        cands = extract_candidates(prob, g, lung_mask_zyx=np.zeros(g.shape_zyx, dtype=bool))
+    assert len(cands) == 1
+
+
+def test_bad_shapes_are_reported():
+    g = geometry()
+    with pytest.raises(ValueError, match="does not match geometry"):
+        extract_candidates(np.zeros((3, 4, 5)), g)
+    with pytest.raises(ValueError, match="hu_zyx shape"):
+        extract_candidates(np.zeros(g.shape_zyx), g, hu_zyx=np.zeros((3, 4, 5)))
+
+
+def test_write_candidates_json_and_csv(tmp_path):
+    g = geometry()
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    prob[5:8, 10:20, 10:20] = 0.7
+    prob[15:17, 30:34, 40:46] = 0.9
+    cands = extract_candidates(prob, g)  # no HU: mean_hu NaN -> null / empty cell
+    cands[0]["cls_prob"] = np.float32(0.25)  # a later stage may add keys: they become extra CSV columns
+    cands[0]["reviewed"] = np.bool_(True)
+    paths = write_candidates(cands, tmp_path / "c.json", tmp_path / "c.csv", {"case": "case_001", "model": "m1"})
+    assert paths == [tmp_path / "c.json", tmp_path / "c.csv"]
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["case"] == "case_001" and doc["coordinate_system"] == "LPS" and doc["units"] == "mm"
+    assert doc["model"] == "m1" and len(doc["candidates"]) == 2
+    assert doc["candidates"][1]["mean_hu"] is None
+    assert doc["candidates"][0]["cls_prob"] == 0.25 and doc["candidates"][0]["reviewed"] is True
+    assert doc["candidates"][1]["centre_lps"] == pytest.approx(cands[1]["centre_lps"])
+    with open(tmp_path / "c.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[: len(CSV_COLUMNS)] == list(CSV_COLUMNS)
+    assert list(rows[0])[len(CSV_COLUMNS):] == ["cls_prob", "reviewed"]
+    assert float(rows[1]["centre_x_lps_mm"]) == pytest.approx(cands[1]["centre_lps"][0])
+    assert float(rows[1]["bbox_z1_lps_mm"]) == pytest.approx(cands[1]["bbox_lps_mm"][5])
+    assert int(rows[0]["bbox_k1"]) == cands[0]["bbox_voxel"][5]
+    assert rows[0]["mean_hu"] == "" and rows[0]["cls_prob"] == "0.25" and rows[1]["cls_prob"] == ""
+    assert not list(tmp_path.glob(".*part"))  # no temporary left behind
+
+
+def test_write_empty_candidates(tmp_path):
+    write_candidates([], tmp_path / "e.json", tmp_path / "e.csv", {"case": "empty"})
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc == {"case": "empty", "coordinate_system": "LPS", "units": "mm", "candidates": []}
+    assert (tmp_path / "e.csv").read_text() == ",".join(CSV_COLUMNS) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ MONAI
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, 1, 0, 0, 0, 1)],
+                         ids=["identity", "i_to_right"])
+def test_monai_loaded_nifti_gives_lps_centre(tmp_path, direction):
+    """NIfTI written by data_prep -> MONAI LoadImaged + EnsureChannelFirstd (C, X, Y, Z), RAS affine ->
+    ExtractCandidatesd -> the LPS centre of a blob placed at a known LPS position."""
+    g = geometry(shape_ijk=(80, 60, 20), direction=direction, origin=(-150.3, -120.7, -300.25))
+    blob_ijk = (50, 20, 12)
+    expected_lps = np.array(g.origin) + np.array(direction, float).reshape(3, 3) @ (np.array(SPACING) * blob_ijk)
+    if direction[0] == 1:
+        assert expected_lps == pytest.approx([-150.3 + 35.0, -120.7 + 14.0, -300.25 + 30.0])
+    else:
+        assert expected_lps == pytest.approx([-150.3 - 35.0, -120.7 + 14.0, -300.25 + 30.0])
+    blob = sphere_mask(g, expected_lps, 8.0).astype(bool)  # symmetric about a voxel centre
+    assert blob[12, 20, 50] and blob.sum() > 50
+    prob = np.where(blob, 0.9, 0.02).astype(np.float32)
+    hu = np.where(blob, 45, -850).astype(np.int16)
+    write_nifti(tmp_path / "pred.nii.gz", prob, g)
+    write_nifti(tmp_path / "img.nii.gz", hu, g)
+
+    load = Compose([LoadImaged(keys=["image", "pred"]), EnsureChannelFirstd(keys=["image", "pred"])])
+    data = load({"image": str(tmp_path / "img.nii.gz"), "pred": str(tmp_path / "pred.nii.gz")})
+    assert tuple(data["pred"].shape) == (1, 80, 60, 20)                       # (C, X, Y, Z)
+    assert np.allclose(data["pred"][0].numpy().transpose(2, 1, 0), prob)    # -> our (z, y, x)
+    g_loaded = geometry_from_meta_tensor(data["pred"])
+    assert g_loaded.shape == g.shape and np.allclose(g_loaded.affine_lps(), g.affine_lps(), atol=1e-4)
+
+    out = ExtractCandidatesd(keys="pred", image_key="image", output_dir=str(tmp_path / "cands"))(data)
+    cands = out["candidates"]
+    assert len(cands) == 1
+    assert cands[0]["centre_lps"] == pytest.approx(expected_lps.tolist(), abs=1e-3)
+    assert cands[0]["centre_voxel"] == pytest.approx(list(blob_ijk), abs=1e-6)
+    assert cands[0]["mean_hu"] == pytest.approx(45.0) and cands[0]["max_prob"] == pytest.approx(0.9)
+    labels = out["candidate_labels"]
+    assert isinstance(labels, MetaTensor) and tuple(labels.shape) == (1, 80, 60, 20)
+    assert np.array_equal(labels[0].numpy().transpose(2, 1, 0) == 1, blob)
+    assert torch.allclose(labels.affine.double(), data["pred"].affine.double())
+    doc = json.loads((tmp_path / "cands" / "pred_candidates.json").read_text())
+    assert doc["case"] == "pred" and doc["candidates"][0]["centre_lps"] == pytest.approx(expected_lps, abs=1e-3)
+    assert (tmp_path / "cands" / "pred_candidates.csv").exists()
+
+
+def test_dict_transform_two_channel_softmax_lung_mask_and_empty():
+    g = geometry(shape_ijk=(40, 30, 10))
+    fg = np.zeros(g.shape_zyx, dtype=np.float32)
+    fg[3:6, 5:10, 5:10] = 0.8        # in the lung
+    fg[3:6, 20:25, 30:35] = 0.9      # far from it
+    lung = np.zeros(g.shape_zyx, dtype=np.uint8)
+    lung[:, :15, :15] = 1
+    def to_cxyz(a):  # (z, y, x) -> (1, X, Y, Z)
+        return a.transpose(2, 1, 0)[None]
+
+    pred = MetaTensor(torch.from_numpy(np.concatenate([to_cxyz(1 - fg), to_cxyz(fg)]).copy()),
+                      affine=torch.from_numpy(g.affine_ras()))
+    data = {"pred": pred, "lung": MetaTensor(torch.from_numpy(to_cxyz(lung).copy()),
+                                             affine=torch.from_numpy(g.affine_ras()))}
+    out = ExtractCandidatesd(keys="pred", image_key=None, lung_mask_key="lung", lung_dilate_mm=2.0)(data)
+    assert len(out["candidates"]) == 1 and out["candidates"][0]["max_prob"] == pytest.approx(0.8)
+    assert out["candidates"][0]["centre_voxel"] == pytest.approx([7.0, 7.0, 4.0])
+    empty = {"pred": MetaTensor(torch.zeros(1, 40, 30, 10), affine=torch.from_numpy(g.affine_ras()))}
+    out = ExtractCandidatesd(keys="pred", image_key="image", allow_missing_keys=False)(empty)
+    assert out["candidates"] == [] and int(out["candidate_labels"].max()) == 0
+    with pytest.raises(KeyError, match="lung"):
+        ExtractCandidatesd(keys="pred", lung_mask_key="lung")(empty)
+
+
+def test_lps_space_meta_is_respected():
+    g = geometry(shape_ijk=(20, 20, 10))
+    pred = MetaTensor(torch.zeros(1, 20, 20, 10), affine=torch.from_numpy(g.affine_lps()), meta={"space": "LPS"})
+    assert np.allclose(geometry_from_meta_tensor(pred).affine_lps(), g.affine_lps())
+
+
+def test_windowed_image_warns_and_grid_mismatch_fails():
+    g = geometry(shape_ijk=(20, 20, 10))
+    prob = np.zeros((1, 20, 20, 10), dtype=np.float32)
+    prob[0, 5:9, 5:9, 3:6] = 0.9
+    affine = torch.from_numpy(g.affine_ras())
+    pred = MetaTensor(torch.from_numpy(prob), affine=affine)
+    windowed = MetaTensor(torch.full((1, 20, 20, 10), 0.3), affine=affine)
+    with pytest.warns(UserWarning, match="windowed"):
+        out = ExtractCandidatesd(keys="pred")({"pred": pred, "image": windowed})
+    assert len(out["candidates"]) == 1
+    with pytest.raises(ValueError, match="different grids"):
+        ExtractCandidatesd(keys="pred")({"pred": pred, "image": MetaTensor(torch.zeros(1, 10, 10, 5))})
+    with pytest.raises(ValueError, match="decollate"):
+        ExtractCandidatesd(keys="pred")({"pred": MetaTensor(torch.zeros(1, 1, 20, 20, 10), affine=affine)})
