@@ -29,7 +29,7 @@ from lungnod_ext.candidates import _channel_zyx, case_id_from_meta, geometry_fro
 from lungnod_ext.overlays import write_candidate_overlays
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted after."""
     old = None
     if final.exists():
@@ -65,7 +65,7 @@ def write_segmentation_report(case: str, prob_zyx: np.ndarray, hu_zyx: np.ndarra
         write_candidates(candidates, tmp / f"{case}_candidates.json", tmp / f"{case}_candidates.csv", info)
         if overlays and hu_zyx is not None:
             write_candidate_overlays(np.asarray(hu_zyx), labels_zyx, candidates, geometry, tmp / "overlays", case)
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,161 @@
+"""``lungnod``: the product's command line.
+
+    lungnod detect <DICOM folder | NIfTI | datalist> --out <dir>   two-stage nodule report
+    lungnod evaluate <detect output> --reference <converted dir>  stage 1 vs stage 1+2 metrics table
+    lungnod demo [--input <DICOM folder>] [--out demo_out]        the whole product on built-in data
+
+Bad input gives one line ``error: <path>: <problem>`` on stderr and exit code 2 (no traceback unless
+``--debug``); nothing partial is left in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from data_prep.errors import DataPrepError
+
+EXIT_OK, EXIT_ERROR = 0, 2
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    """``key=value`` strings -> dict; values parsed as JSON when they are JSON (numbers, lists), else strings."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: override {pair!r} is not key=value")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _cmd_detect(args) -> int:
+    from lungnod_ext.pipeline import PipelineConfig, detect
+
+    cfg = PipelineConfig(use_classifier=not args.no_classifier, probability_threshold=args.threshold,
+                         overlays=not args.no_overlays, dicom_seg=args.dicom_seg,
+                         seg_overrides=_overrides(args.seg), cls_overrides=_overrides(args.cls))
+    if args.seg_ckpt:
+        cfg.seg_ckpt = Path(args.seg_ckpt)
+    if args.cls_ckpt:
+        cfg.cls_ckpt = Path(args.cls_ckpt)
+    if args.three_d:
+        cfg.seg_config = ["configs/inference.json", "configs/inference_3d.json"]
+    summary = detect(args.input, args.out, cfg)
+    for case in summary["cases"]:
+        print(f"{case['case']}: {case['n_nodules']} nodule(s) from {case['n_candidates']} candidate(s)")
+    s = summary["seconds"]
+    print(f"seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()) + f"; peak memory {summary['peak_rss_mb']:.0f} MB")
+    print(f"report:  {Path(summary['output']) / 'report.html'}")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args) -> int:
+    from lungnod_ext.detection_evaluation import evaluate_pipeline, format_table
+
+    result = evaluate_pipeline(args.pred, args.reference, threshold=args.threshold)
+    print(format_table(result))
+    if args.json:
+        from data_prep.nifti_io import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=2, default=float) + "\n")
+        print(f"metrics: {Path(args.json).resolve()}")
+    return EXIT_OK
+
+
+def _cmd_demo(args) -> int:
+    from lungnod_ext.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lungnod", description="Lung nodule detection and delineation in chest CT.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("detect", help="DICOM folder / NIfTI -> nodule report (JSON, CSV, overlays, HTML)")
+    d.add_argument("input", help="a DICOM folder (any nesting), a NIfTI file or folder, or a datalist JSON")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--threshold", type=float, default=0.5, help="nodule probability threshold (0.5)")
+    d.add_argument("--no-classifier", action="store_true", help="stage 1 only (segmentation candidates)")
+    d.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
+    d.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG referencing the source series")
+    d.add_argument("--3d", dest="three_d", action="store_true", help="use the 3D segmentation overlay")
+    d.add_argument("--seg-ckpt", help="segmentation checkpoint (default <bundle>/models/model.pt)")
+    d.add_argument("--cls-ckpt", help="classification checkpoint (default <bundle>/models/model.pt)")
+    d.add_argument("--seg", action="append", metavar="KEY=VALUE", help="segmentation bundle config override")
+    d.add_argument("--cls", action="append", metavar="KEY=VALUE", help="classification bundle config override")
+    d.set_defaults(func=_cmd_detect)
+
+    e = sub.add_parser("evaluate", help="detect output vs reference nodules: stage 1 and stage 1+2 metrics")
+    e.add_argument("pred", help="output folder of 'lungnod detect'")
+    e.add_argument("--reference", required=True, help="data-prep convert output (nodules.csv, images/)")
+    e.add_argument("--threshold", type=float, default=0.5)
+    e.add_argument("--json", help="also write the metrics here")
+    e.set_defaults(func=_cmd_evaluate)
+
+    m = sub.add_parser("demo", help="the whole product on the built-in synthetic cohort (or --input DICOM)")
+    m.add_argument("--out", default="demo_out")
+    m.add_argument("--input", default=None, help="your DICOM folder (default: generate the synthetic cohort)")
+    m.add_argument("--cases", type=int, default=16)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--quick", action="store_true", help="a tiny run (about a minute) for smoke tests")
+    m.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _data_prep_error(exc: BaseException) -> DataPrepError | None:
+    """The DataPrepError in an exception's cause/context chain (MONAI wraps config errors in RuntimeError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DataPrepError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        warnings.filterwarnings("ignore")
+        logging.basicConfig(level=logging.WARNING, force=True)
+        for name in ("monai", "ignite", "mlflow", "lungnod_ext"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        known = _data_prep_error(exc)
+        if known is not None:
+            print(f"error: {known}", file=sys.stderr)
+        else:
+            root = _root_cause(exc)
+            where = getattr(args, "input", None) or getattr(args, "pred", None) or ""
+            print(f"error: {where}: {type(root).__name__}: {str(root).splitlines()[0] if str(root) else ''}",
+                  file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

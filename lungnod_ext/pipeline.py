@@ -1,0 +1,253 @@
+"""The two-stage product: CT (DICOM folder or NIfTI) in, nodule report out.
+
+Stages, each through the bundles' own configs (what ``python -m monai.bundle run inference`` runs):
+
+1. **inputs**: NIfTI as is; a DICOM folder is converted by data_prep (every check, int16 HU).
+2. **segment**: ``lung_nodule_ct_segmentation/configs/inference.json`` -> per case a mask on the
+   original grid and the candidate list (LPS mm).
+3. **classify**: ``lung_nodule_ct_classification/configs/inference.json`` scores every candidate
+   (``probability`` of nodule); skipped with ``use_classifier=False`` (stage 1 alone).
+4. **report**: candidates with probability >= ``probability_threshold`` are the nodules:
+   ``<out>/<case>/<case>_nodules.json`` / ``.csv``, overlay PNGs with the probability written on them,
+   the segmentation outputs, and ``<out>/report.html`` (one page, all cases) + ``<out>/summary.json``
+   (cases, counts, seconds per stage, peak memory).
+
+Every case folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.errors import OutputError
+from data_prep.nifti_io import read_nifti, write_text_atomic
+from lungnod_ext.bundle_paths import REPO_ROOT
+from lungnod_ext.candidates import write_candidates
+from lungnod_ext.inputs import resolve_inputs
+from lungnod_ext.overlays import write_candidate_overlays
+from lungnod_ext.report import replace_dir
+
+log = logging.getLogger(__name__)
+
+SEG_BUNDLE = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
+CLS_BUNDLE = REPO_ROOT / "bundles" / "lung_nodule_ct_classification"
+
+
+@dataclass
+class PipelineConfig:
+    """What :func:`detect` runs. Overrides are bundle config ids -> values (as ``--key value`` on the CLI)."""
+
+    seg_bundle: Path = SEG_BUNDLE
+    cls_bundle: Path = CLS_BUNDLE
+    seg_ckpt: Path | None = None          # default <seg_bundle>/models/model.pt
+    cls_ckpt: Path | None = None          # default <cls_bundle>/models/model.pt
+    seg_config: list[str] = field(default_factory=lambda: ["configs/inference.json"])
+    cls_config: list[str] = field(default_factory=lambda: ["configs/inference.json"])
+    seg_overrides: dict = field(default_factory=dict)
+    cls_overrides: dict = field(default_factory=dict)
+    use_classifier: bool = True
+    probability_threshold: float = 0.5
+    overlays: bool = True
+    dicom_seg: bool = False
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def check_output_dir(out_dir) -> Path:
+    """Create ``out_dir`` (and parents) and check it is writable; OutputError (one line) if not."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(out, f"output folder is not writable ({e.strerror or e})") from None
+    return out
+
+
+def run_bundle_inference(bundle: Path, config_files: list[str], datalist: list[dict], output_dir: Path,
+                         ckpt: Path | None, overrides: dict) -> None:
+    """Run a bundle's inference workflow in this process (MONAI ConfigWorkflow, run id ``run``) on ``datalist``."""
+    from monai.bundle import ConfigWorkflow
+
+    bundle = Path(bundle)
+    files = [str(bundle / c) for c in config_files]
+    args = {"bundle_root": str(bundle), "output_dir": str(output_dir), "datalist": datalist,
+            "ckpt_path": str(ckpt or bundle / "models" / "model.pt"), **overrides}
+    workflow = ConfigWorkflow(config_file=files, meta_file=str(bundle / "configs" / "metadata.json"),
+                              logging_file=False, workflow_type=None, **args)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _case_of(image: str) -> str:
+    name = Path(image).name
+    for suffix in (".nii.gz", ".nii", ".mhd", ".nrrd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], nodules: list[dict], out_dir: Path,
+                cfg: PipelineConfig, source_dicom: str | None, series_uid: str | None) -> dict:
+    final = out_dir / case
+    tmp = out_dir / f".{case}.part-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(seg_dir, tmp)
+    try:
+        meta = {"case": case, "source": image, "probability_threshold": cfg.probability_threshold,
+                "classifier": cfg.use_classifier, "n_candidates": len(candidates)}
+        write_candidates(nodules, tmp / f"{case}_nodules.json", tmp / f"{case}_nodules.csv", meta)
+        write_candidates(candidates, tmp / f"{case}_candidates.json", tmp / f"{case}_candidates.csv", meta)
+        overlays = []
+        if cfg.overlays:
+            shutil.rmtree(tmp / "overlays", ignore_errors=True)
+            hu, geometry = read_nifti(image)
+            labels, _ = read_nifti(tmp / f"{case}_labels.nii.gz")
+            keep = np.isin(labels, [int(n["id"]) for n in nodules]) if nodules else np.zeros(labels.shape, bool)
+            overlays = write_candidate_overlays(hu, keep, nodules, geometry, tmp / "overlays", case)
+        if cfg.dicom_seg and source_dicom:
+            from lungnod_ext.dicom_seg import write_dicom_seg
+
+            labels, geometry = read_nifti(tmp / f"{case}_labels.nii.gz")
+            ids = {int(n["id"]): i + 1 for i, n in enumerate(nodules)}
+            relabel = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
+            for old, new in ids.items():
+                relabel[old] = new
+            if nodules:
+                write_dicom_seg(relabel[labels], geometry, source_dicom, nodules, tmp / f"{case}_seg.dcm",
+                                series_uid=series_uid)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"case": case, "source": image, "n_candidates": len(candidates), "n_nodules": len(nodules),
+            "nodules": nodules, "folder": case,
+            "overlays": [str(Path(case) / "overlays" / p.name) for p in overlays]}
+
+
+def _html_report(summary: dict) -> str:
+    rows = []
+    for c in summary["cases"]:
+        nod_rows = "".join(
+            f"<tr><td>{n['id']}</td><td>{n.get('probability', float('nan')):.2f}</td><td>{n['diameter_mm']:.1f}</td>"
+            f"<td>{n['volume_mm3']:.0f}</td><td>({n['centre_lps'][0]:.1f}, {n['centre_lps'][1]:.1f}, "
+            f"{n['centre_lps'][2]:.1f})</td></tr>" for n in c["nodules"])
+        table = (f"<table><tr><th>id</th><th>probability</th><th>diameter mm</th><th>volume mm&sup3;</th>"
+                 f"<th>centre LPS mm</th></tr>{nod_rows}</table>" if c["nodules"] else "<p>No nodule found.</p>")
+        pics = "".join(f'<a href="{html.escape(p)}"><img src="{html.escape(p)}" alt="{html.escape(Path(p).name)}"></a>'
+                       for p in c["overlays"])
+        rows.append(f"<section><h2>{html.escape(c['case'])}</h2><p>{c['n_nodules']} nodule(s) from "
+                    f"{c['n_candidates']} candidate(s); source {html.escape(c['source'])}</p>{table}"
+                    f"<div class='pics'>{pics}</div></section>")
+    timing = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.2f}</td></tr>" for k, v in summary["seconds"].items())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>lungnod report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:560px;margin:4px;border:1px solid #333}}
+.note{{color:#a00}}</style></head><body>
+<h1>lungnod nodule report</h1>
+<p class="note">Research software, not a medical device: not for clinical decisions.</p>
+<p>{len(summary['cases'])} case(s), {sum(c['n_nodules'] for c in summary['cases'])} nodule(s) at probability
+&ge; {summary['probability_threshold']} ({'segmentation + classifier' if summary['classifier'] else 'segmentation only'}).
+Coordinates are LPS millimetres (DICOM patient space).</p>
+{''.join(rows)}
+<h2>Run</h2><table><tr><th>stage</th><th>seconds</th></tr>{timing}</table>
+<p>Peak memory {summary['peak_rss_mb']:.0f} MB.</p></body></html>
+"""
+
+
+def detect(input_path, out_dir, cfg: PipelineConfig | None = None) -> dict:
+    """Run the pipeline (module doc) on ``input_path`` into ``out_dir``; returns the summary dict."""
+    cfg = cfg or PipelineConfig()
+    created = not Path(out_dir).exists()
+    out = check_output_dir(out_dir)
+    work = out / f".work-{uuid.uuid4().hex[:8]}"
+    try:
+        return _detect(input_path, out, work, cfg)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if created:  # a run that failed leaves no output folder it made (a user's existing folder is kept)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _series_uid(converted: Path, case: str) -> str | None:
+    prov = converted / "provenance" / f"{case}.json"
+    return _read_json(prov).get("series_uid") if prov.is_file() else None
+
+
+def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    converted = out / "converted"
+    datalist = resolve_inputs(input_path, converted)
+    seconds["inputs"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    seg_out = work / "segmentation"
+    run_bundle_inference(cfg.seg_bundle, cfg.seg_config, datalist, seg_out, cfg.seg_ckpt, cfg.seg_overrides)
+    seconds["segment"] = time.perf_counter() - t0
+
+    per_case = {}
+    for item in datalist:
+        case = _case_of(item["image"])
+        doc = _read_json(seg_out / case / f"{case}_candidates.json")
+        per_case[case] = (item["image"], doc["candidates"])
+
+    t0 = time.perf_counter()
+    if cfg.use_classifier and any(c for _, c in per_case.values()):
+        cls_out = work / "classification"
+        cls_list = [{"image": img, "candidates": str(seg_out / case / f"{case}_candidates.json")}
+                    for case, (img, cands) in per_case.items() if cands]
+        run_bundle_inference(cfg.cls_bundle, cfg.cls_config, cls_list, cls_out, cfg.cls_ckpt, cfg.cls_overrides)
+        for case, (img, cands) in per_case.items():
+            if not cands:
+                continue
+            scored = {int(c["id"]): c for c in _read_json(cls_out / f"{case}_classified.json")["candidates"]}
+            for c in cands:
+                c["probability"] = float(scored[int(c["id"])]["probability"])
+                c["cls_prob"] = c["probability"]
+    else:
+        for _, cands in per_case.values():
+            for c in cands:
+                c["probability"] = float(c["max_prob"])
+    seconds["classify"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    source_dicom = str(input_path) if Path(input_path).is_dir() and converted.is_dir() else None
+    cases = []
+    for case, (img, cands) in per_case.items():
+        nodules = sorted((c for c in cands if c["probability"] >= cfg.probability_threshold),
+                         key=lambda c: -c["probability"])
+        cases.append(_write_case(case, img, seg_out / case, cands, nodules, out, cfg, source_dicom,
+                                 _series_uid(converted, case) if source_dicom else None))
+    summary = {"input": str(input_path), "output": str(out.resolve()), "probability_threshold": cfg.probability_threshold,
+               "classifier": cfg.use_classifier, "coordinate_system": "LPS", "units": "mm", "cases": cases,
+               "seconds": seconds}
+    seconds["report"] = time.perf_counter() - t0
+    seconds["total"] = sum(v for k, v in seconds.items() if k != "total")
+    summary["peak_rss_mb"] = _peak_rss_mb()
+    write_text_atomic(out / "report.html", _html_report(summary))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    return summary

@@ -1,0 +1,98 @@
+"""lungnod evaluate on hand-made cases with known answers (stage 1 vs stage 1+2)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep.nifti_io import write_nifti
+from lungnod_ext.candidates import _bbox_lps
+from lungnod_ext.coords import Geometry
+from lungnod_ext.detection_evaluation import evaluate_pipeline, format_table
+from lungnod_ext.cli import main
+
+GEOM = Geometry(origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), shape=(64, 64, 32))
+NODULES = {"A": [((20, 20, 10), 8.0), ((40, 40, 20), 6.0)], "B": [((30, 30, 15), 10.0)], "C": []}
+
+
+def _reference(root: Path) -> Path:
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for case, nods in NODULES.items():
+        write_nifti(root / "images" / f"{case}.nii.gz", np.zeros(GEOM.shape_zyx, np.int16), GEOM)
+        for n, ((i, j, k), d) in enumerate(nods, 1):
+            r = int(d // 2)
+            rows.append({"case_id": case, "nodule_id": n, "centre_x_lps_mm": i, "centre_y_lps_mm": j,
+                         "centre_z_lps_mm": k, "diameter_mm": d, "bbox_i0": i - r, "bbox_j0": j - r, "bbox_k0": k - r,
+                         "bbox_i1": i + r + 1, "bbox_j1": j + r + 1, "bbox_k1": k + r + 1})
+    with open(root / "nodules.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def _candidate(centre, d, max_prob, cls_prob=None):
+    i, j, k = centre
+    r = int(d // 2)
+    c = {"id": 0, "centre_lps": [float(i), float(j), float(k)], "diameter_mm": d, "max_prob": max_prob,
+         "bbox_lps_mm": _bbox_lps(GEOM, [i - r, j - r, k - r, i + r + 1, j + r + 1, k + r + 1])}
+    if cls_prob is not None:
+        c["cls_prob"] = c["probability"] = cls_prob
+    return c
+
+
+def _predictions(root: Path, per_case: dict) -> Path:
+    for case, cands in per_case.items():
+        for n, c in enumerate(cands, 1):
+            c["id"] = n
+        (root / case).mkdir(parents=True)
+        (root / case / f"{case}_candidates.json").write_text(json.dumps({"case": case, "candidates": cands}))
+    return root
+
+
+def test_perfect_detector_scores_one_and_classifier_removes_false_positives(tmp_path):
+    ref = _reference(tmp_path / "ref")
+    fp = (55.0, 10.0, 5.0)
+    preds = {case: [_candidate(c, d, 0.9, 0.95) for c, d in nods] for case, nods in NODULES.items()}
+    for case in preds:  # one confident stage-1 false positive per scan, rejected by the classifier
+        preds[case].append(_candidate(fp, 6.0, 0.99, 0.05))
+    result = evaluate_pipeline(_predictions(tmp_path / "pred", preds), ref)
+    s1, s12 = result["stage1"], result["stage1+2"]
+    assert s1["n_scans"] == 3 and s1["n_reference_nodules"] == 3
+    assert s1["sensitivity"] == 1.0 and s1["fp"] == 3 and s1["fp_per_scan"] == 1.0
+    # stage 1 ranks the FPs (0.99) above every TP (0.9): below 1 FP/scan nothing is found
+    assert s1["froc"]["0.5"] == 0.0 and s1["froc"]["1.0"] == 1.0
+    assert s12["fp"] == 0 and s12["sensitivity"] == 1.0 and s12["cpm"] == 1.0
+    assert s12["map_50"] == pytest.approx(1.0) and s12["map_50_95"] == pytest.approx(1.0)
+    assert s12["candidate_specificity"] == 1.0 and s12["candidate_auc"] == 1.0
+    assert s1["candidate_auc"] == 0.0
+    table = format_table(result)
+    assert "stage1+2" in table.splitlines()[0] and "cpm" in table
+
+
+def test_detector_that_misses_everything_scores_zero(tmp_path):
+    ref = _reference(tmp_path / "ref")
+    preds = {"A": [_candidate((5, 5, 5), 4.0, 0.8)], "B": [], "C": []}
+    result = evaluate_pipeline(_predictions(tmp_path / "pred", preds), ref)
+    assert "stage1+2" not in result
+    s1 = result["stage1"]
+    assert s1["sensitivity"] == 0.0 and s1["cpm"] == 0.0 and s1["map_50"] == 0.0
+    assert s1["fp"] == 1 and s1["fp_per_scan"] == pytest.approx(1 / 3)
+
+
+def test_cli_evaluate_prints_table_and_writes_json(tmp_path, capsys):
+    ref = _reference(tmp_path / "ref")
+    preds = {case: [_candidate(c, d, 0.7) for c, d in nods] for case, nods in NODULES.items()}
+    pred = _predictions(tmp_path / "pred", preds)
+    assert main(["evaluate", str(pred), "--reference", str(ref), "--json", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "sensitivity" in out and "stage1" in out
+    assert json.loads((tmp_path / "m.json").read_text())["stage1"]["sensitivity"] == 1.0
+    assert main(["evaluate", str(tmp_path / "nothing"), "--reference", str(ref)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "nothing" in err[0]
