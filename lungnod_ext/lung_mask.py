@@ -427,3 +427,12 @@ class LungMaskd(MapTransform):
         for key, output_key in self.key_iterator(d, self.output_keys):
             d[output_key] = self.masker(d[key])
         return d
+
+
+def lung_or_everything(mask):
+    """``select_fn`` for MONAI's CropForegroundd on a lung mask: the lung voxels, or the whole volume when the
+    mask is empty (a failed lung segmentation must not crop the scan away)."""
+    fg = mask > 0
+    if not bool(fg.any()):
+        fg = fg | True
+    return fg
