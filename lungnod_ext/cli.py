@@ -131,11 +131,20 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+class _OneLine(logging.Formatter):
+    """``warning: <message>``, like the ``error:`` line (data_prep's skipped-series notes, ...)."""
+
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         warnings.filterwarnings("ignore")
-        logging.basicConfig(level=logging.WARNING, force=True)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_OneLine())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
         for name in ("monai", "ignite", "mlflow", "lungnod_ext"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:

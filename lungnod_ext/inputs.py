@@ -20,9 +20,21 @@ def _is_image_file(p: Path) -> bool:
     return p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def resolve_inputs(path, work_dir) -> list[dict]:
-    """Inputs for inference (see module doc). Raises InputNotFoundError with a one-line reason."""
-    path = Path(str(path))
+def resolve_inputs(path, work_dir, check: bool = True) -> list[dict]:
+    """Inputs for inference (see module doc). Raises InputNotFoundError with a one-line reason.
+
+    With ``check`` every image goes through :func:`lungnod_ext.input_checks.check_ct_volume` first
+    (4D/RGB, NaN, constant, all-air and too-small volumes are refused before any model runs)."""
+    items = _resolve(Path(str(path)), work_dir)
+    if check:
+        from lungnod_ext.input_checks import check_ct_volume
+
+        for item in items:
+            check_ct_volume(item["image"])
+    return items
+
+
+def _resolve(path: Path, work_dir) -> list[dict]:
     if not path.exists():
         raise InputNotFoundError(path, "no such file or folder")
     if _is_image_file(path):
