@@ -1,0 +1,61 @@
+"""The stage-2 patch classifier: nodule vs non-nodule.
+
+The reference design's CNN: conv blocks (two 3x3 convolutions with batch norm and ReLU, then max
+pooling), dropout, and a fully connected head, one logit out. ``spatial_dims`` 2 takes axial patches
+``(B, 1, H, W)`` (the reference: 64 x 64 at 1 mm), 3 takes cubes ``(B, 1, D, H, W)`` (default 32^3 at
+1.25 mm). Any patch size works (global average pooling before the head). Output: ``(B, out_channels)``
+logits; apply a sigmoid for the nodule probability. TorchScript-able (``torch.jit.script`` and trace).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_GAP = {2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+
+
+def _block(dims: int, c_in: int, c_out: int, dropout: float) -> nn.Sequential:
+    conv, norm = _CONV[dims], _NORM[dims]
+    layers: list[nn.Module] = [conv(c_in, c_out, 3, padding=1, bias=False), norm(c_out), nn.ReLU(inplace=True),
+                               conv(c_out, c_out, 3, padding=1, bias=False), norm(c_out), nn.ReLU(inplace=True),
+                               _POOL[dims](2)]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class NoduleCNN(nn.Module):
+    """Patch classifier (module doc).
+
+    Args:
+        spatial_dims: 2 (axial patches) or 3 (cubes).
+        in_channels: input channels (1: CT windowed to [0, 1]).
+        out_channels: logits (1: nodule).
+        channels: feature channels of the conv blocks; each block halves the patch size.
+        dropout: dropout after each block (spatial features) and in the head.
+        hidden: width of the fully connected layer.
+    """
+
+    def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1,
+                 channels: Sequence[int] = (16, 32, 64, 128), dropout: float = 0.3, hidden: int = 64) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        blocks = []
+        c = in_channels
+        for i, ch in enumerate(channels):
+            blocks.append(_block(spatial_dims, c, int(ch), dropout * 0.5 if i < len(channels) - 1 else dropout))
+            c = int(ch)
+        self.features = nn.Sequential(*blocks)
+        self.pool = _GAP[spatial_dims](1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                  nn.Linear(hidden, out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))

@@ -1,0 +1,130 @@
+"""The classification bundle through `python -m monai.bundle run`: tiny training on synthetic patches
+(loss falls, AUC above an untrained model's), evaluation, inference on a CT + candidate list, on an
+empty list and on a single patch (as MONAI Label calls it), and the 2D reference overlay."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundles" / "lung_nodule_ct_classification"
+
+
+def run_bundle(args: list[str], cwd: Path = BUNDLE) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    from lungnod_ext.patches import build_patch_dataset
+
+    out = tmp_path_factory.mktemp("cls_demo")
+    subprocess.run([sys.executable, "-m", "data_prep", "-q", "demo", "--out", str(out)], check=True, timeout=300)
+    converted = out / "converted"
+    datalist = build_patch_dataset(converted, out / "patches", positive_copies=6, random_negatives_per_case=12)
+    return {"converted": converted, "patches": out / "patches", "datalist": json.loads(datalist.read_text())}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("cls_train")
+    run_bundle(["training", "--config_file", "configs/train.json", "--dataset_dir", str(data["patches"]),
+                "--output_dir", str(work / "eval"), "--ckpt_dir", str(work / "models"), "--epochs", "12",
+                "--val_interval", "3", "--num_workers", "0", "--batch_size", "16"])
+    return {"work": work, "ckpt": work / "models" / "model.pt"}
+
+
+def test_patch_dataset_is_balanced_enough_and_split_by_patient(data):
+    d = data["datalist"]
+    train_cases = {e["case"] for e in d["training"]}
+    assert train_cases and not train_cases & {e["case"] for e in d["validation"]}
+    labels = [e["label"][0] for e in d["training"]]
+    assert 0 < sum(labels) < len(labels)
+
+
+def test_training_loss_falls_and_checkpoint_layout(trained):
+    hist = json.loads((trained["work"] / "eval" / "train_history.json").read_text())
+    losses = [r["loss"] for r in hist]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    assert set(ckpt) == {"model"} and any(k.startswith("features") for k in ckpt["model"])
+
+
+def test_evaluate_trained_auc_beats_untrained(trained, data, tmp_path):
+    from lungnod_ext.classifier import NoduleCNN
+
+    torch.manual_seed(0)
+    untrained = tmp_path / "untrained.pt"
+    torch.save({"model": NoduleCNN(spatial_dims=3).state_dict()}, untrained)
+    res = {}
+    for name, ckpt in (("trained", trained["ckpt"]), ("untrained", untrained)):
+        run_bundle(["--config_file", "['configs/train.json','configs/evaluate.json']", "--dataset_dir",
+                    str(data["patches"]), "--output_dir", str(tmp_path / name), "--ckpt_path", str(ckpt),
+                    "--num_workers", "0"])
+        res[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    good, bad = res["trained"]["overall"], res["untrained"]["overall"]
+    assert res["trained"]["n_patches"] == len(data["datalist"]["validation"]) > 0
+    assert good["roc_auc"] > bad["roc_auc"] + 0.1 and good["roc_auc"] > 0.75, (good, bad)
+    assert {"sensitivity", "specificity", "precision", "f1"} <= set(good)
+    assert (tmp_path / "trained" / "patch_predictions.csv").read_text().startswith("image,case,kind,label,probability")
+
+
+def _candidates_json(path: Path, centres) -> Path:
+    path.write_text(json.dumps({"case": "x", "coordinate_system": "LPS",
+                                "candidates": [{"id": i + 1, "centre_lps": list(c), "max_prob": 0.9}
+                                               for i, c in enumerate(centres)]}))
+    return path
+
+
+def test_inference_on_ct_and_candidates(trained, data, tmp_path):
+    import csv
+
+    with open(data["converted"] / "nodules.csv") as f:
+        row = next(csv.DictReader(f))
+    image = data["converted"] / "images" / f"{row['case_id']}.nii.gz"
+    nodule = [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"]
+    cands = _candidates_json(tmp_path / "c.json", [nodule, [nodule[0] + 60, nodule[1], nodule[2]]])
+    run_bundle(["inference", "--config_file", "configs/inference.json", "--input", str(image), "--candidates",
+                str(cands), "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(trained["ckpt"])])
+    doc = json.loads((tmp_path / "out" / f"{row['case_id']}_classified.json").read_text())
+    probs = [c["probability"] for c in doc["candidates"]]
+    assert [c["id"] for c in doc["candidates"]] == [1, 2] and all(0.0 <= p <= 1.0 for p in probs)
+    assert (tmp_path / "out" / f"{row['case_id']}_classified.csv").read_text().count("\n") == 3
+
+    empty = _candidates_json(tmp_path / "e.json", [])
+    run_bundle(["inference", "--config_file", "configs/inference.json", "--input", str(image), "--candidates",
+                str(empty), "--output_dir", str(tmp_path / "out_empty"), "--ckpt_path", str(trained["ckpt"])])
+    assert json.loads((tmp_path / "out_empty" / f"{row['case_id']}_classified.json").read_text())["candidates"] == []
+
+
+def test_inference_on_a_single_patch(trained, data, tmp_path):
+    entry = next(e for e in data["datalist"]["validation"] if e["label"] == [1])
+    patch = data["patches"] / entry["image"]
+    run_bundle(["inference", "--config_file", "configs/inference.json", "--input", str(patch),
+                "--output_dir", str(tmp_path), "--ckpt_path", str(trained["ckpt"])])
+    doc = json.loads((tmp_path / f"{patch.stem}_classified.json").read_text())
+    assert len(doc["candidates"]) == 1 and 0.0 <= doc["candidates"][0]["probability"] <= 1.0
+
+
+def test_2d_reference_overlay_trains(data, tmp_path):
+    from lungnod_ext.patches import build_patch_dataset
+
+    build_patch_dataset(data["converted"], tmp_path / "p2d", spatial_dims=2, positive_copies=2,
+                        random_negatives_per_case=4)
+    run_bundle(["training", "--config_file", "['configs/train.json','configs/train_2d.json']", "--dataset_dir",
+                str(tmp_path / "p2d"), "--output_dir", str(tmp_path / "eval"), "--ckpt_dir", str(tmp_path / "models"),
+                "--epochs", "2", "--val_interval", "1", "--num_workers", "0"])
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    assert any(v.ndim == 4 for v in state.values()) and not any(v.ndim == 5 for v in state.values())

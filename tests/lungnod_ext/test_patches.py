@@ -1,0 +1,76 @@
+"""Patches cut in world space: a known sphere lands in the patch centre whatever the scan's voxel size;
+hard negatives come from the segmenter's false-positive candidates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data_prep.nifti_io import write_nifti
+from lungnod_ext.coords import Geometry
+from lungnod_ext.patches import balance_weights, balanced_sampler, build_patch_dataset, extract_patches
+
+
+def _sphere_volume(spacing, centre_lps=(10.0, -20.0, 30.0), radius=6.0):
+    shape = tuple(int(round(120 / s)) for s in spacing)
+    g = Geometry(origin=(-50.0, -80.0, -30.0), spacing=spacing, shape=shape)
+    zyx = np.indices(g.shape_zyx).reshape(3, -1).T
+    world = g.voxel_to_world(zyx[:, ::-1].astype(float))
+    inside = np.linalg.norm(world - np.asarray(centre_lps), axis=1) <= radius
+    hu = np.where(inside, 40.0, -900.0).reshape(g.shape_zyx).astype(np.float32)
+    return hu, g
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.5)])
+def test_sphere_at_the_patch_centre_with_fixed_physical_size(spacing):
+    hu, g = _sphere_volume(spacing)
+    p3 = extract_patches(hu, g, [(10.0, -20.0, 30.0)], (33, 33, 33), 1.0, 3)
+    assert p3.shape == (1, 1, 33, 33, 33)
+    inside = p3[0, 0] > -430
+    zc, yc, xc = np.argwhere(inside).mean(axis=0)
+    assert abs(zc - 16) < 1.0 and abs(yc - 16) < 1.0 and abs(xc - 16) < 1.0
+    # a 6 mm radius sphere sampled at 1 mm: about 4/3 pi 6^3 = 905 samples whatever the voxel size
+    assert 700 < inside.sum() < 1100
+    p2 = extract_patches(hu, g, [(10.0, -20.0, 30.0)], (33, 33), 1.0, 2)
+    assert p2.shape == (1, 1, 33, 33) and 90 < (p2[0, 0] > -430).sum() < 130  # pi 6^2 = 113
+    off = extract_patches(hu, g, [(10.0 + 12.0, -20.0, 30.0)], (33, 33), 1.0, 2)[0, 0]
+    assert (off > -430)[:, :6].sum() > 20 and not (off > -430)[:, 20:].any()  # the sphere 12 mm to -i of the centre
+
+
+def test_outside_the_scan_is_air():
+    hu, g = _sphere_volume((1.0, 1.0, 1.0))
+    p = extract_patches(hu, g, [(-50.0, -80.0, -30.0)], (16, 16, 16), 1.0, 3)[0, 0]
+    assert p[:7, :7, :7].max() == -1024.0
+
+
+def test_balanced_sampler_draws_half_positives():
+    data = [{"label": [1]}] * 10 + [{"label": [0]}] * 90
+    w = balance_weights(data, 0.5)
+    assert sum(w[:10]) == pytest.approx(0.5) and sum(w[10:]) == pytest.approx(0.5)
+    draws = [data[i]["label"][0] for i in balanced_sampler(data, 0.5, num_samples=4000, seed=1)]
+    assert 0.45 < np.mean(draws) < 0.55
+
+
+def test_build_dataset_uses_false_positive_candidates_as_hard_negatives(tmp_path):
+    hu, g = _sphere_volume((1.0, 1.0, 1.0))
+    conv = tmp_path / "converted"
+    (conv / "images").mkdir(parents=True)
+    write_nifti(conv / "images" / "C1.nii.gz", hu.astype(np.int16), g)
+    (conv / "nodules.csv").write_text("case_id,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm,diameter_mm\n"
+                                      "C1,10.0,-20.0,30.0,12.0\n")
+    (conv / "datalist.json").write_text(json.dumps({"training": [{"image": "images/C1.nii.gz"}], "validation": []}))
+    cands = tmp_path / "cands" / "C1"
+    cands.mkdir(parents=True)
+    (cands / "C1_candidates.json").write_text(json.dumps({"candidates": [
+        {"id": 1, "centre_lps": [11.0, -20.0, 30.0], "max_prob": 0.9},     # hits the nodule
+        {"id": 2, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.8}]}))   # a false positive
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=tmp_path / "cands", positive_copies=3,
+                               random_negatives_per_case=4)
+    d = json.loads(path.read_text())
+    kinds = [e["kind"] for e in d["training"]]
+    assert kinds.count("nodule") == 3 and kinds.count("candidate_hit") == 1 and kinds.count("hard_negative") == 1
+    assert all(e["label"] == [0] for e in d["training"] if e["kind"] in ("hard_negative", "lung"))
+    first = np.load(tmp_path / "patches" / d["training"][0]["image"])
+    assert first.shape == (32, 32, 32) and first.dtype == np.float32
