@@ -1,5 +1,5 @@
 # Two commands do all set-up and work on a fresh machine:
-#   make demo   - create .venv, install (torch pinned first), run the main job on the built-in synthetic data
+#   make demo   - create .venv, install (torch pinned first), run the whole product on built-in synthetic data
 #   make test   - create .venv, install, run the test suite
 # DATA=<folder of DICOM> makes `make demo` use your data instead of the synthetic cohort.
 PYTHON ?= python3
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/data-prep demo --out $(OUT) $(if $(DATA),--input $(DATA),)
+	$(BIN)/lungnod demo --out $(OUT) $(if $(DATA),--input $(DATA),)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) -q tests

@@ -145,8 +145,11 @@ def main(argv=None) -> int:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_OneLine())
         logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-        for name in ("monai", "ignite", "mlflow", "lungnod_ext"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        import monai.bundle.workflows  # noqa: F401  (creates MONAI's loggers, which we then quieten)
+
+        for name in list(logging.root.manager.loggerDict):
+            if name.split(".")[0] in ("monai", "ignite", "mlflow"):
+                logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.func(args)
     except KeyboardInterrupt:
