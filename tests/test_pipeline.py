@@ -40,7 +40,8 @@ def detect(inp, out, ckpts, *extra):
 
 def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts, tmp_path):
     # threshold 0.45 on a random net gives candidates to classify; they are what the report shows
-    proc = detect(lidc_series_dir, tmp_path / "out", ckpts, "--seg", "threshold=0.45", "--threshold", "0.0")
+    proc = detect(lidc_series_dir, tmp_path / "out", ckpts, "--seg", "threshold=0.45", "--threshold", "0.0",
+                  "--dicom-seg")
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["cases"]) == 1 and summary["coordinate_system"] == "LPS"
@@ -60,6 +61,15 @@ def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts,
     for png in case["overlays"]:
         assert (out / png).is_file()
     assert set(summary["seconds"]) >= {"inputs", "segment", "classify", "report", "total"}
+    # DICOM SEG: one segment per reported nodule, voxel for voxel the nodules' label map
+    from data_prep.nifti_io import read_nifti
+    from lungnod_ext.dicom_seg import read_dicom_seg
+
+    labels, geometry = read_nifti(folder / f"{case['case']}_labels.nii.gz")
+    expected = np.zeros(labels.shape, np.uint16)
+    for n, nod in enumerate(nodules, start=1):
+        expected[labels == nod["id"]] = n
+    np.testing.assert_array_equal(read_dicom_seg(folder / f"{case['case']}_seg.dcm", geometry), expected)
     assert not list(out.glob(".work-*")) and not list(out.glob(".*part*"))
     assert "report.html" in proc.stdout
 
