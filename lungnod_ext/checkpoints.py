@@ -54,3 +54,45 @@ class BestModelSaver:
             save_model(self.network, self.path)
             log.info("saved best model (%s=%.4f, epoch %d) to %s", getattr(engine.state, "key_metric_name", "metric"),
                      float(engine.state.best_metric), engine.state.epoch, self.path)
+
+
+class ResumableTraining:
+    """Trainer handler: after every epoch save ``{"model", "optimizer", "epoch", "iteration"}`` to
+    ``save_dir/resume.pt`` (atomically, replacing the previous one); with ``resume_from`` set, load such a
+    file when the run starts and continue after its epoch. A run killed mid-epoch therefore resumes at
+    the start of the epoch it was in. (The trainer engine is taken at ``attach``, so the config needs no
+    reference from a handler back to the trainer.)"""
+
+    def __init__(self, save_dir, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 resume_from=None, filename: str = "resume.pt") -> None:
+        self.path = Path(save_dir) / filename
+        self.network, self.optimizer = network, optimizer
+        self.resume_from = Path(resume_from) if resume_from else None
+
+    def attach(self, engine: Engine) -> None:
+        if self.resume_from is not None:
+            engine.add_event_handler(Events.STARTED, self._load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+
+    def _load(self, engine: Engine) -> None:
+        from data_prep.errors import InputNotFoundError
+
+        if not self.resume_from.is_file():
+            raise InputNotFoundError(self.resume_from, "resume checkpoint not found")
+        state = torch.load(self.resume_from, map_location="cpu", weights_only=True)
+        unwrap(self.network).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        engine.state.epoch, engine.state.iteration = int(state["epoch"]), int(state["iteration"])
+        log.info("resumed from %s after epoch %d", self.resume_from, engine.state.epoch)
+
+    def _save(self, engine: Engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+            return  # rank 0 alone writes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.part-{os.getpid()}")
+        try:
+            torch.save({"model": unwrap(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "epoch": engine.state.epoch, "iteration": engine.state.iteration}, tmp)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
