@@ -8,7 +8,8 @@ Stages, each through the bundles' own configs (what ``python -m monai.bundle run
 3. **classify**: ``lung_nodule_ct_classification/configs/inference.json`` scores every candidate
    (``probability`` of nodule); skipped with ``use_classifier=False`` (stage 1 alone).
 4. **report**: candidates with probability >= ``probability_threshold`` are the nodules:
-   ``<out>/<case>/<case>_nodules.json`` / ``.csv``, overlay PNGs with the probability written on them,
+   ``<out>/<case>/<case>_nodules.json`` / ``.csv``, overlay PNGs with the probability written on them, the
+   classifier's evidence map per nodule (GradCAM, ``<case>_candNNN_evidence.png``), optionally a DICOM SEG,
    the segmentation outputs, and ``<out>/report.html`` (one page, all cases) + ``<out>/summary.json``
    (cases, counts, seconds per stage, peak memory).
 
@@ -40,6 +41,8 @@ from lungnod_ext.report import replace_dir
 
 log = logging.getLogger(__name__)
 
+MAX_EXPLAINED = 10
+"""Evidence maps are drawn for the most probable nodules of a case only (about 1 s each on a CPU)."""
 SEG_BUNDLE = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
 CLS_BUNDLE = REPO_ROOT / "bundles" / "lung_nodule_ct_classification"
 
@@ -60,6 +63,7 @@ class PipelineConfig:
     probability_threshold: float = 0.5
     overlays: bool = True
     dicom_seg: bool = False
+    explain: bool = True                  # classifier evidence map (GradCAM) per reported nodule
 
 
 def _peak_rss_mb() -> float:
@@ -95,6 +99,41 @@ def run_bundle_inference(bundle: Path, config_files: list[str], datalist: list[d
     workflow.finalize()
 
 
+def _classifier(cfg: PipelineConfig):
+    """The classification bundle's network (checkpoint loaded, eval mode) and its patch settings."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(Path(cfg.cls_bundle) / c) for c in cfg.cls_config])
+    parser.update({"bundle_root": str(cfg.cls_bundle), **cfg.cls_overrides})
+    net = parser.get_parsed_content("network_def")
+    ckpt = cfg.cls_ckpt or Path(cfg.cls_bundle) / "models" / "model.pt"
+    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    settings = {k: parser.get_parsed_content(k) for k in ("spatial_dims", "patch_size", "spacing_mm", "hu_window")}
+    return net.eval(), settings
+
+
+def _write_evidence(image: str, nodules: list[dict], folder: Path, case: str, classifier) -> list[Path]:
+    """GradCAM evidence PNG per nodule (``overlays/<case>_candNNN_evidence.png``)."""
+    import torch
+
+    from lungnod_ext.explain import evidence_maps, write_evidence_png
+    from lungnod_ext.hu_window import HUWindow
+    from lungnod_ext.patches import extract_patches
+
+    net, st = classifier
+    hu, geometry = read_nifti(image)
+    patches = extract_patches(hu, geometry, [n["centre_lps"] for n in nodules], st["patch_size"], st["spacing_mm"],
+                              st["spatial_dims"])
+    window = HUWindow(preset=st["hu_window"])
+    x = torch.stack([torch.as_tensor(window(torch.from_numpy(p))) for p in patches])
+    maps = evidence_maps(net, x)
+    return [write_evidence_png(p[0], m, folder / "overlays" / f"{case}_cand{int(n['id']):03d}_evidence.png",
+                               f"cand {n['id']} p={n['probability']:.2f}")
+            for p, m, n in zip(patches, maps, nodules)]
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -108,7 +147,7 @@ def _case_of(image: str) -> str:
 
 
 def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], nodules: list[dict], out_dir: Path,
-                cfg: PipelineConfig, source_dicom: str | None, series_uid: str | None) -> dict:
+                cfg: PipelineConfig, source_dicom: str | None, series_uid: str | None, classifier=None) -> dict:
     final = out_dir / case
     tmp = out_dir / f".{case}.part-{uuid.uuid4().hex[:8]}"
     shutil.copytree(seg_dir, tmp)
@@ -124,6 +163,8 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
             labels, _ = read_nifti(tmp / f"{case}_labels.nii.gz")
             keep = np.isin(labels, [int(n["id"]) for n in nodules]) if nodules else np.zeros(labels.shape, bool)
             overlays = write_candidate_overlays(hu, keep, nodules, geometry, tmp / "overlays", case)
+            if classifier is not None and nodules:
+                overlays += _write_evidence(image, nodules[:MAX_EXPLAINED], tmp, case, classifier)
         if cfg.dicom_seg and source_dicom:
             from lungnod_ext.dicom_seg import write_dicom_seg
 
@@ -237,11 +278,14 @@ def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
     t0 = time.perf_counter()
     source_dicom = str(input_path) if Path(input_path).is_dir() and converted.is_dir() else None
     cases = []
+    explain = cfg.explain and cfg.use_classifier and cfg.overlays and any(
+        c["probability"] >= cfg.probability_threshold for _, cands in per_case.values() for c in cands)
+    classifier = _classifier(cfg) if explain else None
     for case, (img, cands) in per_case.items():
         nodules = sorted((c for c in cands if c["probability"] >= cfg.probability_threshold),
                          key=lambda c: -c["probability"])
         cases.append(_write_case(case, img, seg_out / case, cands, nodules, out, cfg, source_dicom,
-                                 _series_uid(converted, case) if source_dicom else None))
+                                 _series_uid(converted, case) if source_dicom else None, classifier))
     summary = {"input": str(input_path), "output": str(out.resolve()), "probability_threshold": cfg.probability_threshold,
                "classifier": cfg.use_classifier, "coordinate_system": "LPS", "units": "mm", "cases": cases,
                "seconds": seconds}

@@ -60,6 +60,8 @@ def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts,
     assert "<html" in html and case["case"] in html and "LPS" in html
     for png in case["overlays"]:
         assert (out / png).is_file()
+    evidence = [p for p in case["overlays"] if p.endswith("_evidence.png")]
+    assert len(evidence) == min(len(nodules), 10)  # the classifier's evidence map per reported nodule
     assert set(summary["seconds"]) >= {"inputs", "segment", "classify", "report", "total"}
     # DICOM SEG: one segment per reported nodule, voxel for voxel the nodules' label map
     from data_prep.nifti_io import read_nifti
