@@ -61,7 +61,8 @@ class ResumableTraining:
     ``save_dir/resume.pt`` (atomically, replacing the previous one); with ``resume_from`` set, load such a
     file when the run starts and continue after its epoch. A run killed mid-epoch therefore resumes at
     the start of the epoch it was in. (The trainer engine is taken at ``attach``, so the config needs no
-    reference from a handler back to the trainer.)"""
+    reference from a handler back to the trainer.) List it LAST among the trainer's handlers: its save then
+    follows the epoch's histories and validation, so a kill between them never loses an epoch's record."""
 
     def __init__(self, save_dir, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  resume_from=None, filename: str = "resume.pt") -> None:

@@ -18,7 +18,7 @@ def _write(path: Path, rows: list) -> None:
 class LossHistoryHandler:
     """Mean training loss of every epoch -> ``path`` as ``[{"epoch": 1, "loss": 0.61}, ...]``.
 
-    A run resumed from a checkpoint (the trainer starts at epoch e > 0) keeps the file's rows up to e.
+    A run resumed from a checkpoint keeps the file's rows of the epochs before the first one it trains.
     """
 
     def __init__(self, path, output_key: str = "loss"):
@@ -28,15 +28,13 @@ class LossHistoryHandler:
         self._sum, self._n = 0.0, 0
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._resume)
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_done)
 
-    def _resume(self, engine: Engine) -> None:
-        start = int(engine.state.epoch or 0)
-        if start > 0 and self.path.is_file():
-            self.rows = [r for r in json.loads(self.path.read_text()) if int(r["epoch"]) <= start]
+    def _resume(self, epoch: int) -> None:
+        if not self.rows and epoch > 1 and self.path.is_file():
+            self.rows = [r for r in json.loads(self.path.read_text()) if int(r["epoch"]) < epoch]
 
     def _reset(self, engine: Engine) -> None:
         self._sum, self._n = 0.0, 0
@@ -52,6 +50,7 @@ class LossHistoryHandler:
                 break
 
     def _epoch_done(self, engine: Engine) -> None:
+        self._resume(engine.state.epoch)
         self.rows.append({"epoch": engine.state.epoch, "loss": self._sum / max(self._n, 1), "iterations": self._n})
         _write(self.path, self.rows)
 
