@@ -183,14 +183,17 @@ def _convert_task(args):
         return plan.case_id, None, str(exc)
 
 
-def _check_output_dir(out_dir: Path) -> None:
+def check_output_dir(out_dir) -> Path:
+    """Create ``out_dir`` (and parents) and check it is writable; OutputError (one line) if not."""
+    out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(out_dir, f"output folder is not writable ({exc.strerror})") from None
+        raise OutputError(out_dir, f"output folder is not writable ({exc.strerror or exc})") from None
+    return out_dir
 
 
 def convert_dicom_root(input_root, out_dir, options: ConvertOptions | None = None) -> ConversionReport:
@@ -199,7 +202,7 @@ def convert_dicom_root(input_root, out_dir, options: ConvertOptions | None = Non
     input_root, out_dir = Path(input_root), Path(out_dir)
     if not input_root.exists():
         raise InputNotFoundError(input_root, "no such file or folder")
-    _check_output_dir(out_dir)
+    check_output_dir(out_dir)
     plans, skipped, unreadable = discover_series(input_root)
     xml_index = index_lidc_xml(input_root)
     report = ConversionReport(out_dir)
@@ -311,7 +314,7 @@ def convert_luna16_root(input_root, out_dir, annotations_csv, options: ConvertOp
     input_root, out_dir = Path(input_root), Path(out_dir)
     if not input_root.exists():
         raise InputNotFoundError(input_root, "no such file or folder")
-    _check_output_dir(out_dir)
+    check_output_dir(out_dir)
     report = ConversionReport(out_dir)
     annotations = luna16.read_annotations(annotations_csv)
     mhds = luna16.find_mhd_files(input_root)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.errors import OutputError
+from data_prep.convert import check_output_dir
 from data_prep.nifti_io import read_nifti, write_text_atomic
 from lungnod_ext.bundle_paths import REPO_ROOT
 from lungnod_ext.candidates import write_candidates
@@ -68,19 +68,6 @@ class PipelineConfig:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def check_output_dir(out_dir) -> Path:
-    """Create ``out_dir`` (and parents) and check it is writable; OutputError (one line) if not."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(out, f"output folder is not writable ({e.strerror or e})") from None
-    return out
 
 
 def run_bundle_inference(bundle: Path, config_files: list[str], datalist: list[dict], output_dir: Path,

@@ -10,26 +10,8 @@ from lungnod_ext.classifier import NoduleCNN
 from lungnod_ext.explain import evidence_maps, last_conv_layer, write_evidence_png
 
 
-def _trained_blob_detector():
-    """A 2D NoduleCNN trained until it separates patches with a bright blob in the top-left quadrant."""
-    torch.manual_seed(0)
-    net = NoduleCNN(spatial_dims=2, channels=(8, 16), dropout=0.0)
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    x = torch.rand(32, 1, 32, 32) * 0.2
-    y = (torch.arange(32) % 2).float()[:, None]
-    x[y[:, 0] == 1, :, 4:12, 4:12] += 0.8
-    for _ in range(40):
-        opt.zero_grad()
-        torch.nn.functional.binary_cross_entropy_with_logits(net(x), y).backward()
-        opt.step()
-    with torch.no_grad():
-        for _ in range(20):
-            net(x)
-    return net.eval(), x, y
-
-
-def test_evidence_peaks_on_the_blob():
-    net, x, y = _trained_blob_detector()
+def test_evidence_peaks_on_the_blob(blob_classifier):
+    net, x, y, _, _ = blob_classifier
     positives = x[y[:, 0] == 1][:4]
     maps = evidence_maps(net, positives)
     assert maps.shape == (4, 32, 32) and np.isfinite(maps).all()

@@ -1,0 +1,31 @@
+"""Fixtures shared by the lungnod_ext tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def blob_classifier():
+    """A 2D NoduleCNN trained until it separates 32x32 patches with a bright blob in the top-left quadrant
+    (label 1) from plain noise (label 0). Returns (net in eval mode, x, y, first loss, last loss)."""
+    from lungnod_ext.classifier import NoduleCNN
+
+    torch.manual_seed(0)
+    net = NoduleCNN(spatial_dims=2, channels=(8, 16), dropout=0.0)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    x = torch.rand(32, 1, 32, 32) * 0.2
+    y = (torch.arange(32) % 2).float()[:, None]
+    x[y[:, 0] == 1, :, 4:12, 4:12] += 0.8
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    first = loss_fn(net(x), y).item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # settle batch-norm running statistics on the final weights
+        for _ in range(20):
+            net(x)
+    return net.eval(), x, y, first, loss.item()
