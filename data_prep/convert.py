@@ -30,7 +30,7 @@ import numpy as np
 
 from data_prep import __version__
 from data_prep.annotations import SliceIndex, build_case_annotations
-from data_prep.dicom_series import SeriesPlan, SkippedSeries, discover_series, read_series_hu
+from data_prep.dicom_series import SeriesPlan, discover_series, read_series_hu
 from data_prep.errors import DataPrepError, InputNotFoundError, OutputError
 from data_prep.lidc_xml import parse_lidc_xml, read_series_uid
 from data_prep.nifti_io import write_nifti, write_text_atomic

@@ -52,7 +52,7 @@ def _cmd_detect(args) -> int:
     for case in summary["cases"]:
         print(f"{case['case']}: {case['n_nodules']} nodule(s) from {case['n_candidates']} candidate(s)")
     s = summary["seconds"]
-    print(f"seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()) + f"; peak memory {summary['peak_rss_mb']:.0f} MB")
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()) + f"; peak memory {summary['peak_rss_mb']:.0f} MB")
     print(f"report:  {Path(summary['output']) / 'report.html'}")
     return EXIT_OK
 

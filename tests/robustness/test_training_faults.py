@@ -5,7 +5,6 @@ the same losses and metrics twice in a row on CPU."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
