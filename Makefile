@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/lungnod demo --out $(OUT) $(if $(DATA),--input $(DATA),)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) -q tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) -q tests
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -63,10 +63,14 @@ def main() -> None:
         d = json.loads((patches / "datalist.json").read_text())
         work = out / f"cls_{dims}d"
         configs = "configs/train.json" if dims == 3 else "['configs/train.json','configs/train_2d.json']"
-        train_s = sh([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs,
-                      "--dataset_dir", str(patches), "--output_dir", str(work / "eval"), "--ckpt_dir",
-                      str(work / "models"), "--epochs", str(a.epochs), "--val_interval", "5", "--num_workers", "0"],
-                     cwd=CLS)
+        hist = work / "eval" / "train_history.json"
+        if hist.is_file() and len(json.loads(hist.read_text())) == a.epochs and (work / "models" / "model.pt").is_file():
+            train_s = float("nan")  # trained by an earlier run of this script: reuse
+        else:
+            train_s = sh([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs,
+                          "--dataset_dir", str(patches), "--output_dir", str(work / "eval"), "--ckpt_dir",
+                          str(work / "models"), "--epochs", str(a.epochs), "--val_interval", "5", "--num_workers",
+                          "0"], cwd=CLS)
         ev = configs[:-1] + ",'configs/evaluate.json']" if dims == 2 else "['configs/train.json','configs/evaluate.json']"
         sh([sys.executable, "-m", "monai.bundle", "run", "--config_file", ev, "--dataset_dir", str(patches),
             "--output_dir", str(work / "test"), "--ckpt_path", str(work / "models" / "model.pt"), "--num_workers", "0"],
@@ -83,7 +87,8 @@ def main() -> None:
     seg_args = ["--seg", f"network_def#backbone={a.seg_backbone}", "--seg", f"spacing={a.seg_spacing}"]
     cls3 = str(out / "cls_3d" / "models" / "model.pt")
     test_list = out / "test_datalist.json"
-    test_list.write_text(json.dumps({"testing": [{"image": str(data / e["image"])} for e in dl["testing"]]}))
+    held_out = dl.get("testing") or dl["validation"]  # a datalist without a test fold: its validation cases
+    test_list.write_text(json.dumps({"testing": [{"image": str(data / e["image"])} for e in held_out]}))
     lidc_conv = out / "lidc_converted"
     if not (lidc_conv / "nodules.csv").is_file():
         sh([sys.executable, "-m", "data_prep", "-q", "convert", str(LIDC), "--out", str(lidc_conv)])
