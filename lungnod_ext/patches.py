@@ -130,7 +130,7 @@ def balanced_sampler(data: Sequence[dict], pos_fraction: float = 0.5, num_sample
                                                   num_samples or len(data), replacement=True, generator=g)
 
 
-def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dims: int = 3,
+def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dims: int = 2,
                         patch_size: Sequence[int] | None = None, spacing_mm: float | None = None,
                         positive_copies: int = 4, jitter_mm: float = 2.0, random_negatives_per_case: int = 8,
                         seed: int = 0) -> Path:

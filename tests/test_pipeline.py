@@ -25,7 +25,7 @@ def ckpts(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
     torch.save({"model": FlexibleUNet(1, 1, "resnet18", pretrained=False, spatial_dims=2).state_dict()}, d / "seg.pt")
-    torch.save({"model": NoduleCNN(spatial_dims=3).state_dict()}, d / "cls.pt")
+    torch.save({"model": NoduleCNN(spatial_dims=2).state_dict()}, d / "cls.pt")
     return {"seg": d / "seg.pt", "cls": d / "cls.pt"}
 
 

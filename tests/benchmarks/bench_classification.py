@@ -7,7 +7,7 @@ on the real LIDC-IDRI-0001 series.
 Uses a converted cohort with a datalist (e.g. the one `bench_segmentation.py` writes) and a trained
 segmentation checkpoint: candidates on every case -> patches (hard negatives from the training cases'
 false positives) -> train the 3D and the 2D classifier (`monai.bundle run training`) -> evaluate both on
-the test patches -> `lungnod detect` (3D classifier) on the test cases and on LIDC-IDRI-0001 ->
+the test patches -> `lungnod detect` (2D classifier, the default) on the test cases and on LIDC-IDRI-0001 ->
 `lungnod evaluate`. Writes tests/benchmarks/results/classification.json.
 """
 
@@ -62,7 +62,7 @@ def main() -> None:
             build_patch_dataset(data, patches, candidates_dir=cands, spatial_dims=dims)
         d = json.loads((patches / "datalist.json").read_text())
         work = out / f"cls_{dims}d"
-        configs = "configs/train.json" if dims == 3 else "['configs/train.json','configs/train_2d.json']"
+        configs = "configs/train.json" if dims == 2 else "['configs/train.json','configs/train_3d.json']"
         hist = work / "eval" / "train_history.json"
         if hist.is_file() and len(json.loads(hist.read_text())) == a.epochs and (work / "models" / "model.pt").is_file():
             train_s = float("nan")  # trained by an earlier run of this script: reuse
@@ -71,7 +71,7 @@ def main() -> None:
                           "--dataset_dir", str(patches), "--output_dir", str(work / "eval"), "--ckpt_dir",
                           str(work / "models"), "--epochs", str(a.epochs), "--val_interval", "5", "--num_workers",
                           "0"], cwd=CLS)
-        ev = configs[:-1] + ",'configs/evaluate.json']" if dims == 2 else "['configs/train.json','configs/evaluate.json']"
+        ev = configs[:-1] + ",'configs/evaluate.json']" if dims == 3 else "['configs/train.json','configs/evaluate.json']"
         sh([sys.executable, "-m", "monai.bundle", "run", "--config_file", ev, "--dataset_dir", str(patches),
             "--output_dir", str(work / "test"), "--ckpt_path", str(work / "models" / "model.pt"), "--num_workers", "0"],
            cwd=CLS)
@@ -85,7 +85,7 @@ def main() -> None:
         print(f"{dims}D:", json.dumps(result["classifier"][f"{dims}d"]), flush=True)
 
     seg_args = ["--seg", f"network_def#backbone={a.seg_backbone}", "--seg", f"spacing={a.seg_spacing}"]
-    cls3 = str(out / "cls_3d" / "models" / "model.pt")
+    cls2 = str(out / "cls_2d" / "models" / "model.pt")
     test_list = out / "test_datalist.json"
     held_out = dl.get("testing") or dl["validation"]  # a datalist without a test fold: its validation cases
     test_list.write_text(json.dumps({"testing": [{"image": str(data / e["image"])} for e in held_out]}))
@@ -96,7 +96,7 @@ def main() -> None:
                            ("lidc_0001", next((lidc_conv / "images").glob("*.nii.gz")), lidc_conv)):
         rep = out / f"detect_{name}"
         secs = sh([sys.executable, "-m", "lungnod_ext", "detect", str(inp), "--out", str(rep), "--seg-ckpt", a.seg_ckpt,
-                   "--cls-ckpt", cls3, *seg_args])
+                   "--cls-ckpt", cls2, *seg_args])
         sh([sys.executable, "-m", "lungnod_ext", "evaluate", str(rep), "--reference", str(ref), "--json",
             str(out / f"eval_{name}.json")])
         ev = json.loads((out / f"eval_{name}.json").read_text())

@@ -118,7 +118,7 @@ def main() -> None:
         torch.save({"model": FlexibleUNet(1, 1, "resnet50", pretrained=False, spatial_dims=2).state_dict()}, seg)
     if not cls:
         cls = str(work / "cls.pt")
-        torch.save({"model": NoduleCNN(spatial_dims=3).state_dict()}, cls)
+        torch.save({"model": NoduleCNN(spatial_dims=2).state_dict()}, cls)
     series = next(LIDC.glob("LIDC-IDRI-0001/*/*/"))
     runs = []
     for r in range(a.reps):
@@ -135,7 +135,7 @@ def main() -> None:
     walls = [r["wall_s"] for r in runs]
     result = {"input": "LIDC-IDRI-0001 DICOM folder (133 slices)", "cpu_count": os.cpu_count(),
               "models": {"segmentation": "FlexibleUNet resnet50 2D" if not a.seg_ckpt else a.seg_ckpt,
-                         "classification": "NoduleCNN 3D" if not a.cls_ckpt else a.cls_ckpt},
+                         "classification": "NoduleCNN 2D" if not a.cls_ckpt else a.cls_ckpt},
               "median_wall_s": statistics.median(walls), "min_wall_s": min(walls), "max_wall_s": max(walls),
               "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs, "stage_profile": profile}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The classification bundle through `python -m monai.bundle run`: tiny training on synthetic patches
 (loss falls, AUC above an untrained model's), evaluation, inference on a CT + candidate list, on an
-empty list and on a single patch (as MONAI Label calls it), and the 2D reference overlay."""
+empty list and on a single patch (as MONAI Label calls it), and the 3D overlay."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_patch_dataset_is_balanced_enough_and_split_by_patient(data):
 def test_training_loss_falls_and_checkpoint_layout(trained):
     hist = json.loads((trained["work"] / "eval" / "train_history.json").read_text())
     losses = [r["loss"] for r in hist]
-    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
+    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
     ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model"} and any(k.startswith("features") for k in ckpt["model"])
 
@@ -67,7 +67,7 @@ def test_evaluate_trained_auc_beats_untrained(trained, data, tmp_path):
 
     torch.manual_seed(0)
     untrained = tmp_path / "untrained.pt"
-    torch.save({"model": NoduleCNN(spatial_dims=3).state_dict()}, untrained)
+    torch.save({"model": NoduleCNN(spatial_dims=2).state_dict()}, untrained)
     res = {}
     for name, ckpt in (("trained", trained["ckpt"]), ("untrained", untrained)):
         run_bundle(["--config_file", "['configs/train.json','configs/evaluate.json']", "--dataset_dir",
@@ -118,13 +118,18 @@ def test_inference_on_a_single_patch(trained, data, tmp_path):
     assert len(doc["candidates"]) == 1 and 0.0 <= doc["candidates"][0]["probability"] <= 1.0
 
 
-def test_2d_reference_overlay_trains(data, tmp_path):
+def test_3d_overlay_trains_and_infers(data, tmp_path):
     from lungnod_ext.patches import build_patch_dataset
 
-    build_patch_dataset(data["converted"], tmp_path / "p2d", spatial_dims=2, positive_copies=2,
+    build_patch_dataset(data["converted"], tmp_path / "p3d", spatial_dims=3, positive_copies=2,
                         random_negatives_per_case=4)
-    run_bundle(["training", "--config_file", "['configs/train.json','configs/train_2d.json']", "--dataset_dir",
-                str(tmp_path / "p2d"), "--output_dir", str(tmp_path / "eval"), "--ckpt_dir", str(tmp_path / "models"),
+    run_bundle(["training", "--config_file", "['configs/train.json','configs/train_3d.json']", "--dataset_dir",
+                str(tmp_path / "p3d"), "--output_dir", str(tmp_path / "eval"), "--ckpt_dir", str(tmp_path / "models"),
                 "--epochs", "2", "--val_interval", "1", "--num_workers", "0"])
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
-    assert any(v.ndim == 4 for v in state.values()) and not any(v.ndim == 5 for v in state.values())
+    assert any(v.ndim == 5 for v in state.values())
+    patch = next((tmp_path / "p3d" / "patches").glob("*.npy"))
+    run_bundle(["inference", "--config_file", "['configs/inference.json','configs/inference_3d.json']", "--input",
+                str(patch), "--output_dir", str(tmp_path / "inf"), "--ckpt_path", str(tmp_path / "models" / "model.pt")])
+    doc = json.loads((tmp_path / "inf" / f"{patch.stem}_classified.json").read_text())
+    assert len(doc["candidates"]) == 1

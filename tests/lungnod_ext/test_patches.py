@@ -73,4 +73,4 @@ def test_build_dataset_uses_false_positive_candidates_as_hard_negatives(tmp_path
     assert kinds.count("nodule") == 3 and kinds.count("candidate_hit") == 1 and kinds.count("hard_negative") == 1
     assert all(e["label"] == [0] for e in d["training"] if e["kind"] in ("hard_negative", "lung"))
     first = np.load(tmp_path / "patches" / d["training"][0]["image"])
-    assert first.shape == (32, 32, 32) and first.dtype == np.float32
+    assert first.shape == (64, 64) and first.dtype == np.float32  # the default: 2D, 64 x 64 at 1 mm
