@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-classifier", action="store_true", help="stage 1 only (segmentation candidates)")
     d.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
     d.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG referencing the source series")
-    d.add_argument("--no-explain", action="store_true", help="skip the classifier evidence maps (GradCAM)")
+    d.add_argument("--no-explain", action="store_true", help="skip the classifier evidence maps (occlusion sensitivity)")
     d.add_argument("--3d", dest="three_d", action="store_true", help="use the 3D segmentation overlay")
     d.add_argument("--seg-ckpt", help="segmentation checkpoint (default <bundle>/models/model.pt)")
     d.add_argument("--cls-ckpt", help="classification checkpoint (default <bundle>/models/model.pt)")

@@ -9,7 +9,7 @@ Stages, each through the bundles' own configs (what ``python -m monai.bundle run
    (``probability`` of nodule); skipped with ``use_classifier=False`` (stage 1 alone).
 4. **report**: candidates with probability >= ``probability_threshold`` are the nodules:
    ``<out>/<case>/<case>_nodules.json`` / ``.csv``, overlay PNGs with the probability written on them, the
-   classifier's evidence map per nodule (GradCAM, ``<case>_candNNN_evidence.png``), optionally a DICOM SEG,
+   classifier's evidence map per nodule (occlusion sensitivity, ``<case>_candNNN_evidence.png``), optionally a DICOM SEG,
    the segmentation outputs, and ``<out>/report.html`` (one page, all cases) + ``<out>/summary.json``
    (cases, counts, seconds per stage, peak memory).
 
@@ -62,7 +62,7 @@ class PipelineConfig:
     probability_threshold: float = 0.5
     overlays: bool = True
     dicom_seg: bool = False
-    explain: bool = True                  # classifier evidence map (GradCAM) per reported nodule
+    explain: bool = True                  # classifier evidence map (occlusion sensitivity) per reported nodule
 
 
 def _peak_rss_mb() -> float:
@@ -101,7 +101,7 @@ def _classifier(cfg: PipelineConfig):
 
 
 def _write_evidence(image: str, nodules: list[dict], folder: Path, case: str, classifier) -> list[Path]:
-    """GradCAM evidence PNG per nodule (``overlays/<case>_candNNN_evidence.png``)."""
+    """Evidence PNG (occlusion sensitivity) per nodule (``overlays/<case>_candNNN_evidence.png``)."""
     import torch
 
     from lungnod_ext.explain import evidence_maps, write_evidence_png
