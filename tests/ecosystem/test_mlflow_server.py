@@ -103,34 +103,14 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    """8 synthetic cases converted (6 training, 2 validation), made while the server starts."""
-    out = tmp_path_factory.mktemp("mlflow_demo")
-    subprocess.run([sys.executable, "-m", "data_prep", "-q", "demo", "--out", str(out)], check=True,
-                   capture_output=True, timeout=300)
-    return out / "converted"
-
-
-def dataset_dir(bundle: str, cohort: Path) -> Path:
-    if bundle == "lung_nodule_ct_classification":
-        from lungnod_ext.patches import build_patch_dataset
-
-        patches = cohort.parent / "patches"
-        if not (patches / "datalist.json").is_file():
-            build_patch_dataset(cohort, patches, positive_copies=2, random_negatives_per_case=4)
-        return patches
-    return cohort
-
-
 @pytest.fixture(scope="module", params=BUNDLES)
-def tracked(request, server, cohort, tmp_path_factory) -> dict:
+def tracked(request, server, cohort, bundle_dataset, tmp_path_factory) -> dict:
     """One tiny training per bundle, tracked on the server; the run read back over HTTP."""
     from mlflow.tracking import MlflowClient
 
     bundle = request.param
     spec = BUNDLE_SPECS[bundle]
-    data = dataset_dir(bundle, cohort)
+    data = bundle_dataset(bundle)
     server.wait_ready()
     work = tmp_path_factory.mktemp(f"tracked_{bundle}")
     experiment = f"lungnod_server_{bundle}"

@@ -89,26 +89,6 @@ def test_recorder_writes_rank0_file_without_distributed(tmp_path):
 # ---------------------------------------------------------------- torchrun, 2 processes, gloo
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    """8 synthetic cases converted: 6 training (3 per rank), 2 validation."""
-    out = tmp_path_factory.mktemp("ddp_demo")
-    subprocess.run([sys.executable, "-m", "data_prep", "-q", "demo", "--out", str(out)], check=True,
-                   capture_output=True, timeout=300)
-    return out / "converted"
-
-
-def _dataset_dir(bundle: str, cohort: Path) -> Path:
-    if bundle == "lung_nodule_ct_classification":
-        from lungnod_ext.patches import build_patch_dataset
-
-        patches = cohort.parent / "patches"
-        if not (patches / "datalist.json").is_file():
-            build_patch_dataset(cohort, patches, positive_copies=2, random_negatives_per_case=4)
-        return patches
-    return cohort
-
-
 def _rank_logs(log_dir: Path) -> dict[int, str]:
     """Per local rank, stdout + stderr as torchrun's --redirects wrote them (<log_dir>/<run>/attempt_0/<rank>/)."""
     logs: dict[int, str] = {}
@@ -119,10 +99,10 @@ def _rank_logs(log_dir: Path) -> dict[int, str]:
 
 
 @pytest.fixture(scope="module", params=BUNDLES)
-def ddp(request, cohort, tmp_path_factory) -> dict:
+def ddp(request, cohort, bundle_dataset, tmp_path_factory) -> dict:
     bundle = request.param
     bundle_dir = REPO / "bundles" / bundle
-    data = _dataset_dir(bundle, cohort)
+    data = bundle_dataset(bundle)
     work = tmp_path_factory.mktemp(f"ddp_{bundle}")
     configs = ["configs/train.json", "configs/multi_gpu_train.json"]
     if "BatchCaseRecorder" not in (bundle_dir / "configs" / "multi_gpu_train.json").read_text():
