@@ -1,11 +1,17 @@
 """The whole pipeline on LIDC-IDRI-0001 on this machine: `lungnod detect <DICOM folder>` wall seconds and
 peak memory, and where the time goes per stage (load, preprocess, segment, candidates, classify, write).
 
-    python tests/benchmarks/bench_pipeline.py [--reps 3] [--seg-ckpt P --cls-ckpt P]
+    python tests/benchmarks/bench_pipeline.py [--reps 3] [--seg-ckpt P --cls-ckpt P] [--no-anchor]
 
 Default models are the bundles' defaults (2D ResNet-50 FlexibleUNet, 3D NoduleCNN) with random weights
 unless checkpoints are given: timing does not depend on the weights' values, but the number of
 candidates does (each is classified), so the candidate count is printed beside the times.
+
+Side by side in the same run (unless ``--no-anchor``): the anchor a user would pick instead, the MONAI model
+zoo's lung_nodule_ct_detection RetinaNet (tests/benchmarks/zoo_retinanet_anchor.py: the zoo's published
+inference configuration, random weights, timing only) on the same volume at the zoo's resolution, as a
+fresh process with the same threads; it needs torchvision, so it runs in the MONAI Label venv
+(tests/ecosystem/monailabel_env.sh builds or reuses it).
 Writes tests/benchmarks/results/pipeline.json.
 """
 
@@ -27,6 +33,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
+ANCHOR = Path(__file__).resolve().parent / "zoo_retinanet_anchor.py"
+ENV_SCRIPT = REPO / "tests" / "ecosystem" / "monailabel_env.sh"
 
 
 def measured(cmd: list[str]) -> tuple[float, float, str]:
@@ -98,12 +106,26 @@ def stage_profile(image: str, seg_ckpt: str, cls_ckpt: str, work: Path) -> dict:
             "segment_input_shape": list(d["image"].shape)}
 
 
+def run_anchor(image: str) -> dict:
+    """The zoo RetinaNet on ``image`` in a fresh process of the MONAI Label venv: wall s, peak RSS, its stages."""
+    env_build = subprocess.run(["bash", str(ENV_SCRIPT)], cwd=REPO, capture_output=True, text=True)
+    if env_build.returncode:
+        raise SystemExit(f"cannot build the venv the anchor needs ({ENV_SCRIPT}):\n{env_build.stderr[-3000:]}")
+    python = env_build.stdout.strip().splitlines()[-1]
+    wall, rss, stdout = measured([python, str(ANCHOR), image, "--threads", str(os.cpu_count() or 2)])
+    versions = subprocess.run([python, "-c", "import torch, monai; print(torch.__version__, monai.__version__)"],
+                              capture_output=True, text=True).stdout.split()
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss), **json.loads(stdout.strip().splitlines()[-1]),
+            "torch": versions[0], "monai": versions[1]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seg-ckpt")
     ap.add_argument("--cls-ckpt")
     ap.add_argument("--threshold", type=float, default=0.5, help="segmentation threshold")
+    ap.add_argument("--no-anchor", action="store_true", help="skip the model zoo RetinaNet anchor (~12 min)")
     a = ap.parse_args()
     import torch
     from monai.networks.nets import FlexibleUNet
@@ -133,11 +155,19 @@ def main() -> None:
     image = next((work / "run0" / "converted" / "images").glob("*.nii.gz"))
     profile = stage_profile(str(image), seg, cls, work / "profile")
     walls = [r["wall_s"] for r in runs]
+    anchor = None
+    if not a.no_anchor:
+        anchor = run_anchor(str(image))
+        print(f"model zoo RetinaNet anchor: {anchor['wall_s']:.1f} s, peak {anchor['peak_rss_mb']} MB, "
+              f"{anchor['n_windows']} windows over {anchor['resampled_shape']}", flush=True)
     result = {"input": "LIDC-IDRI-0001 DICOM folder (133 slices)", "cpu_count": os.cpu_count(),
               "models": {"segmentation": "FlexibleUNet resnet50 2D" if not a.seg_ckpt else a.seg_ckpt,
                          "classification": "NoduleCNN 2D" if not a.cls_ckpt else a.cls_ckpt},
               "median_wall_s": statistics.median(walls), "min_wall_s": min(walls), "max_wall_s": max(walls),
               "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs, "stage_profile": profile}
+    if anchor:
+        result["anchor_zoo_retinanet"] = anchor
+        result["speedup_vs_anchor"] = round(anchor["wall_s"] / result["median_wall_s"], 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nlungnod detect on LIDC-IDRI-0001: median {result['median_wall_s']:.1f} s "
@@ -146,6 +176,10 @@ def main() -> None:
     for k, v in profile["seconds"].items():
         print(f"{k:<12} {v:>7.2f}")
     print(f"candidates classified: {profile['n_candidates']}; segmentation input {profile['segment_input_shape']}")
+    if anchor:
+        print(f"model zoo RetinaNet (random weights, {anchor['resampled_shape']} at 0.703x0.703x1.25 mm, "
+              f"{anchor['n_windows']} windows of 512x512x192): {anchor['wall_s']:.1f} s (detect {anchor['detect_s']:.1f} s), "
+              f"peak RSS {anchor['peak_rss_mb']} MB -> lungnod detect is {result['speedup_vs_anchor']:.1f}x faster")
     print(f"results: {RESULTS}")
 
 
