@@ -135,14 +135,52 @@ class WriteClassificationd(MapTransform):
         return d
 
 
-def resolve_classification_inputs(path, candidates=None) -> list[dict]:
+def check_candidates_json(path) -> list[dict]:
+    """A stage-1 candidates JSON (``{"candidates": [...]}`` or a list) -> its candidates; InputNotFoundError
+    (one line naming the file) when it cannot be parsed or a candidate has no 3-number ``centre_lps`` (mm)."""
+    from data_prep.errors import InputNotFoundError
+
+    p = Path(str(path))
+    if not p.is_file():
+        raise InputNotFoundError(p, "candidates JSON not found")
+    try:
+        doc = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputNotFoundError(p, f"candidates file is not valid JSON ({str(exc).splitlines()[0][:100]})") from None
+    candidates = doc.get("candidates") if isinstance(doc, dict) else doc
+    if not isinstance(candidates, list):
+        raise InputNotFoundError(p, 'not a candidates JSON (need {"candidates": [...]} or a list of candidates)')
+    for n, c in enumerate(candidates):
+        centre = c.get("centre_lps") if isinstance(c, dict) else None
+        if not (isinstance(centre, (list, tuple)) and len(centre) == 3
+                and all(isinstance(v, (int, float)) and np.isfinite(v) for v in centre)):
+            raise InputNotFoundError(p, f"candidate {n} has no centre_lps [x, y, z] in mm")
+    return candidates
+
+
+def resolve_classification_inputs(path, candidates=None, check: bool = True) -> list[dict]:
     """Items for the classification bundle's inference.
 
     ``path`` is a CT image (with ``candidates``, a stage-1 candidates JSON) or a single patch image
     (without), or a datalist JSON: a list of items or a dict whose ``testing`` (else ``validation``, else
     ``training``) list is used; relative paths are resolved against the JSON's folder.
-    Raises InputNotFoundError (one line) for a missing file.
+    With ``check``, every CT that comes with candidates passes :func:`lungnod_ext.input_checks.check_ct_volume`
+    (4D/RGB, NaN, constant, all-air, too small) and its candidates :func:`check_candidates_json`, before any
+    model runs. Raises InputNotFoundError (one line naming the file) for a missing or unusable file.
     """
+    items = _classification_items(path, candidates)
+    if check:
+        from lungnod_ext.input_checks import check_ct_volume
+
+        for item in items:
+            if item.get("candidates") is not None:
+                check_ct_volume(item["image"])
+                if isinstance(item["candidates"], str):
+                    check_candidates_json(item["candidates"])
+    return items
+
+
+def _classification_items(path, candidates=None) -> list[dict]:
     from data_prep.errors import InputNotFoundError
 
     p = Path(str(path))

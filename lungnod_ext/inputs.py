@@ -9,6 +9,7 @@ its checks, and the converted volumes are used).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from data_prep.errors import InputNotFoundError
@@ -55,13 +56,29 @@ def _resolve(path: Path, work_dir) -> list[dict]:
             return [{"image": str(p.resolve())} for p in images]
         from data_prep.convert import ConvertOptions, convert_dicom_root
 
-        report = convert_dicom_root(path, work_dir, ConvertOptions(progress=False))
-        cases = report.converted + report.reused
-        if not cases:
-            reasons = "; ".join(f.get("reason", "") for f in report.failed + report.skipped)[:300]
-            raise InputNotFoundError(path, f"no usable CT series ({reasons or 'nothing found'})")
+        created = _first_missing(Path(work_dir))
+        try:
+            report = convert_dicom_root(path, work_dir, ConvertOptions(progress=False))
+            cases = report.converted + report.reused
+            if not cases:
+                reasons = "; ".join(f.get("reason", "") for f in report.failed + report.skipped)[:300]
+                raise InputNotFoundError(path, f"no usable CT series ({reasons or 'nothing found'})")
+        except BaseException:
+            if created is not None:  # nothing of a failed conversion is left behind
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         return [{"image": str((Path(work_dir) / "images" / f"{c}.nii.gz").resolve())} for c in sorted(cases)]
     raise InputNotFoundError(path, "not a NIfTI / MetaImage file, datalist JSON or DICOM folder")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, or None."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 def check_checkpoint(path) -> str:

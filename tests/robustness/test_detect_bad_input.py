@@ -1,13 +1,18 @@
-"""The bad-input catalogue end to end through `lungnod detect` and `monai.bundle run inference`.
+"""The bad-input catalogue end to end through `lungnod detect` and both bundles' `monai.bundle run inference`.
 
 Each bad input: exit code 2, exactly one stderr line `error: <input>: <problem>` naming the input (other
 stderr lines only `warning: ...` notes, e.g. a skipped series),
-no traceback, and no output folder left behind. A random-weight ResNet-18 checkpoint stands in for a
-trained model: every error here is raised before the model's output matters.
+no traceback, and no output folder left behind. Odd but usable DICOM (a truncated file, a duplicated
+slice, two series in one folder, gantry tilt, compressed transfer syntax) is detected, with a `warning:`
+line where data was dropped or resampled. The input files are byte-identical afterwards in every case.
+A random-weight ResNet-18 checkpoint stands in for a trained model: every error here is raised before the
+model's output matters.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import stat
@@ -23,6 +28,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 SEG_BUNDLE = REPO / "bundles" / "lung_nodule_ct_segmentation"
+CLS_BUNDLE = REPO / "bundles" / "lung_nodule_ct_classification"
 FIRST, LAST = 80, 100
 
 
@@ -68,6 +74,12 @@ def detect(inp, out: Path, ckpt: Path, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
+def checksums(root: Path) -> dict[str, str]:
+    """sha1 of every file under ``root`` (or of ``root`` itself), by relative path."""
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root.parent)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
 def assert_one_line_error(proc, out: Path, *words):
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
@@ -108,7 +120,9 @@ def test_unusable_dicom_series(kind, slices, tmp_path, ckpt):
     elif kind == "corrupt_all":
         for f in files:
             f.write_bytes(f.read_bytes()[:300])
+    before = checksums(src)
     line = assert_one_line_error(detect(src, tmp_path / "out", ckpt), tmp_path / "out", kind)
+    assert checksums(src) == before
     expected = "no dicom files found" if kind == "corrupt_all" else "no usable ct series"
     assert expected in line.lower()
 
@@ -137,7 +151,64 @@ def test_bad_volumes(kind, words, tmp_path, ckpt):
         nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(path))
     elif kind == "garbage":
         path.write_bytes(b"\x1f\x8b not really a gzip file")
+    before = checksums(path)
     assert_one_line_error(detect(path, tmp_path / "out", ckpt), tmp_path / "out", path.name, *words)
+    assert checksums(path) == before
+
+
+@pytest.mark.parametrize("kind", ["truncated_file", "duplicated_slice", "two_series", "gantry_tilt",
+                                  "rle_compressed"])
+def test_odd_but_usable_dicom_is_detected(kind, slices, tmp_path, ckpt):
+    """Convert's catalogue of odd-but-usable series, through the whole `lungnod detect`: a report per case."""
+    src = tmp_path / kind
+    files = _copy(slices, src)
+    n_cases, expect_warning = 1, None
+    if kind == "truncated_file":
+        files[-1].write_bytes(files[-1].read_bytes()[:4000])
+        expect_warning = "truncated"
+    elif kind == "duplicated_slice":
+        shutil.copy(files[5], src / "copy_of_s005.dcm")
+        expect_warning = "duplicate slice"
+    elif kind == "two_series":
+        other = pydicom.uid.generate_uid()
+        for f in files[10:]:
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID, ds.SOPInstanceUID = other, pydicom.uid.generate_uid()
+            ds.save_as(f)
+        n_cases = 2
+    elif kind == "gantry_tilt":
+        for k, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            arr = ds.pixel_array
+            ds.PixelData = np.roll(arr, k, axis=0).astype(arr.dtype).tobytes()
+            ipp = [float(v) for v in ds.ImagePositionPatient]
+            ds.ImagePositionPatient = [ipp[0], ipp[1] - k * float(ds.PixelSpacing[0]), ipp[2]]
+            ds.save_as(f)
+        expect_warning = "gantry tilt"
+    elif kind == "rle_compressed":
+        for f in files:
+            ds = pydicom.dcmread(f)
+            ds.compress(pydicom.uid.RLELossless)
+            ds.save_as(f)
+    before = checksums(src)
+    out = tmp_path / "out"
+    proc = detect(src, out, ckpt)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("warning: ") for line in lines), proc.stderr
+    if expect_warning:
+        assert any(expect_warning in line.lower() for line in lines), proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["cases"]) == n_cases
+    depth = sorted(json.loads(p.read_text())["geometry"]["shape_ijk"][2] for p in (out / "converted" / "provenance").glob("*.json"))
+    assert depth == {"truncated_file": [19], "two_series": [10, 10]}.get(kind, [20])
+    for case in summary["cases"]:
+        case_id = case["case"]
+        assert (out / case_id / f"{case_id}_nodules.json").is_file()
+        assert nib.load(str(out / case_id / f"{case_id}_mask.nii.gz")).shape[2] == depth[0]
+    assert (out / "report.html").is_file()
+    assert checksums(src) == before
 
 
 def test_unwritable_output_folder(tmp_path, ckpt, slices):
@@ -163,23 +234,74 @@ def test_missing_checkpoint(tmp_path):
     assert_one_line_error(proc, tmp_path / "out", "no_model.pt", "checkpoint not found")
 
 
-@pytest.mark.parametrize("kind", ["missing_input", "four_d", "missing_checkpoint"])
-def test_bundle_inference_config_reports_the_problem(kind, tmp_path, ckpt):
-    """`monai.bundle run inference` fails (non-zero) with our one-line reason in its output, writing nothing."""
-    inp = tmp_path / "nope.nii.gz"
-    use_ckpt = ckpt
+def _bad_volume(kind: str, path: Path) -> Path:
+    """A NIfTI CT that inference must refuse (see test_bad_volumes)."""
+    rng = np.random.default_rng(0)
+    body = rng.normal(-300, 300, (64, 64, 16)).astype(np.int16)
     if kind == "four_d":
-        inp = _nifti(tmp_path / "four_d.nii.gz", np.zeros((64, 64, 16, 2), np.int16))
-    elif kind == "missing_checkpoint":
-        inp = _nifti(tmp_path / "ok.nii.gz", np.random.default_rng(0).normal(-300, 300, (64, 64, 16)).astype(np.int16))
+        return _nifti(path, np.stack([body, body], axis=-1))
+    if kind == "nan":
+        arr = body.astype(np.float32)
+        arr[3, 3, 3] = np.nan
+        return _nifti(path, arr)
+    if kind == "all_air":
+        return _nifti(path, rng.normal(-1000, 10, (64, 64, 16)).astype(np.int16))
+    if kind == "tiny":
+        return _nifti(path, body[:10, :10, :2])
+    return _nifti(path, body)
+
+
+BUNDLE_CASES = {
+    # kind: (words expected in the one-line reason)
+    "missing_input": "nope.nii.gz: no such file or folder",
+    "four_d": "a 4D image",
+    "nan": "NaN or infinite",
+    "all_air": "all air",
+    "tiny": "volume too small",
+    "missing_checkpoint": "no_model.pt: checkpoint not found",
+}
+
+
+@pytest.fixture(scope="module")
+def cls_ckpt(tmp_path_factory) -> Path:
+    from lungnod_ext.classifier import NoduleCNN
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("cls_ckpt") / "model.pt"
+    torch.save({"model": NoduleCNN(spatial_dims=2).state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("bundle,kind", [(b, k) for b in ("segmentation", "classification") for k in BUNDLE_CASES]
+                         + [("segmentation", "non_ct_dicom"), ("classification", "bad_candidates_json")])
+def test_bundle_inference_config_reports_the_problem(bundle, kind, tmp_path, ckpt, cls_ckpt, slices):
+    """`monai.bundle run inference` of either bundle fails (non-zero) with our one-line reason in its output,
+    writing nothing (MONAI's own CLI prints its traceback around it: that CLI is not ours)."""
+    inp = tmp_path / "nope.nii.gz"
+    use_ckpt = ckpt if bundle == "segmentation" else cls_ckpt
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps({"candidates": [{"id": 1, "centre_lps": [0.0, 0.0, 0.0]}]}))
+    if kind in ("four_d", "nan", "all_air", "tiny", "missing_checkpoint", "bad_candidates_json"):
+        inp = _bad_volume(kind, tmp_path / f"{kind}.nii.gz")
+    if kind == "missing_checkpoint":
         use_ckpt = tmp_path / "no_model.pt"
+    if kind == "bad_candidates_json":
+        candidates.write_text('{"candidates": [{"id": 1, "centre_lps": [0.0, 0.0')
+    if kind == "non_ct_dicom":
+        inp = tmp_path / "mr"
+        _edit_all(_copy(slices[:5], inp), Modality="MR")
+    before = checksums(inp) if inp.exists() else {}
     out = tmp_path / "out"
+    root, extra = ((SEG_BUNDLE, ["--network_def#backbone", "resnet18"]) if bundle == "segmentation"
+                   else (CLS_BUNDLE, ["--candidates", str(candidates)]))
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
                            "configs/inference.json", "--input", str(inp), "--output_dir", str(out), "--ckpt_path",
-                           str(use_ckpt), "--network_def#backbone", "resnet18"], cwd=SEG_BUNDLE, capture_output=True,
-                          text=True, timeout=300)
+                           str(use_ckpt), *extra], cwd=root, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode != 0
-    expected = {"missing_input": "nope.nii.gz: no such file or folder", "four_d": "a 4D image",
-                "missing_checkpoint": "no_model.pt: checkpoint not found"}[kind]
-    assert expected in proc.stdout + proc.stderr
+    expected = {**BUNDLE_CASES, "non_ct_dicom": "mr: no usable CT series",
+                "bad_candidates_json": "candidates.json: candidates file is not valid JSON"}[kind]
+    assert expected in proc.stdout + proc.stderr, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
+    if inp.exists():
+        assert checksums(inp) == before
