@@ -160,6 +160,20 @@ def test_metadata_with_malformed_values_fails(field, value):
     assert errors and any(list(e.absolute_path)[-1:] == [last] or last in e.message for e in errors), errors
 
 
+@pytest.mark.parametrize("bundle", BUNDLES, ids=BUNDLE_IDS)
+def test_channel_def_names_what_monai_label_shows(bundle):
+    """MONAI Label reads ``outputs.pred.channel_def`` as {index: name}: a segmentation's label values (its
+    "background" dropped), a classification's output channels (ClassificationWriter names the score of
+    channel i after channel_def[i]). So a classifier's channel_def lists exactly its output channels."""
+    pred = load_metadata(bundle)["network_data_format"]["outputs"]["pred"]
+    names = {int(k): v for k, v in pred["channel_def"].items()}
+    if pred["format"] == "segmentation":
+        assert names == {0: "background", 1: "nodule"}, names
+    else:
+        assert sorted(names) == list(range(pred["num_channels"])), names
+        assert "nodule" in names.values(), names
+
+
 # ---------------------------------------------------------------- verify_net_in_out
 
 
