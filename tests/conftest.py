@@ -79,3 +79,28 @@ def synth_converted(synth_cohort, tmp_path_factory) -> Path:
     report = convert_dicom_root(root / "dicom", out, ConvertOptions(progress=False))
     assert len(report.converted) == SYNTH_CASES and not report.failed, report.as_dict()
     return out
+
+
+# Modules whose tests all run on one pytest-xdist worker (``make test`` runs ``-n 2``): their tests share
+# slow session fixtures guarded by file locks (test_monailabel.py: building the MONAI Label venv, training
+# through it), so spread over two workers one of them would only wait on those locks. xdist's own
+# ``--dist loadgroup`` + ``xdist_group`` mark does not group under pytest 9.2 (xdist 3.8 renames
+# ``item._nodeid``, which pytest 9 no longer reads), hence this scheduler.
+ONE_WORKER_MODULES = ("tests/ecosystem/test_monailabel.py",)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's default 'load' distribution, except that each of ONE_WORKER_MODULES is one work unit; the
+    largest unit is handed out first (xdist's loadscope reorder), so it starts while the other worker
+    takes the rest of the suite test by test."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModulesScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerModulesScheduling(config, log)
