@@ -117,7 +117,9 @@ def build_inserted(lidc: Path, converted: Path, out: Path, seeds=(0, 1), nodules
             name = f"LIDC-IDRI-0001-inserted-k{k0}-{k1}-s{seed}.nii.gz"
             write_nifti(out / "images" / name, new, part_geo)
             write_nifti(out / "labels" / name, (instance > 0).astype(np.uint8), part_geo)
-            absolute["training"].append({"image": f"images/{name}", "label": f"labels/{name}"})
+            case_id = name[: -len(".nii.gz")]
+            absolute["training"].append({"image": f"images/{name}", "label": f"labels/{name}", "fold": -1,
+                                         "case_id": case_id, "patient_id": "LIDC-IDRI-0001"})
             summary["volumes"].append({"name": name, "slices": [k0, k1], "nodules": len(records),
                                        "diameters_mm": [round(r["mask_diameter_mm"], 1) for r in records]})
     (out / "datalist.json").write_text(json.dumps(absolute, indent=1))
