@@ -45,6 +45,29 @@ def luna16_row(lidc_root) -> dict:
             "diameter_mm": float(row["diameter_mm"])}
 
 
+def _tilt_series(files, tilt_deg: float | None = None) -> None:
+    """Rewrite the (z-sorted) DICOM ``files`` in place as a gantry-tilted stack of the same anatomy: slice k's
+    pixels moved down by k rows and its ImagePositionPatient moved up (-y, LPS) by as many row spacings."""
+    import numpy as np
+    import pydicom
+
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        arr = ds.pixel_array
+        ds.PixelData = np.roll(arr, k, axis=0).astype(arr.dtype).tobytes()
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1] - k * float(ds.PixelSpacing[0]), ipp[2]]
+        if tilt_deg is not None:
+            ds.GantryDetectorTilt = tilt_deg
+        ds.save_as(f)
+
+
+@pytest.fixture(scope="session")
+def tilt_series():
+    """``tilt_series(files, tilt_deg=None)``: see :func:`_tilt_series`."""
+    return _tilt_series
+
+
 @pytest.fixture(scope="session")
 def lidc_converted(lidc_root, tmp_path_factory) -> Path:
     """LIDC-IDRI-0001 converted once per session by data_prep's convert (output folder)."""

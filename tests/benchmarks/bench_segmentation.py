@@ -126,6 +126,15 @@ def build_inserted(lidc: Path, converted: Path, out: Path, seeds=(0, 1), nodules
     return summary
 
 
+def demo_cohort(data: Path, cases: int) -> Path:
+    """The README demo's data stage (synthetic cohort -> convert -> datalist) with ``cases`` cases, made once
+    under ``data``; returns the converted folder."""
+    if not (data / "converted" / "datalist.json").is_file():
+        subprocess.run([sys.executable, "-m", "data_prep", "-q", "demo", "--out", str(data), "--cases", str(cases)],
+                       check=True)
+    return data / "converted"
+
+
 def bundle(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "monai.bundle", "run", *args]
 
@@ -146,11 +155,7 @@ def main() -> None:
     bce = out / "loss_bce.json"
     bce.write_text(json.dumps({"loss": {"_target_": "torch.nn.BCEWithLogitsLoss"}}))
 
-    data = out / "data"
-    if not (data / "converted" / "datalist.json").is_file():
-        subprocess.run([sys.executable, "-m", "data_prep", "-q", "demo", "--out", str(data), "--cases", str(a.cases)],
-                       check=True)
-    converted = data / "converted"
+    converted = demo_cohort(out / "data", a.cases)
     lidc = out / "lidc"
     if not (lidc / "datalist.json").is_file():
         subprocess.run([sys.executable, "-m", "data_prep", "-q", "convert", str(LIDC), "--out", str(lidc)], check=True)

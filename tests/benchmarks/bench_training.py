@@ -26,12 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_segmentation import run  # noqa: E402  (a script beside this one)
+from bench_segmentation import demo_cohort, run  # noqa: E402  (a script beside this one)
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
@@ -86,11 +85,7 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "data"
-    if not (data / "converted" / "datalist.json").is_file():
-        subprocess.run([sys.executable, "-m", "data_prep", "-q", "demo", "--out", str(data), "--cases", str(a.cases)],
-                       check=True)
-    converted = data / "converted"
+    converted = demo_cohort(out / "data", a.cases)
     patches = out / "patches"
     if not (patches / "datalist.json").is_file():
         from lungnod_ext.patches import build_patch_dataset

@@ -151,19 +151,12 @@ def test_inconsistent_pixel_spacing(sorted_slices, tmp_path):
     assert not r.converted and "inconsistent PixelSpacing" in r.failed[0]["reason"]
 
 
-def test_gantry_tilt_is_resampled(sorted_slices, tmp_path):
+def test_gantry_tilt_is_resampled(sorted_slices, tmp_path, tilt_series):
     """Each slice k is moved down by k rows and its ImagePositionPatient up by as much: the same anatomy
     in world space, stored as a tilted stack. The corrected volume must equal the untilted one."""
     ref_files = _copy(sorted_slices, tmp_path / "ref")
     tilt_files = _copy(sorted_slices, tmp_path / "tilt")
-    for k, f in enumerate(tilt_files):
-        ds = pydicom.dcmread(f)
-        arr = ds.pixel_array
-        ds.PixelData = np.roll(arr, k, axis=0).astype(arr.dtype).tobytes()
-        ipp = [float(v) for v in ds.ImagePositionPatient]
-        ds.ImagePositionPatient = [ipp[0], ipp[1] - k * float(ds.PixelSpacing[0]), ipp[2]]
-        ds.GantryDetectorTilt = 15.7
-        ds.save_as(f)
+    tilt_series(tilt_files, tilt_deg=15.7)
     r_ref = _convert(tmp_path / "ref", tmp_path / "out_ref")
     r_tilt = _convert(tmp_path / "tilt", tmp_path / "out_tilt")
     assert r_ref.converted and r_tilt.converted and len(ref_files) == 20

@@ -158,7 +158,7 @@ def test_bad_volumes(kind, words, tmp_path, ckpt):
 
 @pytest.mark.parametrize("kind", ["truncated_file", "duplicated_slice", "two_series", "gantry_tilt",
                                   "rle_compressed"])
-def test_odd_but_usable_dicom_is_detected(kind, slices, tmp_path, ckpt):
+def test_odd_but_usable_dicom_is_detected(kind, slices, tmp_path, ckpt, tilt_series):
     """Convert's catalogue of odd-but-usable series, through the whole `lungnod detect`: a report per case."""
     src = tmp_path / kind
     files = _copy(slices, src)
@@ -177,13 +177,7 @@ def test_odd_but_usable_dicom_is_detected(kind, slices, tmp_path, ckpt):
             ds.save_as(f)
         n_cases = 2
     elif kind == "gantry_tilt":
-        for k, f in enumerate(files):
-            ds = pydicom.dcmread(f)
-            arr = ds.pixel_array
-            ds.PixelData = np.roll(arr, k, axis=0).astype(arr.dtype).tobytes()
-            ipp = [float(v) for v in ds.ImagePositionPatient]
-            ds.ImagePositionPatient = [ipp[0], ipp[1] - k * float(ds.PixelSpacing[0]), ipp[2]]
-            ds.save_as(f)
+        tilt_series(files)
         expect_warning = "gantry tilt"
     elif kind == "rle_compressed":
         for f in files:
