@@ -5,7 +5,9 @@ thread while the network trains on the previous one: with a CacheDataset only th
 there) with one change: an exception raised while making a batch (a transform failing on a case, a
 collation error) is re-raised in the training loop. MONAI 1.6's ``ThreadBuffer`` lets the thread die, prints
 its traceback and ends the epoch early and silently, so a broken case would cut every epoch short
-without failing the run. Same arguments, same batches, same order as MONAI's class.
+without failing the run. Same arguments, same batches, same order as MONAI's class; ``buffer_size=0``
+makes the batches in the training thread itself (a plain DataLoader: no thread competing with the
+network for the cores of a CPU-only machine).
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ class ThreadDataLoader(_MonaiThreadDataLoader):
     """``monai.data.ThreadDataLoader`` whose batch-making errors fail the training (module doc)."""
 
     def __iter__(self):
-        batches = FailLoudThreadBuffer(DataLoader.__iter__(self), self.buffer_size, self.buffer_timeout)
+        if self.buffer_size <= 0:
+            batches = DataLoader.__iter__(self)
+        else:
+            batches = FailLoudThreadBuffer(DataLoader.__iter__(self), self.buffer_size, self.buffer_timeout)
         for batch in batches:
             for _ in range(self.repeats):
                 yield batch

@@ -13,8 +13,10 @@ Variants (num_workers 0 everywhere: the 2 cores of the reference machine are the
   dataset_dataloader          Dataset + DataLoader: every step loads the NIfTI / .npy and reruns every transform
   persistent_dataloader       PersistentDataset (deterministic part cached on disk) + DataLoader
   cache_dataloader            CacheDataset (deterministic part cached in memory) + DataLoader (the old default)
-  cache_threaddataloader      CacheDataset + ThreadDataLoader (the default: the random transforms of the next
-                              batch run in a background thread while the network trains)
+  cache_threaddataloader      CacheDataset + ThreadDataLoader with a 1-batch buffer (the default with CUDA:
+                              the random transforms of the next batch run in a background thread while the
+                              network trains; without CUDA train.json sets loader_buffer_size 0, which is
+                              cache_dataloader's behaviour)
 
 CPU budget settings, stated in the results: segmentation ResNet-18 encoder, 128 px slices at 1.5 mm
 (batch 16 = 2 volumes x 8 slices); classification the default 2D NoduleCNN, 64 px patches, batch 32.
@@ -61,6 +63,8 @@ def overlay_file(path: Path, dataset: dict | None, loader: str, base: dict) -> P
     section["_target_"] = loader
     if loader == "DataLoader":
         section.pop("buffer_size", None)
+    else:  # one batch made ahead in the thread (train.json's default without CUDA is 0: no thread)
+        section["buffer_size"] = 1
     overlay = {"train#dataloader": section, **({"train#dataset": dataset} if dataset else {})}
     path.write_text(json.dumps(overlay, indent=1))
     return path

@@ -299,7 +299,8 @@ def test_bundle_infer_task_gives_nodule_label_in_source_geometry(ml_python, seg_
          cwd=tmp_path, timeout=600)
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["valid"]
-    assert result["info"]["type"] == "segmentation" and result["info"]["version"] == "0.1.0"
+    assert result["info"]["type"] == "segmentation"
+    assert result["info"]["version"] == json.loads((REPO / "bundles" / SEG / "configs" / "metadata.json").read_text())["version"]
     assert result["labels"] == {"nodule": 1}  # channel_def, "background" dropped
     assert result["result"]["label_names"] == {"nodule": 1}
     assert result["label_file"].endswith(".nii.gz")

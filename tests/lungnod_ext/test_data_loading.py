@@ -32,6 +32,12 @@ def test_same_batches_as_monai_and_dataloader():
     assert ours == _values(MonaiThreadDataLoader(_dataset(), batch_size=3)) == _values(DataLoader(_dataset(), batch_size=3))
     assert ours == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     assert _values(ThreadDataLoader(_dataset(), batch_size=5, repeats=2)) == [[0, 1, 2, 3, 4]] * 2 + [[5, 6, 7, 8, 9]] * 2
+    assert _values(ThreadDataLoader(_dataset(), batch_size=3, buffer_size=0)) == ours  # no thread: same batches
+
+
+def test_without_a_thread_errors_raise_directly():
+    with pytest.raises(RuntimeError, match="applying transform"):
+        _values(ThreadDataLoader(_dataset(fail_at=1), batch_size=3, buffer_size=0))
 
 
 def test_a_failing_batch_raises_in_the_loop_after_the_good_ones():
