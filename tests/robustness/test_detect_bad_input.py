@@ -127,30 +127,38 @@ def test_unusable_dicom_series(kind, slices, tmp_path, ckpt):
     assert expected in line.lower()
 
 
+def _test_volume(kind: str, path: Path) -> Path:
+    """Write a NIfTI test volume of ``kind`` to ``path``: "ok" (random HU body, 64 x 64 x 16) or one that
+    inference must refuse (nan, constant, all_air, tiny, four_d, rgb, garbage)."""
+    rng = np.random.default_rng(0)
+    body = rng.normal(-300, 300, (64, 64, 16)).astype(np.int16)
+    if kind == "nan":
+        arr = body.astype(np.float32)
+        arr[3, 3, 3] = np.nan
+        return _nifti(path, arr)
+    if kind == "constant":
+        return _nifti(path, np.full((64, 64, 16), 40, np.int16))
+    if kind == "all_air":
+        return _nifti(path, rng.normal(-1000, 10, (64, 64, 16)).astype(np.int16))
+    if kind == "tiny":
+        return _nifti(path, body[:10, :10, :2])
+    if kind == "four_d":
+        return _nifti(path, np.stack([body, body], axis=-1))
+    if kind == "rgb":
+        rgb = np.zeros((64, 64, 16), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(path))
+        return path
+    if kind == "garbage":
+        path.write_bytes(b"\x1f\x8b not really a gzip file")
+        return path
+    return _nifti(path, body)
+
+
 @pytest.mark.parametrize("kind,words", [
     ("nan", ["nan"]), ("constant", ["constant"]), ("all_air", ["air"]), ("tiny", ["too small"]),
     ("four_d", ["4d"]), ("rgb", ["rgb"]), ("garbage", ["cannot read"])])
 def test_bad_volumes(kind, words, tmp_path, ckpt):
-    rng = np.random.default_rng(0)
-    body = rng.normal(-300, 300, (64, 64, 16)).astype(np.int16)
-    path = tmp_path / f"{kind}.nii.gz"
-    if kind == "nan":
-        arr = body.astype(np.float32)
-        arr[3, 3, 3] = np.nan
-        _nifti(path, arr)
-    elif kind == "constant":
-        _nifti(path, np.full((64, 64, 16), 40, np.int16))
-    elif kind == "all_air":
-        _nifti(path, rng.normal(-1000, 10, (64, 64, 16)).astype(np.int16))
-    elif kind == "tiny":
-        _nifti(path, body[:10, :10, :2])
-    elif kind == "four_d":
-        _nifti(path, np.stack([body, body], axis=-1))
-    elif kind == "rgb":
-        rgb = np.zeros((64, 64, 16), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
-        nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(path))
-    elif kind == "garbage":
-        path.write_bytes(b"\x1f\x8b not really a gzip file")
+    path = _test_volume(kind, tmp_path / f"{kind}.nii.gz")
     before = checksums(path)
     assert_one_line_error(detect(path, tmp_path / "out", ckpt), tmp_path / "out", path.name, *words)
     assert checksums(path) == before
@@ -216,37 +224,20 @@ def test_unwritable_output_folder(tmp_path, ckpt, slices):
         locked.mkdir()
         locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
         out = locked / "out"
-    img = _nifti(tmp_path / "ok.nii.gz", np.random.default_rng(0).normal(-300, 300, (64, 64, 16)).astype(np.int16))
+    img = _test_volume("ok", tmp_path / "ok.nii.gz")
     proc = detect(img, out, ckpt)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "not writable" in proc.stderr and str(out) in proc.stderr
 
 
 def test_missing_checkpoint(tmp_path):
-    img = _nifti(tmp_path / "ok.nii.gz", np.random.default_rng(0).normal(-300, 300, (64, 64, 16)).astype(np.int16))
+    img = _test_volume("ok", tmp_path / "ok.nii.gz")
     proc = detect(img, tmp_path / "out", tmp_path / "no_model.pt")
     assert_one_line_error(proc, tmp_path / "out", "no_model.pt", "checkpoint not found")
 
 
-def _bad_volume(kind: str, path: Path) -> Path:
-    """A NIfTI CT that inference must refuse (see test_bad_volumes)."""
-    rng = np.random.default_rng(0)
-    body = rng.normal(-300, 300, (64, 64, 16)).astype(np.int16)
-    if kind == "four_d":
-        return _nifti(path, np.stack([body, body], axis=-1))
-    if kind == "nan":
-        arr = body.astype(np.float32)
-        arr[3, 3, 3] = np.nan
-        return _nifti(path, arr)
-    if kind == "all_air":
-        return _nifti(path, rng.normal(-1000, 10, (64, 64, 16)).astype(np.int16))
-    if kind == "tiny":
-        return _nifti(path, body[:10, :10, :2])
-    return _nifti(path, body)
-
-
 BUNDLE_CASES = {
-    # kind: (words expected in the one-line reason)
+    # kind: text expected in the one-line reason
     "missing_input": "nope.nii.gz: no such file or folder",
     "four_d": "a 4D image",
     "nan": "NaN or infinite",
@@ -276,7 +267,7 @@ def test_bundle_inference_config_reports_the_problem(bundle, kind, tmp_path, ckp
     candidates = tmp_path / "candidates.json"
     candidates.write_text(json.dumps({"candidates": [{"id": 1, "centre_lps": [0.0, 0.0, 0.0]}]}))
     if kind in ("four_d", "nan", "all_air", "tiny", "missing_checkpoint", "bad_candidates_json"):
-        inp = _bad_volume(kind, tmp_path / f"{kind}.nii.gz")
+        inp = _test_volume(kind, tmp_path / f"{kind}.nii.gz")
     if kind == "missing_checkpoint":
         use_ckpt = tmp_path / "no_model.pt"
     if kind == "bad_candidates_json":
