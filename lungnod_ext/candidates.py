@@ -83,15 +83,28 @@ def _bbox_lps(geometry: Geometry, bbox_ijk) -> list[float]:
     return [float(v) for v in world.min(axis=0)] + [float(v) for v in world.max(axis=0)]
 
 
+def _foreground_box(foreground: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box (z, y, x slices) of a boolean volume; None when it is empty."""
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_zyx: np.ndarray | None = None,
                                   lung_mask_zyx: np.ndarray | None = None, threshold: float = 0.5,
                                   min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
                                   lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM,
-                                  max_candidates: int | None = None) -> tuple[list[dict], np.ndarray]:
+                                  max_candidates: int | None = None,
+                                  label_map_out: np.ndarray | None = None) -> tuple[list[dict], np.ndarray]:
     """Candidates of a probability map and their label map.
 
     Args:
-        prob_zyx: (z, y, x) float probabilities in [0, 1] (a binary mask works too).
+        prob_zyx: (z, y, x) float probabilities in [0, 1] (a binary mask works too). Any memory layout:
+            a transposed view of a MONAI (X, Y, Z) array is read in place, not copied.
         geometry: the grid of ``prob_zyx`` (LPS).
         hu_zyx: optional (z, y, x) HU image for ``mean_hu``.
         lung_mask_zyx: optional (z, y, x) lung mask (non-zero = lung). Components farther than
@@ -101,71 +114,90 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
         min_volume_mm3: smaller components are dropped.
         lung_dilate_mm: the lung mask is grown by this many mm (Euclidean, anisotropic voxels handled).
         max_candidates: keep only the first n (highest max probability); None keeps all.
+        label_map_out: optional zero-filled integer (z, y, x) array (or view) to write the label map into.
 
     Returns:
         (candidates, label_map): the list described in the module docstring (empty when nothing passes),
-        and a (z, y, x) uint16 map whose value is the candidate ``id`` (0 = background).
+        and a (z, y, x) map whose value is the candidate ``id`` (0 = background): ``label_map_out`` when
+        given, else a new uint16 array.
+
+    Everything after thresholding works inside the bounding box of the foreground, so the cost of a
+    sparse map (a trained model's) is about one pass over the volume.
     """
     prob = np.asarray(prob_zyx)
     if prob.ndim != 3:
         raise ValueError(f"prob_zyx must be 3D (z, y, x), got shape {prob.shape}")
     if tuple(prob.shape) != geometry.shape_zyx:
         raise ValueError(f"prob_zyx shape {prob.shape} does not match geometry (z, y, x) {geometry.shape_zyx}")
-    for name, arr in (("hu_zyx", hu_zyx), ("lung_mask_zyx", lung_mask_zyx)):
+    for name, arr in (("hu_zyx", hu_zyx), ("lung_mask_zyx", lung_mask_zyx), ("label_map_out", label_map_out)):
         if arr is not None and tuple(np.shape(arr)) != tuple(prob.shape):
             raise ValueError(f"{name} shape {np.shape(arr)} differs from prob_zyx shape {prob.shape}")
+    label_map = np.zeros(prob.shape, dtype=np.uint16) if label_map_out is None else label_map_out
 
-    empty_map = np.zeros(prob.shape, dtype=np.uint16)
     foreground = prob >= threshold
-    if not foreground.any():
-        return [], empty_map
-    labels, n_components = ndi.label(foreground, structure=_STRUCTURE_26)
-    voxel_mm3 = geometry.voxel_volume_mm3
-    counts = np.bincount(labels.ravel(), minlength=n_components + 1)
-    big_enough = np.nonzero(counts[1:] * voxel_mm3 >= min_volume_mm3 - 1e-9)[0] + 1
-    if big_enough.size == 0:
-        return [], empty_map
-
+    box = _foreground_box(foreground)
+    if box is None:
+        return [], label_map
     lung = None
     if lung_mask_zyx is not None:
-        lung = np.asarray(lung_mask_zyx) != 0
+        lung = np.asarray(lung_mask_zyx)
         if not lung.any():
             warnings.warn("lung mask is empty: candidates are not restricted to the lung", stacklevel=2)
             lung = None
     spacing_zyx = np.asarray(geometry.spacing, dtype=float)[::-1]
-    margin = np.ceil(max(lung_dilate_mm, 0.0) / spacing_zyx).astype(int) + 1
+    # the lung test looks up to lung_dilate_mm (+ 1 voxel) around each component: widen the working box
+    margin = np.ceil(max(lung_dilate_mm, 0.0) / spacing_zyx).astype(int) + 1 if lung is not None else np.zeros(3, int)
+    work = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(box, margin, prob.shape))
+    origin = np.array([s.start for s in work])
 
+    labels, n_components = ndi.label(foreground[work], structure=_STRUCTURE_26)
+    voxel_mm3 = geometry.voxel_volume_mm3
+    counts = np.bincount(labels.ravel(), minlength=n_components + 1)
+    big_enough = np.nonzero(counts[1:] * voxel_mm3 >= min_volume_mm3 - 1e-9)[0] + 1
+    if big_enough.size == 0:
+        return [], label_map
     objects = ndi.find_objects(labels)
+    shape = labels.shape
+    if lung is not None:
+        lung_work = lung[work] != 0
+        kept = []
+        for label in big_enough:
+            obj = objects[label - 1]
+            wide = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(obj, margin, shape))
+            component = labels[wide] == label
+            if _touches_lung(component, lung_work[wide], spacing_zyx, lung_dilate_mm):
+                kept.append(label)
+        big_enough = np.asarray(kept, dtype=np.int64)
+        if big_enough.size == 0:
+            return [], label_map
+
+    # per-component statistics, each inside the component's own box
+    prob_work = prob[work]
+    hu_work = np.asarray(hu_zyx)[work] if hu_zyx is not None else None
     found = []
     for label in big_enough:
-        box = objects[label - 1]
-        component = labels[box] == label
-        if lung is not None:
-            lo = [max(s.start - m, 0) for s, m in zip(box, margin)]
-            hi = [min(s.stop + m, n) for s, m, n in zip(box, margin, prob.shape)]
-            wide = tuple(slice(a, b) for a, b in zip(lo, hi))
-            component_wide = np.zeros([b - a for a, b in zip(lo, hi)], dtype=bool)
-            component_wide[tuple(slice(s.start - a, s.stop - a) for s, a in zip(box, lo))] = component
-            if not _touches_lung(component_wide, lung[wide], spacing_zyx, lung_dilate_mm):
-                continue
-        values = prob[box][component].astype(np.float64)
-        z, y, x = np.nonzero(component)
-        z, y, x = z + box[0].start, y + box[1].start, x + box[2].start
-        n = int(z.size)
-        centre_ijk = np.array([x.mean(), y.mean(), z.mean()])
-        bbox = [box[2].start, box[1].start, box[0].start, box[2].stop, box[1].stop, box[0].stop]
+        obj = objects[label - 1]
+        component = labels[obj] == label
+        n = int(counts[label])
+        centre_zyx = [float(component.sum(axis=tuple(b for b in range(3) if b != a), dtype=np.int64)
+                            @ np.arange(obj[a].start, obj[a].stop)) / n + origin[a] for a in range(3)]
+        values = prob_work[obj][component]
+        centre_ijk = np.array(centre_zyx[::-1])
+        (z0, y0, x0), (z1, y1, x1) = ([s.start + o for s, o in zip(obj, origin)],
+                                      [s.stop + o for s, o in zip(obj, origin)])
+        bbox = [int(x0), int(y0), int(z0), int(x1), int(y1), int(z1)]
         volume = n * voxel_mm3
         found.append({
             "label": int(label),
             "centre_voxel": [float(v) for v in centre_ijk],
             "centre_lps": [float(v) for v in geometry.voxel_to_world(centre_ijk)],
-            "bbox_voxel": [int(v) for v in bbox],
+            "bbox_voxel": bbox,
             "bbox_lps_mm": _bbox_lps(geometry, bbox),
             "diameter_mm": equivalent_diameter_mm(volume),
             "volume_mm3": float(volume),
-            "mean_hu": float(np.asarray(hu_zyx)[z, y, x].mean()) if hu_zyx is not None else float("nan"),
+            "mean_hu": float(hu_work[obj][component].mean(dtype=np.float64)) if hu_work is not None else float("nan"),
             "max_prob": float(values.max()),
-            "mean_prob": float(values.mean()),
+            "mean_prob": float(values.mean(dtype=np.float64)),
             "n_voxels": n,
         })
 
@@ -174,12 +206,13 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
         found = found[:max(int(max_candidates), 0)]
     if len(found) > np.iinfo(np.uint16).max:
         raise ValueError(f"{len(found)} candidates do not fit a uint16 label map; set max_candidates")
-    lut = np.zeros(n_components + 1, dtype=np.uint16)
+    lut = np.zeros(n_components + 1, dtype=label_map.dtype)
     candidates = []
     for new_id, c in enumerate(found, start=1):
         lut[c.pop("label")] = new_id
         candidates.append({"id": new_id, **c})
-    return candidates, lut[labels]
+    label_map[work] = lut[labels]
+    return candidates, label_map
 
 
 def extract_candidates(prob_zyx: np.ndarray, geometry: Geometry, hu_zyx: np.ndarray | None = None,
@@ -280,12 +313,17 @@ def geometry_from_meta_tensor(img: MetaTensor) -> Geometry:
     return Geometry.from_affine_ras(affine, tuple(int(s) for s in img.shape[1:]))
 
 
-def _channel_zyx(img, channel: int = 0) -> np.ndarray:
-    """Channel ``channel`` of a (C, X, Y, Z) tensor/array -> (z, y, x) numpy."""
+def _channel_view_zyx(img, channel: int = 0) -> np.ndarray:
+    """Channel ``channel`` of a (C, X, Y, Z) tensor/array as a (z, y, x) numpy view (no copy for CPU data)."""
     arr = img.detach().cpu().numpy() if torch.is_tensor(img) else np.asarray(img)
     if arr.ndim != 4:
         raise ValueError(f"expected a channel-first (C, X, Y, Z) array, got shape {arr.shape}")
-    return np.ascontiguousarray(arr[channel].transpose(2, 1, 0))
+    return arr[channel].transpose(2, 1, 0)
+
+
+def _channel_zyx(img, channel: int = 0) -> np.ndarray:
+    """Channel ``channel`` of a (C, X, Y, Z) tensor/array -> C-contiguous (z, y, x) numpy."""
+    return np.ascontiguousarray(_channel_view_zyx(img, channel))
 
 
 def case_id_from_meta(img) -> str:
@@ -319,22 +357,22 @@ class ExtractCandidates(Transform):
 
     def __call__(self, pred: MetaTensor, image=None, lung_mask=None) -> tuple[list[dict], MetaTensor]:
         geometry = geometry_from_meta_tensor(pred)
-        prob = _channel_zyx(pred, self.prob_channel).astype(np.float32, copy=False)
+        prob = _channel_view_zyx(pred, self.prob_channel)
         hu = None
         if image is not None:
-            hu = _channel_zyx(image)
+            hu = _channel_view_zyx(image)
             if tuple(hu.shape) != tuple(prob.shape):
                 raise ValueError(f"image (z, y, x) {hu.shape} and pred {prob.shape} are on different grids: "
-                                 "invert the preprocessing (Invertd) before extracting candidates")
+                                 "resample the prediction to the image (ResampleToReferenced / Invertd) first")
             if hu.size and float(hu.min()) >= 0.0 and float(hu.max()) <= 1.0:
                 warnings.warn("the image looks windowed to [0, 1], not HU: mean_hu will not be in HU; "
                               "point image_key at an unwindowed copy", stacklevel=2)
-        lung = _channel_zyx(lung_mask) if lung_mask is not None else None
-        candidates, label_map = extract_candidates_and_labels(
-            prob, geometry, hu, lung, self.threshold, self.min_volume_mm3, self.lung_dilate_mm, self.max_candidates)
-        labels = MetaTensor(torch.from_numpy(label_map.astype(np.int32).transpose(2, 1, 0).copy())[None],
-                            meta=dict(pred.meta))
-        return candidates, labels
+        lung = _channel_view_zyx(lung_mask) if lung_mask is not None else None
+        labels = torch.zeros((1, *pred.shape[1:]), dtype=torch.int32)
+        candidates, _ = extract_candidates_and_labels(
+            prob, geometry, hu, lung, self.threshold, self.min_volume_mm3, self.lung_dilate_mm, self.max_candidates,
+            label_map_out=labels.numpy()[0].transpose(2, 1, 0))
+        return candidates, MetaTensor(labels, meta=dict(pred.meta))
 
 
 class ExtractCandidatesd(MapTransform):

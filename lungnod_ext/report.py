@@ -25,7 +25,7 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from data_prep.nifti_io import write_nifti
-from lungnod_ext.candidates import _channel_zyx, case_id_from_meta, geometry_from_meta_tensor, write_candidates
+from lungnod_ext.candidates import _channel_view_zyx, case_id_from_meta, geometry_from_meta_tensor, write_candidates
 from lungnod_ext.overlays import write_candidate_overlays
 
 
@@ -94,13 +94,13 @@ class WriteSegmentationReportd(MapTransform):
         pred = d[self.pred_key]
         image = d.get(self.image_key)
         geometry = geometry_from_meta_tensor(image if image is not None else pred)
-        prob = _channel_zyx(pred)
+        prob = _channel_view_zyx(pred)  # views: write_nifti makes the one copy NIfTI's layout needs
         if tuple(prob.shape) != geometry.shape_zyx:
             raise ValueError(f"prediction {prob.shape} is not on the original grid {geometry.shape_zyx}: "
                              "add Invertd before the report writer")
-        hu = _channel_zyx(image) if image is not None else None
+        hu = _channel_view_zyx(image) if image is not None else None
         labels = d.get(self.labels_key)
-        labels_zyx = _channel_zyx(labels) if labels is not None else np.zeros(prob.shape, np.uint16)
+        labels_zyx = _channel_view_zyx(labels) if labels is not None else np.zeros(prob.shape, np.uint16)
         source = str((image if image is not None else pred).meta.get("filename_or_obj", ""))
         case = case_id_from_meta(image if image is not None else pred)
         d["report_dir"] = str(write_segmentation_report(
