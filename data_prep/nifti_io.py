@@ -77,9 +77,20 @@ def write_nifti(path, array_zyx: np.ndarray, geometry: Geometry) -> Path:
     return path
 
 
+def _load(path: Path):
+    """nibabel image of ``path``; a NIfTI-1 .nii.gz is decompressed with ISA-L (about 1.6x faster than zlib)."""
+    if path.name.lower().endswith(".nii.gz"):
+        try:
+            with igzip.open(path, "rb") as f:
+                return nib.Nifti1Image.from_bytes(f.read())
+        except Exception:  # NIfTI-2, damaged files ...: nibabel's own reader (and its error message)
+            pass
+    return nib.load(str(path))
+
+
 def read_nifti(path) -> tuple[np.ndarray, Geometry]:
     """Read a NIfTI file -> ((z, y, x) array in its stored dtype, geometry in LPS)."""
-    img = nib.load(str(path))
+    img = _load(Path(path))
     data = np.asanyarray(img.dataobj)
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}")

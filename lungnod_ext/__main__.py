@@ -1,5 +1,3 @@
-import sys
+from lungnod_ext.cli import run
 
-from lungnod_ext.cli import main
-
-sys.exit(main())
+run()

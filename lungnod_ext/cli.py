@@ -11,8 +11,10 @@ Bad input gives one line ``error: <path>: <problem>`` on stderr and exit code 2 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -111,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quick", action="store_true", help="a tiny run (about a minute) for smoke tests")
     m.set_defaults(func=_cmd_demo)
     return p
+
+
+def run() -> None:
+    """Process entry point (the ``lungnod`` script, ``python -m lungnod_ext``): :func:`main`, then exit fast.
+
+    Exit handlers run and the streams are flushed as in a normal exit, but the interpreter's teardown of
+    every loaded module and object (torch, MONAI: about 1.5 s after each ``detect``) is skipped.
+    """
+    code = main()
+    try:
+        atexit._run_exitfuncs()  # what a normal exit runs: logging.shutdown, tempfile / weakref finalizers
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def _data_prep_error(exc: BaseException) -> DataPrepError | None:

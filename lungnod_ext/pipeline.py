@@ -100,8 +100,9 @@ def _classifier(cfg: PipelineConfig):
     return net.eval(), settings
 
 
-def _write_evidence(image: str, nodules: list[dict], folder: Path, case: str, classifier) -> list[Path]:
-    """Evidence PNG (occlusion sensitivity) per nodule (``overlays/<case>_candNNN_evidence.png``)."""
+def _write_evidence(hu: np.ndarray, geometry, nodules: list[dict], folder: Path, case: str, classifier) -> list[Path]:
+    """Evidence PNG (occlusion sensitivity) per nodule (``overlays/<case>_candNNN_evidence.png``); ``hu`` is the
+    case's (z, y, x) HU volume on ``geometry``."""
     import torch
 
     from lungnod_ext.explain import evidence_maps, write_evidence_png
@@ -109,7 +110,6 @@ def _write_evidence(image: str, nodules: list[dict], folder: Path, case: str, cl
     from lungnod_ext.patches import extract_patches
 
     net, st = classifier
-    hu, geometry = read_nifti(image)
     patches = extract_patches(hu, geometry, [n["centre_lps"] for n in nodules], st["patch_size"], st["spacing_mm"],
                               st["spatial_dims"])
     window = HUWindow(preset=st["hu_window"])
@@ -150,7 +150,7 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
             keep = np.isin(labels, [int(n["id"]) for n in nodules]) if nodules else np.zeros(labels.shape, bool)
             overlays = write_candidate_overlays(hu, keep, nodules, geometry, tmp / "overlays", case)
             if classifier is not None and nodules:
-                overlays += _write_evidence(image, nodules[:MAX_EXPLAINED], tmp, case, classifier)
+                overlays += _write_evidence(hu, geometry, nodules[:MAX_EXPLAINED], tmp, case, classifier)
         if cfg.dicom_seg and source_dicom:
             from lungnod_ext.dicom_seg import write_dicom_seg
 

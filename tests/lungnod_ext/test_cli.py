@@ -1,0 +1,24 @@
+"""The process entry point: exit code, flushed output and exit handlers survive the fast exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = """
+import atexit, sys
+from lungnod_ext import cli
+atexit.register(lambda: print("exit handler ran", flush=True))
+print("before the command")  # block-buffered into the pipe: lost unless run() flushes
+sys.argv = ["lungnod", "evaluate", "/nonexistent/detect_out", "--reference", "/nonexistent/ref"]
+cli.run()
+print("not reached")
+"""
+
+
+def test_run_exits_with_the_command_code_after_flushing_and_exit_handlers(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.splitlines() == ["before the command", "exit handler ran"]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "/nonexistent/detect_out" in errors[0]
