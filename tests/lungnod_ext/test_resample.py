@@ -116,3 +116,29 @@ def test_bad_arguments_are_named():
         ResampleToReference()(torch.zeros(1, 4, 4, 4), DST)
     with pytest.raises(KeyError, match="ct_hu"):
         ResampleToReferenced("pred", reference_key="ct_hu")({"pred": SRC})
+
+
+def test_bundle_preprocessing_on_lidc_inverted_the_same(lidc_converted):
+    """LIDC-IDRI-0001 through the segmentation bundle's own pre-processing (real LPS-stored grid, real lung
+    crop): a prediction on the network grid comes back identical through Invertd and ResampleToReferenced."""
+    from monai.bundle import ConfigParser
+
+    from lungnod_ext.pipeline import SEG_BUNDLE
+
+    image = str(next((lidc_converted / "images").glob("*.nii.gz")))
+    parser = ConfigParser()
+    parser.read_config(str(SEG_BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(SEG_BUNDLE), "datalist": [{"image": image}]})
+    pre = parser.get_parsed_content("preprocessing")
+    d = pre({"image": image})
+    x = d["image"]
+    assert x.shape[1:3] != d["ct_hu"].shape[1:3]  # resampled and cropped
+    i, j, k = (torch.arange(n, dtype=torch.float32) for n in x.shape[1:])
+    blobs = torch.sin(i[:, None, None] / 7.0) * torch.cos(j[None, :, None] / 5.0) + torch.sin(k[None, None, :] / 9.0)
+    pred = MetaTensor(torch.sigmoid(4 * blobs)[None], affine=x.affine, meta=dict(x.meta))
+    inverted = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)({**d, "pred": pred})["pred"]
+    resampled = ResampleToReferenced("pred", reference_key="ct_hu")({"pred": pred, "ct_hu": d["ct_hu"]})["pred"]
+    assert resampled.shape == inverted.shape == d["ct_hu"].shape
+    assert 0.05 < float((inverted >= 0.5).float().mean()) < 0.5
+    assert float((resampled.as_tensor() - inverted.as_tensor()).abs().max()) < 1e-5
+    assert torch.equal(resampled.as_tensor() >= 0.5, inverted.as_tensor() >= 0.5)
