@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from data_prep.errors import DataPrepError, InputNotFoundError
-from data_prep.masks import equivalent_diameter_mm
+from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import read_nifti, write_nifti
 from data_prep.synth import NODULE_TYPES, NodulePlacer, NoduleSpec, edge_step_mm, blend_nodule, random_nodule_spec
 from lungnod_ext.coords import Geometry
@@ -55,9 +55,8 @@ def find_lung_mask(hu_zyx: np.ndarray) -> np.ndarray:
     del labels
     if not mask.any():
         return mask
-    z, y, x = (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
-    ys, xs = slice(y[0], y[-1] + 1), slice(x[0], x[-1] + 1)
-    for k in range(z[0], z[-1] + 1):
+    zs, ys, xs = bounding_box(mask)
+    for k in range(zs.start, zs.stop):
         mask[k, ys, xs] = ndimage.binary_fill_holes(mask[k, ys, xs])
     return mask
 

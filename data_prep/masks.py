@@ -21,6 +21,19 @@ def equivalent_diameter_mm(volume_mm3: float) -> float:
     return float((6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0)) if volume_mm3 > 0 else 0.0
 
 
+def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every non-zero voxel of ``mask``, grown by ``margin`` voxels (one
+    int, or one per axis) and clipped to the array; None when ``mask`` is empty."""
+    margins = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(int(hit[0]) - margins[axis], 0), min(int(hit[-1]) + 1 + margins[axis], mask.shape[axis])))
+    return tuple(box)
+
+
 def nodule_stats(mask_zyx: np.ndarray, geometry: Geometry, hu_zyx: np.ndarray | None = None) -> dict:
     """Measurements of one binary nodule mask (z, y, x).
 

@@ -36,7 +36,7 @@ from monai.data.meta_tensor import MetaTensor
 from monai.transforms import MapTransform, Transform
 from scipy import ndimage as ndi
 
-from data_prep.masks import equivalent_diameter_mm
+from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import write_text_atomic
 from lungnod_ext.coords import LPS_TO_RAS, Geometry
 
@@ -83,17 +83,6 @@ def _bbox_lps(geometry: Geometry, bbox_ijk) -> list[float]:
     return [float(v) for v in world.min(axis=0)] + [float(v) for v in world.max(axis=0)]
 
 
-def _foreground_box(foreground: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box (z, y, x slices) of a boolean volume; None when it is empty."""
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
-
-
 def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_zyx: np.ndarray | None = None,
                                   lung_mask_zyx: np.ndarray | None = None, threshold: float = 0.5,
                                   min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
@@ -135,8 +124,7 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
     label_map = np.zeros(prob.shape, dtype=np.uint16) if label_map_out is None else label_map_out
 
     foreground = prob >= threshold
-    box = _foreground_box(foreground)
-    if box is None:
+    if not foreground.any():
         return [], label_map
     lung = None
     if lung_mask_zyx is not None:
@@ -147,7 +135,7 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
     spacing_zyx = np.asarray(geometry.spacing, dtype=float)[::-1]
     # the lung test looks up to lung_dilate_mm (+ 1 voxel) around each component: widen the working box
     margin = np.ceil(max(lung_dilate_mm, 0.0) / spacing_zyx).astype(int) + 1 if lung is not None else np.zeros(3, int)
-    work = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(box, margin, prob.shape))
+    work = bounding_box(foreground, margin)
     origin = np.array([s.start for s in work])
 
     labels, n_components = ndi.label(foreground[work], structure=_STRUCTURE_26)
@@ -297,6 +285,16 @@ def write_candidates(candidates: Sequence[Mapping], json_path=None, csv_path=Non
 
 
 # ------------------------------------------------------------------------------------------------ MONAI
+def affine_ras(img: MetaTensor) -> np.ndarray:
+    """4x4 float64 RAS affine of a MetaTensor: ``meta["affine"]``, converted from LPS when
+    ``meta["space"] == "LPS"`` (e.g. ITKReader with ``affine_lps_to_ras=False``)."""
+    affine = np.asarray(img.affine.detach().cpu().numpy() if torch.is_tensor(img.affine) else img.affine, np.float64)
+    if str(img.meta.get("space", "RAS")).upper() == "LPS":
+        affine = affine.copy()
+        affine[:3, :] = LPS_TO_RAS @ affine[:3, :]
+    return affine
+
+
 def geometry_from_meta_tensor(img: MetaTensor) -> Geometry:
     """LPS :class:`Geometry` of a channel-first MetaTensor ``(C, X, Y, Z)`` as MONAI's ``LoadImaged`` +
     ``EnsureChannelFirstd`` give it: spatial index (i, j, k) = NIfTI voxel order, ``meta["affine"]`` in RAS
@@ -306,11 +304,7 @@ def geometry_from_meta_tensor(img: MetaTensor) -> Geometry:
     if img.ndim != 4:
         raise ValueError(f"expected a channel-first (C, X, Y, Z) image, got shape {tuple(img.shape)}; "
                          "decollate batches before post-processing")
-    affine = np.asarray(img.affine.detach().cpu().numpy() if torch.is_tensor(img.affine) else img.affine, float)
-    if str(img.meta.get("space", "RAS")).upper() == "LPS":
-        affine = affine.copy()
-        affine[:3, :] = LPS_TO_RAS @ affine[:3, :]
-    return Geometry.from_affine_ras(affine, tuple(int(s) for s in img.shape[1:]))
+    return Geometry.from_affine_ras(affine_ras(img), tuple(int(s) for s in img.shape[1:]))
 
 
 def _channel_view_zyx(img, channel: int = 0) -> np.ndarray:

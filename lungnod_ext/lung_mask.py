@@ -43,6 +43,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type, ensure_tuple
 from scipy import ndimage as ndi
 
+from data_prep.masks import bounding_box
 from lungnod_ext.clahe import clahe_2d_slices
 from lungnod_ext.hu_window import HU_WINDOWS
 
@@ -110,23 +111,12 @@ def _per_slice(mask: np.ndarray, op) -> np.ndarray:
     return out
 
 
-def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """Bounding box of a non-empty mask, grown by ``margin`` in-plane (clipped to the array)."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        grow = 0 if axis == 0 else margin
-        box.append(slice(max(0, hit[0] - grow), min(mask.shape[axis], hit[-1] + 1 + grow)))
-    return tuple(box)
-
-
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill, in each (y, x) slice of a (z, y, x) mask, the background regions not connected to the border."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask.copy()
-    box = _bbox(mask, margin=1)
+    box = bounding_box(mask, (0, 1, 1))
     crop = mask[box]
     background = np.pad(~crop, ((0, 0), (1, 1), (1, 1)), constant_values=True)
     labels, _ = ndi.label(background, structure=IN_PLANE_4)
@@ -246,7 +236,7 @@ def _select_lungs(candidates: np.ndarray, midline_x: float, voxel_ml: float, min
     side1, z1_lo, z1_hi = side_and_z(first)
     labels = np.zeros(candidates.shape, dtype=np.uint8)
     if 0.15 <= side1 <= 0.85:  # the largest component spans both sides: both lungs, touching
-        box = _bbox(components == first, margin=1)
+        box = bounding_box(components == first, (0, 1, 1))
         comp = components[box] == first
         labels[box] = _split_connected_lungs(comp, midline_x - box[2].start, max_split_radius_px)
         return labels

@@ -97,7 +97,7 @@ class WriteSegmentationReportd(MapTransform):
         prob = _channel_view_zyx(pred)  # views: write_nifti makes the one copy NIfTI's layout needs
         if tuple(prob.shape) != geometry.shape_zyx:
             raise ValueError(f"prediction {prob.shape} is not on the original grid {geometry.shape_zyx}: "
-                             "add Invertd before the report writer")
+                             "resample it to the image (ResampleToReferenced / Invertd) before the report writer")
         hu = _channel_view_zyx(image) if image is not None else None
         labels = d.get(self.labels_key)
         labels_zyx = _channel_view_zyx(labels) if labels is not None else np.zeros(prob.shape, np.uint16)

@@ -29,20 +29,11 @@ from monai.data.meta_tensor import MetaTensor
 from monai.transforms import MapTransform, ResampleToMatch, Transform
 from monai.utils import ensure_tuple_rep
 
-from lungnod_ext.coords import LPS_TO_RAS
+from lungnod_ext.candidates import affine_ras
 
 MODES = ("bilinear", "nearest")
 ALIGNED_TOLERANCE_VOXELS = 1e-3
 """Grids count as axis-parallel when ignoring the off-axis terms moves no voxel by more than this."""
-
-
-def _affine_ras(img: MetaTensor) -> np.ndarray:
-    affine = img.affine
-    affine = np.asarray(affine.detach().cpu().numpy() if torch.is_tensor(affine) else affine, dtype=np.float64)
-    if str(img.meta.get("space", "RAS")).upper() == "LPS":
-        affine = affine.copy()
-        affine[:3, :] = LPS_TO_RAS @ affine[:3, :]
-    return affine
 
 
 def axis_map(src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape) -> list[tuple[int, float, float]] | None:
@@ -141,7 +132,7 @@ class ResampleToReference(Transform):
                 raise ValueError(f"{name} must be a channel-first (C, X, Y, Z) MetaTensor with an affine, "
                                  f"got {type(t).__name__} {tuple(getattr(t, 'shape', ()))}")
         dst_shape = tuple(int(s) for s in reference.shape[1:])
-        mapping = axis_map(_affine_ras(img), _affine_ras(reference), dst_shape)
+        mapping = axis_map(affine_ras(img), affine_ras(reference), dst_shape)
         if mapping is None:
             self.last_path = "grid_sample"
             out = ResampleToMatch(mode=self.mode, padding_mode="zeros")(img, img_dst=reference)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_prep.lidc_xml import Roi
-from data_prep.masks import (SparseMask, consensus_mask, equivalent_diameter_mm, fill_slice_contours, group_marks,
+from data_prep.masks import (SparseMask, bounding_box, consensus_mask, equivalent_diameter_mm, fill_slice_contours, group_marks,
                              nodule_stats, rasterize_rois, sphere_mask)
 from lungnod_ext.coords import Geometry
 
@@ -83,3 +83,13 @@ def test_sphere_and_stats():
     # a sphere partly outside the grid is cut, not an error
     assert sphere_mask(g, (-12.0, 20.0, -100.0), 6.0).sum() > 0
     assert sphere_mask(g, (500.0, 0.0, 0.0), 6.0).sum() == 0
+
+
+def test_bounding_box_grows_per_axis_and_clips():
+    mask = np.zeros((10, 20, 30), dtype=bool)
+    mask[2:4, 5:9, 0:3] = True
+    mask[6, 7, 4] = True
+    assert bounding_box(mask) == (slice(2, 7), slice(5, 9), slice(0, 5))
+    assert bounding_box(mask, (0, 1, 2)) == (slice(2, 7), slice(4, 10), slice(0, 7))  # x clipped at 0
+    assert bounding_box(mask, 5) == (slice(0, 10), slice(0, 14), slice(0, 10))
+    assert bounding_box(np.zeros((4, 4, 4))) is None
