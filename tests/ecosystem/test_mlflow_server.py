@@ -15,16 +15,16 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_servers import free_port, wait_for_http  # noqa: E402  (a module beside this one)
 
 REPO = Path(__file__).resolve().parents[2]
 MLFLOW = Path(sys.executable).parent / "mlflow"
@@ -45,12 +45,6 @@ BUNDLE_SPECS = {
 BUNDLES = [name for name in BUNDLE_SPECS if (REPO / "bundles" / name / "configs" / "train.json").is_file()]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MlflowServer:
     """``mlflow server`` in its own process group (uvicorn worker included), stopped as a group."""
 
@@ -69,18 +63,8 @@ class MlflowServer:
                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({self.proc.returncode}): {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200 and r.read().strip() == b"OK":
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"mlflow server not healthy after {timeout} s: {self.log_path.read_text()[-3000:]}")
+        wait_for_http(self.proc, f"{self.url}/health", lambda status, body: True if status == 200 and body.strip() == b"OK" else None,
+                      "mlflow server", lambda: self.log_path.read_text()[-3000:], timeout, request_timeout=2, poll_s=0.5)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

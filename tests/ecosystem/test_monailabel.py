@@ -37,7 +37,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,9 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.slow
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_servers import free_port, wait_for_http  # noqa: E402  (a module beside this one)
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -121,12 +123,6 @@ def copy_bundle(name: str, dest_model_dir: Path, overrides: dict[str, dict] | No
         (dest / "models").mkdir()
         shutil.copy2(model_pt, dest / "models" / "model.pt")
     return dest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _multipart_parts(body: bytes, boundary: str) -> dict[str, tuple[str | None, bytes]]:
@@ -327,17 +323,8 @@ class MonaiLabelServer:
         return self.log_path.read_text(errors="replace")[-n:]
 
     def wait_ready(self, timeout: float = 240.0) -> dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"monailabel server exited ({self.proc.returncode}):\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/info/", timeout=5) as r:
-                    if r.status == 200:
-                        return json.loads(r.read())
-            except OSError:
-                time.sleep(1.0)
-        pytest.fail(f"monailabel server not answering on {self.url} after {timeout} s:\n{self.log_tail()}")
+        return wait_for_http(self.proc, f"{self.url}/info/", lambda status, body: json.loads(body) if status == 200 else None,
+                             "monailabel server", self.log_tail, timeout)
 
     def infer(self, model: str, image_id: str, timeout: float = 300.0) -> tuple[dict, bytes | None, str | None]:
         """POST /infer/<model>?image=<id> -> (params JSON, label bytes, label file name): a multipart answer

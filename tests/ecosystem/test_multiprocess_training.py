@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_servers import free_port  # noqa: E402  (a module beside this one)
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -43,12 +45,6 @@ RECORDER_OVERRIDE = {
                                     " or type(h).__name__ == 'ResumableTraining'] if dist.get_rank() > 0 else"
                                     " @train#handlers) + [@train#case_recorder]",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the recorder, in process
