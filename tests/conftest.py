@@ -25,7 +25,7 @@ def _require(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def lidc_root() -> Path:
-    """../shared/data/lidc: LIDC-IDRI-0001 (DICOM + XML) and luna16_annotations.csv."""
+    """../shared/data/lidc: LIDC-IDRI-0001, -0002, -0006 (DICOM + XML) and luna16_annotations.csv."""
     return _require(LIDC_ROOT / "LIDC-IDRI-0001").parent
 
 
@@ -74,7 +74,7 @@ def lidc_converted(lidc_root, tmp_path_factory) -> Path:
     from data_prep.convert import ConvertOptions, convert_dicom_root
 
     out = tmp_path_factory.mktemp("lidc_converted")
-    report = convert_dicom_root(lidc_root, out, ConvertOptions(progress=False))
+    report = convert_dicom_root(lidc_root / "LIDC-IDRI-0001", out, ConvertOptions(progress=False))
     assert len(report.converted) == 1 and not report.failed, report.as_dict()
     return out
 

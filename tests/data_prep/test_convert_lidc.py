@@ -107,6 +107,7 @@ def test_matches_dcm2niix_orientation(lidc_converted, lidc_series_dir, tmp_path)
 def test_rerun_reuses_and_force_redoes(lidc_root, tmp_path):
     from data_prep.convert import ConvertOptions, convert_dicom_root
 
+    lidc_root = lidc_root / "LIDC-IDRI-0001"
     r1 = convert_dicom_root(lidc_root, tmp_path, ConvertOptions(progress=False))
     img = next((tmp_path / "images").glob("*.nii.gz"))
     before = img.read_bytes()

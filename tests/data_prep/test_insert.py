@@ -171,3 +171,18 @@ def test_bad_inputs(tmp_path):
         insert.insert_nodules(water[:8], g, 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown nodule type"):
         insert.insert_nodules(water, g, [{"type": "cavity"}], np.random.default_rng(0), np.ones(water.shape, bool))
+
+
+def test_psf_blend_soft_edge_keeps_the_scans_noise(real_ct, real_lungs):
+    hu, geo = real_ct
+    rng = np.random.default_rng(5)
+    new, inst, recs = insert.insert_nodules(hu, geo, [{"type": "solid", "diameter_mm": 12.0}], rng, real_lungs, style="psf")
+    m = inst == 1
+    inner = ndimage.binary_erosion(m, iterations=2)
+    shell = ndimage.binary_dilation(m, iterations=1) & ~m
+    delta = new.astype(float) - hu
+    assert delta[inner].mean() > 500                                          # solid nodule over lung
+    assert 0 < delta[shell].mean() < 0.6 * delta[inner].mean()                # blurred edge, not a step
+    # inside, the scan's own noise is still there: the nodule's HU varies like the background plus texture
+    assert 10 < new[inner].std() < 200
+    assert np.array_equal(new[~ndimage.binary_dilation(m, iterations=6)], hu[~ndimage.binary_dilation(m, iterations=6)])

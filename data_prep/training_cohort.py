@@ -1,0 +1,271 @@
+"""Training cohort from real CT backgrounds: simulated nodules imaged into real series, scanner variety.
+
+Real nodule data are scarce; real lungs are not. Each converted real series (a ``data-prep convert``
+folder: ``images/``, ``labels/``, ``small_marks.csv``) becomes ``copies`` training volumes:
+
+1. the volume cropped to its lungs plus ``margin_mm`` (what the bundles' inference looks at);
+2. 3-30 mm nodules inserted with :func:`data_prep.insert.insert_nodules` in its ``psf`` style (solid,
+   part-solid, ground-glass, juxta-pleural, juxta-vascular; smooth, lobulated, spiculated; blurred by the
+   scanner's point spread on top of the scan's own noise), away from the scan's own nodules;
+3. scanner variety for the whole volume (nodules included): a softer or sharper reconstruction kernel,
+   added correlated noise, thicker slices (z blur, up to 5 mm).
+
+Labels (uint8): 0 background, 1 nodule (the readers' consensus of the real nodules + the inserted ones),
+255 ignore (:data:`lungnod_ext.losses.IGNORE_LABEL`): a sphere around every LIDC small mark (< 3 mm, a
+real finding with no outline), never taught as background. Copy 0 of each series is the real scan
+itself (cropped, no insertion, no augmentation).
+
+Output ``out_dir``: ``images/<case>_c<NN>.nii.gz`` (int16 HU), ``labels/<case>_c<NN>.nii.gz``,
+``instances/<case>_c<NN>.nii.gz`` (uint16: real nodule ids as converted, inserted ones 100 + n),
+``nodules/<case>_c<NN>.json`` (what was inserted and done), ``nodules.csv`` (real and inserted nodules,
+LPS mm: the columns ``lungnod evaluate`` and the patch builder read), ``small_marks.csv`` (the LIDC
+small marks), ``datalist.json`` (MONAI lists: "training" = all copies of the training series;
+"validation" = ``val_copies`` extra copies of them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from data_prep.errors import DataPrepError, InputNotFoundError
+from data_prep.insert import SHAPES, find_lung_mask, insert_nodules
+from data_prep.masks import bounding_box
+from data_prep.nifti_io import read_nifti, write_nifti, write_text_atomic
+from lungnod_ext.coords import Geometry
+
+log = logging.getLogger(__name__)
+
+INSERTED_ID_OFFSET = 100               # instance id of inserted nodule n: 100 + n (real nodules keep theirs)
+IGNORE_LABEL = 255                      # same value as lungnod_ext.losses.IGNORE_LABEL
+SMALL_MARK_RADIUS_MM = 4.0
+TYPE_WEIGHTS = {"solid": 0.3, "part_solid": 0.12, "ground_glass": 0.13, "juxta_pleural": 0.22, "juxta_vascular": 0.23}
+SIZE_BANDS_MM = ((3.0, 6.0, 0.4), (6.0, 15.0, 0.4), (15.0, 30.0, 0.2))   # (low, high, share), log-uniform within
+
+
+@dataclass(frozen=True)
+class CohortOptions:
+    copies: int = 8                 # volumes per training series (copy 0 = the real scan as it is)
+    val_copies: int = 1             # extra copies per series for the "validation" list
+    nodules: tuple[int, int] = (5, 9)
+    margin_mm: float = 15.0         # lung crop margin
+    augment: bool = True            # scanner variety (kernel, noise, slice thickness)
+    seed: int = 0
+    workers: int = 2
+
+
+def crop_to_lungs(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray, margin_mm: float):
+    """(z, y, x) crop of a volume to its lungs + ``margin_mm`` -> (slices, cropped Geometry)."""
+    margin = [int(np.ceil(margin_mm / s)) for s in (geometry.spacing[2], geometry.spacing[1], geometry.spacing[0])]
+    box = bounding_box(lung_zyx, margin)
+    if box is None:
+        raise ValueError("no lungs found")
+    origin = geometry.voxel_to_world(np.array([box[2].start, box[1].start, box[0].start], dtype=float))
+    shape = (box[2].stop - box[2].start, box[1].stop - box[1].start, box[0].stop - box[0].start)
+    return box, replace(geometry, origin=tuple(float(v) for v in origin), shape=shape)
+
+
+def small_mark_mask(rows: list[dict], geometry: Geometry, shape_zyx, radius_mm: float = SMALL_MARK_RADIUS_MM,
+                    offset_zyx=(0, 0, 0)) -> np.ndarray:
+    """Bool (z, y, x) spheres around small-mark voxel centres (``centre_i/j/k`` of ``small_marks.csv``,
+    in the uncropped grid; ``offset_zyx`` = the crop's start)."""
+    out = np.zeros(shape_zyx, dtype=bool)
+    sx, sy, sz = geometry.spacing
+    r = [int(np.ceil(radius_mm / s)) for s in (sz, sy, sx)]
+    kk, jj, ii = np.meshgrid(*[np.arange(-n, n + 1) for n in r], indexing="ij")
+    ball = (kk * sz) ** 2 + (jj * sy) ** 2 + (ii * sx) ** 2 <= radius_mm ** 2
+    for row in rows:
+        c = np.rint([float(row["centre_k"]) - offset_zyx[0], float(row["centre_j"]) - offset_zyx[1],
+                     float(row["centre_i"]) - offset_zyx[2]]).astype(int)
+        lo = c - r
+        hi = c + np.array(r) + 1
+        src = tuple(slice(max(0, -a), b - a - max(0, b - n)) for a, b, n in zip(lo, hi, shape_zyx))
+        dst = tuple(slice(max(0, a), min(b, n)) for a, b, n in zip(lo, hi, shape_zyx))
+        if all(d.stop > d.start for d in dst):
+            out[dst] |= ball[src]
+    return out
+
+
+def _correlated_noise(shape, rng, sd: float, sigma_vox) -> np.ndarray:
+    n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma_vox)
+    return n * (sd / max(float(n.std()), 1e-6))
+
+
+def augment_scanner(hu_zyx: np.ndarray, geometry: Geometry, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Scanner variety for a whole (z, y, x) HU volume -> (float32 HU, what was done).
+
+    Each independently: a softer kernel (in-plane Gaussian, sigma 0.3-0.8 mm) or a sharper one (unsharp
+    mask, amount 0.3-1.0); thicker slices (z Gaussian to a 2.5-5 mm slice profile, when thicker than the
+    scan's); added noise (correlated, 5-30 HU)."""
+    x = hu_zyx.astype(np.float32)
+    sx, sy, sz = (float(v) for v in geometry.spacing)
+    done: dict = {}
+    u = rng.uniform()
+    if u < 0.3:
+        s = float(rng.uniform(0.3, 0.8))
+        x = ndimage.gaussian_filter(x, sigma=(0, s / sy, s / sx))
+        done["soft_kernel_sigma_mm"] = round(s, 3)
+    elif u < 0.6:
+        a = float(rng.uniform(0.3, 1.0))
+        x = x + a * (x - ndimage.gaussian_filter(x, sigma=(0, 0.8 / sy, 0.8 / sx)))
+        done["sharp_kernel_amount"] = round(a, 3)
+    if rng.uniform() < 0.35:
+        target = float(rng.uniform(2.5, 5.0))
+        if target > sz * 1.05:
+            sigma = np.sqrt(target ** 2 - sz ** 2) / 2.355 / sz
+            x = ndimage.gaussian_filter1d(x, sigma=sigma, axis=0)
+            done["slice_thickness_mm"] = round(target, 2)
+    if rng.uniform() < 0.5:
+        sd = float(rng.uniform(5.0, 30.0))
+        x = x + _correlated_noise(x.shape, rng, sd, (0.0, 0.6, 0.6))
+        done["added_noise_hu"] = round(sd, 1)
+    return x, done
+
+
+def _random_count_specs(rng: np.random.Generator, n: int) -> list[dict]:
+    types, weights = list(TYPE_WEIGHTS), np.array(list(TYPE_WEIGHTS.values()))
+    bands = np.array([b[2] for b in SIZE_BANDS_MM])
+    out = []
+    for _ in range(n):
+        lo, hi, _share = SIZE_BANDS_MM[rng.choice(len(SIZE_BANDS_MM), p=bands / bands.sum())]
+        out.append({"type": str(rng.choice(types, p=weights / weights.sum())),
+                    "diameter_mm": float(np.exp(rng.uniform(np.log(lo), np.log(hi)))),
+                    "shape": str(rng.choice(SHAPES, p=[0.4, 0.3, 0.3]))})
+    return out
+
+
+def _read_rows(path: Path, kind: str | None = None) -> dict[str, list[dict]]:
+    """Rows of a convert table (``nodules.csv``, ``small_marks.csv``) by case id, only ``kind`` if given."""
+    out: dict[str, list[dict]] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if kind is None or row.get("kind") == kind:
+                    out.setdefault(row["case_id"], []).append(row)
+    return out
+
+
+TABLE_COLUMNS = ("case_id", "source", "nodule_id", "type", "shape", "centre_x_lps_mm", "centre_y_lps_mm",
+                 "centre_z_lps_mm", "diameter_mm")
+MARK_COLUMNS = ("case_id", "kind", "centre_x_lps_mm", "centre_y_lps_mm", "centre_z_lps_mm")
+
+
+def _table_rows(rec: dict, real: list[dict], marks: list[dict]) -> tuple[list[dict], list[dict]]:
+    """nodules.csv / small_marks.csv rows of one copy: the real nodules, then the inserted ones."""
+    rows = [{"case_id": rec["name"], "source": "lidc_xml", "nodule_id": r["nodule_id"], "type": "real", "shape": "",
+             **{f"centre_{a}_lps_mm": r[f"centre_{a}_lps_mm"] for a in "xyz"}, "diameter_mm": r["diameter_mm"]}
+            for r in real]
+    for n in rec["inserted"]:
+        rows.append({"case_id": rec["name"], "source": "inserted", "nodule_id": INSERTED_ID_OFFSET + int(n["id"]), "type": n["type"],
+                     "shape": n["shape"], **{f"centre_{a}_lps_mm": round(float(v), 4) for a, v in zip("xyz", n["centre_lps"])},
+                     "diameter_mm": round(float(n["mask_diameter_mm"]), 4)})
+    mark_rows = [{"case_id": rec["name"], "kind": m["kind"], **{f"centre_{a}_lps_mm": m[f"centre_{a}_lps_mm"] for a in "xyz"}}
+                 for m in marks]
+    return rows, mark_rows
+
+
+def _csv(path: Path, columns, rows) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptions) -> list[dict]:
+    """Write copies ``indices`` of one converted case into ``out_dir`` -> one record per copy."""
+    converted, out = Path(converted_dir), Path(out_dir)
+    for sub in ("images", "labels", "instances", "nodules"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    image_path, label_path = converted / "images" / f"{case}.nii.gz", converted / "labels" / f"{case}.nii.gz"
+    if not image_path.is_file():
+        raise InputNotFoundError(image_path, "no such converted image")
+    hu, geometry = read_nifti(image_path)
+    inst_path = converted / "instances" / f"{case}.nii.gz"
+    real_instance = (read_nifti(inst_path)[0].astype(np.uint16) if inst_path.is_file()
+                     else np.zeros(hu.shape, dtype=np.uint16))
+    label = read_nifti(label_path)[0] > 0 if label_path.is_file() else real_instance > 0
+    lung = find_lung_mask(hu)
+    try:
+        box, cgeo = crop_to_lungs(hu, geometry, lung, options.margin_mm)
+    except ValueError:
+        raise DataPrepError(image_path, "no lungs found (no air below -400 HU enclosed by the body)") from None
+    hu, label, lung, real_instance = hu[box].astype(np.int16), label[box], lung[box], real_instance[box]
+    marks = _read_rows(converted / "small_marks.csv", "small_nodule").get(case, [])
+    real = _read_rows(converted / "nodules.csv").get(case, [])
+    ignore = small_mark_mask(marks, geometry, hu.shape,
+                             offset_zyx=(box[0].start, box[1].start, box[2].start)) & ~label
+    forbidden = ndimage.binary_dilation(label | ignore, iterations=2)
+    records = []
+    for idx in indices:
+        rng = np.random.default_rng([options.seed, int(idx), sum(map(ord, case))])
+        name = f"{case}_c{idx:02d}"
+        if idx == 0:
+            new, inserted, done = hu, [], {}
+            nodule_mask, instances = label, real_instance
+        else:
+            n = int(rng.integers(options.nodules[0], options.nodules[1] + 1))
+            new, instance, inserted = insert_nodules(hu, cgeo, _random_count_specs(rng, n), rng, lung,
+                                                     style="psf", forbidden_zyx=forbidden)
+            done = {}
+            if options.augment:
+                aug, done = augment_scanner(new, cgeo, rng)
+                new = np.clip(np.rint(aug), -1024, 3071).astype(np.int16)
+            nodule_mask = label | (instance > 0)
+            instances = np.where(instance > 0, instance.astype(np.uint16) + INSERTED_ID_OFFSET, real_instance)
+        lab = np.where(ignore, IGNORE_LABEL, nodule_mask.astype(np.uint8)).astype(np.uint8)
+        write_nifti(out / "images" / f"{name}.nii.gz", new, cgeo)
+        write_nifti(out / "labels" / f"{name}.nii.gz", lab, cgeo)
+        write_nifti(out / "instances" / f"{name}.nii.gz", instances.astype(np.uint16), cgeo)
+        rec = {"name": name, "source_case": case, "copy": int(idx), "augmentation": done,
+               "inserted": inserted, "n_ignore_voxels": int(ignore.sum())}
+        rec["table"], rec["marks"] = _table_rows(rec, real, marks)
+        write_text_atomic(out / "nodules" / f"{name}.json", json.dumps(rec, indent=1, default=float) + "\n")
+        records.append(rec)
+        log.info("%s: %d nodule(s) inserted, %s", name, len(inserted), done or "no augmentation")
+    return records
+
+
+def _task(args):
+    return make_copies(*args)
+
+
+def build_training_cohort(converted_dir, out_dir, train_cases: list[str], options: CohortOptions | None = None) -> Path:
+    """Copies of every case in ``train_cases`` (converted ids) -> ``out_dir`` with ``datalist.json``.
+
+    Returns the datalist path. Validation copies are numbered after the training ones.
+    """
+    options = options or CohortOptions()
+    out = Path(out_dir)
+    for sub in ("images", "labels", "instances", "nodules"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [(converted_dir, case, out, list(range(options.copies + options.val_copies)), options) for case in train_cases]
+    if options.workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(options.workers, len(jobs))) as pool:
+            results = list(pool.map(_task, jobs))
+    else:
+        results = [_task(j) for j in jobs]
+    training, validation, rows, mark_rows = [], [], [], []
+    for recs in results:
+        for r in recs:
+            rows += r["table"]
+            mark_rows += r["marks"]
+            entry = {"image": f"images/{r['name']}.nii.gz", "label": f"labels/{r['name']}.nii.gz",
+                     "case": r["name"], "source_case": r["source_case"]}
+            (training if r["copy"] < options.copies else validation).append(entry)
+    datalist = {"description": "real CT backgrounds with simulated nodules (data_prep.training_cohort)",
+                "source_cases": list(train_cases), "training": training, "validation": validation}
+    _csv(out / "nodules.csv", TABLE_COLUMNS, rows)
+    _csv(out / "small_marks.csv", MARK_COLUMNS, mark_rows)
+    path = out / "datalist.json"
+    write_text_atomic(path, json.dumps(datalist, indent=1) + "\n")
+    return path
