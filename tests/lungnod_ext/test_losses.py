@@ -1,0 +1,58 @@
+"""lungnod_ext.losses: Dice + BCE blind to the ignore label (LIDC small marks), label binarisation, metrics."""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiceCELoss
+
+from lungnod_ext.losses import IGNORE_LABEL, BinarizeLabeld, MaskedDiceBCELoss, from_engine_ignoring
+
+
+def _case():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 16, 16)
+    label = (torch.rand(2, 1, 16, 16) > 0.8).float()
+    return logits, label
+
+
+def test_equals_monai_dice_ce_without_ignored_voxels():
+    logits, label = _case()
+    ours = MaskedDiceBCELoss()(logits, label)
+    ref = DiceCELoss(sigmoid=True, batch=True)(logits, label)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_ignored_voxels_do_not_change_the_loss_or_its_gradient():
+    logits, label = _case()
+    label[0, 0, :4, :4] = IGNORE_LABEL
+    loss = MaskedDiceBCELoss()
+    base = loss(logits, label)
+    changed = logits.clone()
+    changed[0, 0, :4, :4] = 20.0                      # a confident "nodule" where the label is ignored
+    assert torch.allclose(loss(changed, label), base)
+    x = logits.clone().requires_grad_(True)
+    loss(x, label).backward()
+    assert torch.count_nonzero(x.grad[0, 0, :4, :4]) == 0 and torch.count_nonzero(x.grad) > 100
+    # the same confident prediction on background does cost
+    label_bg = label.clone()
+    label_bg[0, 0, :4, :4] = 0
+    assert loss(changed, label_bg) > loss(logits, label_bg) + 0.1
+
+
+def test_pos_weight_raises_the_cost_of_missed_nodule_voxels():
+    logits, label = _case()
+    assert MaskedDiceBCELoss(pos_weight=5.0, dice_weight=0.0)(torch.full_like(logits, -3.0), label) > \
+        MaskedDiceBCELoss(pos_weight=1.0, dice_weight=0.0)(torch.full_like(logits, -3.0), label)
+
+
+def test_binarize_keeps_ignore_and_instance_ids_become_nodule():
+    lab = torch.tensor([[0.0, 1.0, 2.0, 7.0, 255.0, 0.4]])
+    out = BinarizeLabeld("label")({"label": lab})["label"]
+    assert out.tolist() == [[0.0, 1.0, 1.0, 1.0, 255.0, 0.0]] and out.dtype == torch.float32
+
+
+def test_metric_transform_treats_ignored_as_background():
+    pred = torch.ones(1, 4)
+    label = torch.tensor([[1.0, 255.0, 0.0, 1.0]])
+    preds, labels = from_engine_ignoring()([{"pred": pred, "label": label}])
+    assert preds[0].tolist() == [[1.0, 0.0, 1.0, 1.0]] and labels[0].tolist() == [[1.0, 0.0, 0.0, 1.0]]
