@@ -3,7 +3,7 @@
 A dataset item is ``{"image": <CT NIfTI>, "candidates": <stage-1 candidates JSON>}`` (the segmentation
 bundle's ``<case>_candidates.json``), or ``{"image": <one patch image>}`` as MONAI Label sends it.
 
-* :class:`CandidatePatchesd` turns the item into ``image`` = float32 ``(N, 1, *patch)`` HU patches, one per
+* :class:`CandidatePatchesd` turns the item into ``image`` = float32 ``(N, C, *patch)`` HU patches, one per
   candidate, cut in world space (:func:`lungnod_ext.patches.extract_patches`); a single patch image
   is resized to the patch size (N = 1). ``candidates`` holds the candidate dicts as JSON text (so batch
   collation leaves it alone), ``case`` the case id.
@@ -28,7 +28,7 @@ from monai.transforms import MapTransform
 from data_prep.nifti_io import read_nifti
 from lungnod_ext.candidates import write_candidates
 from lungnod_ext.inputs import NIFTI_SUFFIXES
-from lungnod_ext.patches import DEFAULTS, extract_patches
+from lungnod_ext.patches import DEFAULTS, extract_patches, patch_channels
 
 
 def _case(path: str) -> str:
@@ -39,8 +39,11 @@ def _case(path: str) -> str:
     return name
 
 
-def _load_single_patch(path: str, spatial_dims: int, patch_size: Sequence[int]) -> np.ndarray:
-    """A single patch image (.npy or NIfTI; 2D or 3D, HU) resized to ``patch_size`` -> (1, 1, *patch)."""
+def _load_single_patch(path: str, spatial_dims: int, patch_size: Sequence[int], channels: int = 1) -> np.ndarray:
+    """A single patch image (.npy or NIfTI; 2D or 3D, HU) resized to ``patch_size`` -> (1, channels, *patch).
+
+    For a 2-D classifier with ``channels`` planes: a (channels, H, W) array is taken as those planes, any
+    other 3-D array gives its central slice, and a single plane is repeated as every channel."""
     if path.lower().endswith(".npy"):
         arr = np.load(path).astype(np.float32)
     else:
@@ -50,20 +53,25 @@ def _load_single_patch(path: str, spatial_dims: int, patch_size: Sequence[int]) 
         arr = arr.transpose(tuple(range(arr.ndim))[::-1])  # NIfTI (x, y[, z]) -> array order ([z,] y, x)
     arr = np.squeeze(arr)
     if arr.ndim == 3 and spatial_dims == 2:
-        arr = arr[arr.shape[0] // 2]
-    if arr.ndim != spatial_dims:
+        arr = arr if channels > 1 and arr.shape[0] == channels else arr[arr.shape[0] // 2]
+    if arr.ndim == spatial_dims:
+        arr = np.repeat(arr[None], channels, axis=0)
+    if arr.ndim != spatial_dims + 1:
         raise ValueError(f"{path}: a {arr.ndim}D patch for a {spatial_dims}D classifier")
-    t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+    t = torch.from_numpy(np.ascontiguousarray(arr))[None]
     mode = "trilinear" if spatial_dims == 3 else "bilinear"
     return F.interpolate(t, size=tuple(patch_size), mode=mode, align_corners=False).numpy()
 
 
 class CandidatePatchesd(MapTransform):
-    """``{"image", "candidates"?}`` -> ``image`` (N, 1, *patch) HU patches, ``candidates`` list, ``case`` id."""
+    """``{"image", "candidates"?}`` -> ``image`` (N, C, *patch) HU patches (C = 1, or one plane per
+    ``slab_mm`` offset), ``candidates`` list, ``case`` id."""
 
     def __init__(self, keys="image", candidates_key: str = "candidates", spatial_dims: int = 3,
-                 patch_size: Sequence[int] | None = None, spacing_mm: float | None = None) -> None:
+                 patch_size: Sequence[int] | None = None, spacing_mm: float | None = None,
+                 slab_mm: Sequence[float] | None = None) -> None:
         super().__init__(keys)
+        self.slab_mm = [float(v) for v in slab_mm] if slab_mm else None
         self.candidates_key = candidates_key
         self.spatial_dims = int(spatial_dims)
         self.patch_size = tuple(patch_size or DEFAULTS[self.spatial_dims]["patch_size"])
@@ -75,7 +83,7 @@ class CandidatePatchesd(MapTransform):
             image = str(d[key])
             source = d.get(self.candidates_key)
             if source is None:  # a single patch (MONAI Label)
-                patches = _load_single_patch(image, self.spatial_dims, self.patch_size)
+                patches = _load_single_patch(image, self.spatial_dims, self.patch_size, patch_channels(self.slab_mm))
                 candidates = [{"id": 1, "source": image}]
             else:
                 doc = json.loads(Path(str(source)).read_text()) if not isinstance(source, (list, dict)) else source
@@ -83,9 +91,9 @@ class CandidatePatchesd(MapTransform):
                 if candidates:
                     hu, geometry = read_nifti(image)
                     patches = extract_patches(hu, geometry, [c["centre_lps"] for c in candidates], self.patch_size,
-                                              self.spacing_mm, self.spatial_dims)
+                                              self.spacing_mm, self.spatial_dims, self.slab_mm)
                 else:
-                    patches = np.zeros((0, 1, *self.patch_size), np.float32)
+                    patches = np.zeros((0, patch_channels(self.slab_mm), *self.patch_size), np.float32)
             d[key] = torch.from_numpy(patches)
             d[self.candidates_key] = json.dumps(candidates)  # text: survives batch collation unchanged
             d["case"] = _case(image)
@@ -93,7 +101,7 @@ class CandidatePatchesd(MapTransform):
 
 
 class PatchBatchInferer(Inferer):
-    """Runs the network on the patches of one item: input (1, N, 1, *patch) -> (1, N) logits."""
+    """Runs the network on the patches of one item: input (1, N, C, *patch) -> (1, N) logits."""
 
     def __init__(self, batch_size: int = 64) -> None:
         super().__init__()
@@ -101,7 +109,7 @@ class PatchBatchInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         if inputs.ndim < 4:
-            raise ValueError(f"expected (1, N, 1, *patch) patches, got {tuple(inputs.shape)}")
+            raise ValueError(f"expected (1, N, C, *patch) patches, got {tuple(inputs.shape)}")
         patches = inputs.reshape(-1, *inputs.shape[2:])
         outs = [network(patches[i:i + self.batch_size], *args, **kwargs)[:, 0]
                 for i in range(0, patches.shape[0], self.batch_size)]

@@ -10,7 +10,9 @@ Values are HU; outside the scan is air (-1024 HU).
 * positives: every reference nodule (``nodules.csv``), ``positive_copies`` times with a random shift of
   up to ``jitter_mm``, plus every stage-1 candidate that hits a nodule (LUNA16 rule);
 * hard negatives: the segmentation bundle's false-positive candidates (the most useful negatives);
-* random negatives: points in the lung (classic lung mask) away from every nodule.
+* random negatives: points in the lung (classic lung mask) away from every nodule, and as many again on
+  vessels (lung voxels of -300..200 HU: cross-sections, crossings and branch points, what a 2-D segmenter
+  mistakes for nodules).
 
 Cases keep the split of the folder's ``datalist.json`` (training / validation / testing), so patients
 never cross splits. Output: ``<out_dir>/patches/<case>_<kind>_<n>.npy`` (float32 HU) and
@@ -53,24 +55,38 @@ def patch_offsets_mm(patch_size: Sequence[int], spacing_mm: float, spatial_dims:
     return np.stack([di, dj, dk], axis=-1)
 
 
+def patch_channels(slab_mm: Sequence[float] | None) -> int:
+    """Input channels of a classifier fed patches cut with ``slab_mm`` (1 without a slab)."""
+    return 1 if not slab_mm else len(slab_mm)
+
+
 def extract_patches(hu_zyx: np.ndarray, geometry: Geometry, centres_lps, patch_size: Sequence[int] | None = None,
-                    spacing_mm: float | None = None, spatial_dims: int = 3) -> np.ndarray:
-    """Patches around LPS centres (mm) of a (z, y, x) HU volume -> float32 (N, 1, *patch_size)."""
+                    spacing_mm: float | None = None, spatial_dims: int = 3,
+                    slab_mm: Sequence[float] | None = None) -> np.ndarray:
+    """Patches around LPS centres (mm) of a (z, y, x) HU volume -> float32 (N, C, *patch_size).
+
+    C = 1, or for 2-D patches with ``slab_mm`` (offsets in mm along the image's slice axis, e.g.
+    ``[-5, -2.5, 0, 2.5, 5]``) one axial plane per offset, as channels (2.5D: a vessel runs on through the
+    planes, a nodule ends)."""
     d = DEFAULTS[spatial_dims]
     patch_size = tuple(patch_size or d["patch_size"])
     spacing_mm = float(spacing_mm or d["spacing_mm"])
+    if slab_mm and spatial_dims != 2:
+        raise ValueError("slab_mm (planes as channels) is for 2-D patches")
+    planes = [float(v) for v in slab_mm] if slab_mm else [0.0]
     centres = np.asarray(centres_lps, dtype=float).reshape(-1, 3)
-    out = np.empty((len(centres), 1, *patch_size), dtype=np.float32)
+    out = np.empty((len(centres), len(planes), *patch_size), dtype=np.float32)
     if not len(centres):
         return out
     offsets = patch_offsets_mm(patch_size, spacing_mm, spatial_dims).reshape(-1, 3)
     direction = geometry.direction_matrix
     vol = np.asarray(hu_zyx, dtype=np.float32)
     for n, c in enumerate(centres):
-        ijk = geometry.world_to_voxel(c[None, :] + offsets @ direction.T)
-        coords = np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])  # (z, y, x) order of the array
-        out[n, 0] = ndi.map_coordinates(vol, coords, order=1, mode="constant", cval=AIR_HU,
-                                        prefilter=False).reshape(patch_size)
+        for ch, dk in enumerate(planes):
+            ijk = geometry.world_to_voxel(c[None, :] + (offsets + np.array([0.0, 0.0, dk])) @ direction.T)
+            coords = np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])  # (z, y, x) order of the array
+            out[n, ch] = ndi.map_coordinates(vol, coords, order=1, mode="constant", cval=AIR_HU,
+                                             prefilter=False).reshape(patch_size)
     return out
 
 
@@ -86,6 +102,19 @@ def _reference_nodules(converted: Path) -> dict[str, list[dict]]:
     return refs
 
 
+def _ignored_marks(converted: Path) -> dict[str, np.ndarray]:
+    """LIDC small marks (< 3 mm nodules, ``small_marks.csv``): LPS centres per case. Real findings without an
+    outline: a candidate there is neither a positive nor a hard negative."""
+    out: dict[str, list] = {}
+    table = converted / "small_marks.csv"
+    if table.is_file():
+        with open(table, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("kind") == "small_nodule":
+                    out.setdefault(row["case_id"], []).append([float(row[f"centre_{a}_lps_mm"]) for a in "xyz"])
+    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
+
+
 def _candidates(candidates_dir: Path | None, case: str) -> list[dict]:
     if candidates_dir is None:
         return []
@@ -96,11 +125,16 @@ def _candidates(candidates_dir: Path | None, case: str) -> list[dict]:
 
 
 def _random_lung_points(hu_zyx: np.ndarray, geometry: Geometry, refs: list[dict], n: int,
-                        rng: np.random.Generator) -> np.ndarray:
+                        rng: np.random.Generator, lung: np.ndarray | None = None,
+                        hu_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Up to ``n`` LPS points in the lungs (``hu_range``: only voxels within it, e.g. vessels), each more
+    than 10 mm beyond every reference nodule's radius."""
     if n <= 0:
         return np.zeros((0, 3))
-    spacing_zyx = tuple(float(s) for s in geometry.spacing[::-1])
-    lung = compute_lung_mask(hu_zyx, spacing_zyx)
+    if lung is None:
+        lung = compute_lung_mask(hu_zyx, tuple(float(s) for s in geometry.spacing[::-1]))
+    if hu_range is not None:
+        lung = lung & (hu_zyx >= hu_range[0]) & (hu_zyx <= hu_range[1])
     zyx = np.argwhere(lung)
     if not len(zyx):
         zyx = np.argwhere(np.ones(hu_zyx.shape, bool))
@@ -133,8 +167,14 @@ def balanced_sampler(data: Sequence[dict], pos_fraction: float = 0.5, num_sample
 def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dims: int = 2,
                         patch_size: Sequence[int] | None = None, spacing_mm: float | None = None,
                         positive_copies: int = 4, jitter_mm: float = 2.0, random_negatives_per_case: int = 8,
-                        seed: int = 0) -> Path:
-    """Write the patch dataset (module doc) and return the path of its ``datalist.json``."""
+                        seed: int = 0, slab_mm: Sequence[float] | None = None, ignore_radius_mm: float = 5.0,
+                        vessel_negatives_per_case: int | None = None) -> Path:
+    """Write the patch dataset (module doc) and return the path of its ``datalist.json``.
+
+    ``slab_mm``: 2-D patches with these planes as channels (see :func:`extract_patches`), saved (C, H, W).
+    Candidates within ``ignore_radius_mm`` of a LIDC small mark (``small_marks.csv``) are left out.
+    ``vessel_negatives_per_case`` defaults to ``random_negatives_per_case``."""
+    n_vessel = random_negatives_per_case if vessel_negatives_per_case is None else vessel_negatives_per_case
     converted, out = Path(converted_dir), Path(out_dir)
     datalist_path = converted / "datalist.json"
     if not datalist_path.is_file():
@@ -142,11 +182,13 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
     splits = json.loads(datalist_path.read_text())
     cand_dir = Path(candidates_dir) if candidates_dir else None
     refs_all = _reference_nodules(converted)
+    ignored_all = _ignored_marks(converted)
     rng = np.random.default_rng(seed)
     (out / "patches").mkdir(parents=True, exist_ok=True)
     result: dict = {"description": "lungnod classification patches (HU, float32 .npy)", "spatial_dims": spatial_dims,
                     "patch_size": list(patch_size or DEFAULTS[spatial_dims]["patch_size"]),
                     "spacing_mm": float(spacing_mm or DEFAULTS[spatial_dims]["spacing_mm"]),
+                    "slab_mm": [float(v) for v in slab_mm] if slab_mm else None,
                     "training": [], "validation": [], "testing": []}
     for split in ("training", "validation", "testing"):
         for entry in splits.get(split, []):
@@ -165,17 +207,23 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
             cands = _candidates(cand_dir, case)
             if cands:
                 fp = set(match_detections([{**c, "score": c.get("max_prob", 1.0)} for c in cands], refs).fp)
+                marks = ignored_all.get(case, np.zeros((0, 3)))
                 for i, c in enumerate(cands):
+                    if len(marks) and np.linalg.norm(marks - np.asarray(c["centre_lps"]), axis=1).min() <= ignore_radius_mm:
+                        continue
                     points.append(("hard_negative", 0, np.asarray(c["centre_lps"])) if i in fp
                                   else ("candidate_hit", 1, np.asarray(c["centre_lps"])))
-            for p in _random_lung_points(hu, geometry, refs, random_negatives_per_case, rng):
+            lung = compute_lung_mask(hu, tuple(float(v) for v in geometry.spacing[::-1]))
+            for p in _random_lung_points(hu, geometry, refs, random_negatives_per_case, rng, lung):
                 points.append(("lung", 0, p))
+            for p in _random_lung_points(hu, geometry, refs, n_vessel, rng, lung, hu_range=(-300.0, 200.0)):
+                points.append(("vessel", 0, p))
             if not points:
                 continue
-            patches = extract_patches(hu, geometry, [p[2] for p in points], patch_size, spacing_mm, spatial_dims)
+            patches = extract_patches(hu, geometry, [p[2] for p in points], patch_size, spacing_mm, spatial_dims, slab_mm)
             for n, ((kind, label, _), patch) in enumerate(zip(points, patches)):
                 rel = f"patches/{case}_{kind}_{n:03d}.npy"
-                np.save(out / rel, patch[0])
+                np.save(out / rel, patch if slab_mm else patch[0])
                 result[split].append({"image": rel, "label": [label], "case": case, "kind": kind})
     final = out / "datalist.json"
     write_text_atomic(final, json.dumps(result, indent=1) + "\n")

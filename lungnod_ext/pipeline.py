@@ -97,6 +97,7 @@ def _classifier(cfg: PipelineConfig):
     ckpt = cfg.cls_ckpt or Path(cfg.cls_bundle) / "models" / "model.pt"
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     settings = {k: parser.get_parsed_content(k) for k in ("spatial_dims", "patch_size", "spacing_mm", "hu_window")}
+    settings["slab_mm"] = parser.get_parsed_content("slab_mm") if "slab_mm" in parser else None
     return net.eval(), settings
 
 
@@ -111,11 +112,11 @@ def _write_evidence(hu: np.ndarray, geometry, nodules: list[dict], folder: Path,
 
     net, st = classifier
     patches = extract_patches(hu, geometry, [n["centre_lps"] for n in nodules], st["patch_size"], st["spacing_mm"],
-                              st["spatial_dims"])
+                              st["spatial_dims"], st["slab_mm"])
     window = HUWindow(preset=st["hu_window"])
     x = torch.stack([torch.as_tensor(window(torch.from_numpy(p))) for p in patches])
     maps = evidence_maps(net, x)
-    return [write_evidence_png(p[0], m, folder / "overlays" / f"{case}_cand{int(n['id']):03d}_evidence.png",
+    return [write_evidence_png(p[p.shape[0] // 2], m,  # a slab's centre plane folder / "overlays" / f"{case}_cand{int(n['id']):03d}_evidence.png",
                                f"cand {n['id']} p={n['probability']:.2f}")
             for p, m, n in zip(patches, maps, nodules)]
 

@@ -10,7 +10,8 @@ import pytest
 
 from data_prep.nifti_io import write_nifti
 from lungnod_ext.coords import Geometry
-from lungnod_ext.patches import balance_weights, balanced_sampler, build_patch_dataset, extract_patches
+from lungnod_ext.patches import (balance_weights, balanced_sampler, build_patch_dataset, extract_patches,
+                                  patch_channels)
 
 
 def _sphere_volume(spacing, centre_lps=(10.0, -20.0, 30.0), radius=6.0):
@@ -74,3 +75,41 @@ def test_build_dataset_uses_false_positive_candidates_as_hard_negatives(tmp_path
     assert all(e["label"] == [0] for e in d["training"] if e["kind"] in ("hard_negative", "lung"))
     first = np.load(tmp_path / "patches" / d["training"][0]["image"])
     assert first.shape == (64, 64) and first.dtype == np.float32  # the default: 2D, 64 x 64 at 1 mm
+
+
+def test_slab_patches_are_planes_along_the_slice_axis():
+    """2.5D patches: one axial plane per offset, as channels; the centre plane is the plain 2-D patch."""
+    hu, g = _sphere_volume((0.7, 0.7, 2.5))
+    centre = [[10.0, -20.0, 30.0]]
+    plain = extract_patches(hu, g, centre, spatial_dims=2)
+    slab = extract_patches(hu, g, centre, spatial_dims=2, slab_mm=[-5.0, 0.0, 5.0])
+    assert slab.shape == (1, 3, 64, 64) and patch_channels([-5.0, 0.0, 5.0]) == 3 and patch_channels(None) == 1
+    np.testing.assert_allclose(slab[:, 1], plain[:, 0])
+    # the sphere (12 mm) is smaller 5 mm off its centre: fewer bright samples in the outer planes
+    bright = (slab[0] > -400).sum(axis=(1, 2))
+    assert bright[1] > bright[0] > 0 and bright[1] > bright[2] > 0
+    with pytest.raises(ValueError, match="2-D patches"):
+        extract_patches(hu, g, centre, spatial_dims=3, slab_mm=[0.0])
+
+
+def test_build_dataset_slab_vessels_and_small_marks(tmp_path):
+    hu, g = _sphere_volume((1.0, 1.0, 1.0))
+    conv = tmp_path / "converted"
+    (conv / "images").mkdir(parents=True)
+    write_nifti(conv / "images" / "C1.nii.gz", hu.astype(np.int16), g)
+    (conv / "nodules.csv").write_text("case_id,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm,diameter_mm\n"
+                                      "C1,10.0,-20.0,30.0,12.0\n")
+    (conv / "small_marks.csv").write_text("case_id,kind,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm\n"
+                                          "C1,small_nodule,-30.0,10.0,0.0\nC1,non_nodule,0.0,0.0,-20.0\n")
+    (conv / "datalist.json").write_text(json.dumps({"training": [{"image": "images/C1.nii.gz"}], "validation": []}))
+    cands = tmp_path / "cands" / "C1"
+    cands.mkdir(parents=True)
+    (cands / "C1_candidates.json").write_text(json.dumps({"candidates": [
+        {"id": 1, "centre_lps": [-31.0, 10.0, 0.0], "max_prob": 0.8},      # at a small mark: left out
+        {"id": 2, "centre_lps": [0.0, 0.0, -20.0], "max_prob": 0.7}]}))    # at a non-nodule mark: negative
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=tmp_path / "cands", positive_copies=1,
+                               random_negatives_per_case=2, slab_mm=[-2.5, 0.0, 2.5])
+    d = json.loads(path.read_text())
+    kinds = [e["kind"] for e in d["training"]]
+    assert kinds.count("hard_negative") == 1 and d["slab_mm"] == [-2.5, 0.0, 2.5]
+    assert np.load(tmp_path / "patches" / d["training"][0]["image"]).shape == (3, 64, 64)
