@@ -2,7 +2,8 @@
 
     lungnod detect <DICOM folder | NIfTI | datalist> --out <dir>   two-stage nodule report
     lungnod evaluate <detect output> --reference <converted dir>  stage 1 vs stage 1+2 metrics table
-    lungnod demo [--input <DICOM folder>] [--out demo_out]        the whole product on built-in data
+    lungnod demo [--input <DICOM folder>] [--out demo_out] [--train]  shipped models on the built-in real example scan
+    lungnod train-models --out <dir> [--install]                  the recipe of the shipped models
 
 Bad input gives one line ``error: <path>: <problem>`` on stderr and exit code 2 (no traceback unless
 ``--debug``); nothing partial is left in the output folder.
@@ -78,6 +79,18 @@ def _cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _cmd_train_models(args) -> int:
+    from lungnod_ext.train_models import DEFAULT_LIDC, RecipeSettings, train_models
+
+    hold_out = args.hold_out or ["LIDC-IDRI-0001"]
+    settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
+    for key in ("copies", "seg_epochs", "cls_epochs"):
+        if getattr(args, key) is not None:
+            setattr(settings, key, getattr(args, key))
+    train_models(args.lidc or DEFAULT_LIDC, args.out, settings, install=args.install)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lungnod", description="Lung nodule detection and delineation in chest CT.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
@@ -105,12 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the metrics here")
     e.set_defaults(func=_cmd_evaluate)
 
-    m = sub.add_parser("demo", help="the whole product on the built-in synthetic cohort (or --input DICOM)")
+    t = sub.add_parser("train-models", help="train both bundles' models from the LIDC-IDRI series (the shipped recipe)")
+    t.add_argument("--out", required=True, help="work folder (converted data, cohort, runs, MLflow, models)")
+    t.add_argument("--lidc", help="folder of LIDC-IDRI series with their XML (default ../shared/data/lidc)")
+    t.add_argument("--hold-out", action="append", metavar="PATIENT", help="patient id never trained on (repeatable; default LIDC-IDRI-0001)")
+    t.add_argument("--install", action="store_true", help="copy the models into bundles/*/models/model.pt")
+    t.add_argument("--tiny", action="store_true", help="a few minutes, every stage, nothing useful learned (tests)")
+    t.add_argument("--copies", type=int, help="cohort volumes per training series (10)")
+    t.add_argument("--seg-epochs", type=int, help="segmentation epochs (140)")
+    t.add_argument("--cls-epochs", type=int, help="classification epochs (60)")
+    t.set_defaults(func=_cmd_train_models)
+
+    m = sub.add_parser("demo", help="the shipped models on the built-in real example scan (or --input); --train trains first")
     m.add_argument("--out", default="demo_out")
-    m.add_argument("--input", default=None, help="your DICOM folder (default: generate the synthetic cohort)")
+    m.add_argument("--input", default=None, help="your DICOM folder or NIfTI (default: the built-in example scan)")
     m.add_argument("--cases", type=int, default=16)
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--quick", action="store_true", help="a tiny run (about a minute) for smoke tests")
+    m.add_argument("--train", action="store_true", help="train small models first (synthetic cohort or --input with LIDC XML)")
+    m.add_argument("--quick", action="store_true", help="a tiny --train run (about 2 minutes) for smoke tests")
     m.set_defaults(func=_cmd_demo)
     return p
 
@@ -181,7 +206,8 @@ def main(argv=None) -> int:
             print(f"error: {known}", file=sys.stderr)
         else:
             root = _root_cause(exc)
-            where = getattr(args, "input", None) or getattr(args, "pred", None) or ""
+            where = (getattr(args, "input", None) or getattr(args, "pred", None) or getattr(args, "out", None)
+                     or "")
             print(f"error: {where}: {type(root).__name__}: {str(root).splitlines()[0] if str(root) else ''}",
                   file=sys.stderr)
         return EXIT_ERROR

@@ -1,0 +1,36 @@
+"""``python -m monai.bundle run`` of a lungnod bundle in a child process, as a user would type it.
+
+Overrides are config ids -> values (``--key value`` on MONAI's command line; non-strings as JSON). The
+child's output goes to a log file; a failure raises with the log's last lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def cli_args(overrides: dict) -> list[str]:
+    """``{"epochs": 3, "device": "cpu"}`` -> ``["--epochs", "3", "--device", "cpu"]``."""
+    out = []
+    for k, v in overrides.items():
+        out += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    return out
+
+
+def bundle_run(bundle: Path, run_id: str | None, configs: list[str], overrides: dict, log: Path,
+               env: dict | None = None) -> None:
+    """Run ``python -m monai.bundle run [run_id] --config_file <configs> <overrides>`` in ``bundle``."""
+    cfg = "[" + ",".join(f"'{c}'" for c in configs) + "]" if len(configs) > 1 else configs[0]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *([run_id] if run_id else []), "--config_file", cfg,
+           *cli_args(overrides)]
+    child_env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=bundle, env=child_env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-3:]
+        raise RuntimeError(f"{Path(bundle).name} {run_id or 'run'} failed (log {log}): {' | '.join(tail)}")

@@ -1,0 +1,111 @@
+"""Scoring trained models on held-out scans: detection by subset and per-nodule Dice, stage 1 vs 1+2.
+
+Inputs are what ``lungnod detect`` writes (``<case>/<case>_candidates.json`` with ``max_prob`` and, after
+stage 2, ``cls_prob``; ``<case>/<case>_labels.nii.gz``, the candidate components on the CT's grid) and a
+reference table in ``nodules.csv`` columns (``case_id``, ``nodule_id``, ``centre_{x,y,z}_lps_mm``,
+``diameter_mm``; optional ``n_readers``, ``source``, ``type``) with an instance mask per case (voxel value =
+``nodule_id``) for Dice.
+
+Detection follows LUNA16: a candidate hits a nodule when its centre is closer than the nodule's radius.
+A *subset* (e.g. nodules marked by >= 3 readers, or inserted nodules of 3-6 mm) is scored with every
+other reference nodule and every LIDC small mark set to ``exclude``: a hit on one of them is neither a
+true nor a false positive, a miss is not counted (LUNA16's ``annotations_excluded`` rule).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lungnod_ext.metrics import detection_summary, froc
+
+SMALL_MARK_DIAMETER_MM = 10.0         # a hit within 5 mm of a LIDC small mark is ignored
+SIZE_BANDS = ((3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, 40.0))
+
+
+def size_band(diameter_mm: float) -> str:
+    for lo, hi in SIZE_BANDS:
+        if lo <= diameter_mm < hi:
+            return f"{lo:g}-{hi:g} mm"
+    return "< 3 mm" if diameter_mm < SIZE_BANDS[0][0] else f">= {SIZE_BANDS[-1][1]:g} mm"
+
+
+def read_references(table_csv, cases: Sequence[str] | None = None) -> dict[str, list[dict]]:
+    """Reference nodules per case from a ``nodules.csv``-style table (module doc)."""
+    out: dict[str, list[dict]] = {}
+    with open(table_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if cases is not None and row["case_id"] not in cases:
+                continue
+            out.setdefault(row["case_id"], []).append({
+                "nodule_id": int(float(row["nodule_id"])),
+                "centre_lps": [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"],
+                "diameter_mm": float(row["diameter_mm"]),
+                "n_readers": int(float(row["n_readers"])) if row.get("n_readers") else None,
+                "source": row.get("source") or "lidc_xml", "type": row.get("type") or "real"})
+    return out
+
+
+def read_small_marks(table_csv, cases: Sequence[str] | None = None) -> dict[str, list[dict]]:
+    """LIDC small marks (``kind == small_nodule``) per case as excluded references."""
+    out: dict[str, list[dict]] = {}
+    path = Path(table_csv)
+    if not path.is_file():
+        return out
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("kind") != "small_nodule" or (cases is not None and row["case_id"] not in cases):
+                continue
+            out.setdefault(row["case_id"], []).append({
+                "centre_lps": [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"],
+                "diameter_mm": SMALL_MARK_DIAMETER_MM, "exclude": True, "small_mark": True})
+    return out
+
+
+def subset_references(refs: Mapping[str, list[dict]], keep: Callable[[dict], bool],
+                      marks: Mapping[str, list[dict]] | None = None) -> dict[str, list[dict]]:
+    """References per case with ``exclude`` set on every nodule ``keep`` rejects, small marks appended."""
+    cases = set(refs) | set(marks or {})
+    return {c: [{**r, "exclude": not keep(r)} for r in refs.get(c, [])] + list((marks or {}).get(c, []))
+            for c in cases}
+
+
+def score_stage(detections: Mapping[str, list[dict]], refs: Mapping[str, list[dict]], score_key: str,
+                threshold: float = 0.5) -> dict:
+    """FROC (0.125-8 FP/scan), CPM and the operating point at ``threshold`` over the scans in ``detections``."""
+    cases = sorted(detections)
+    dets = [[{**d, "score": float(d[score_key])} for d in detections[c]] for c in cases]
+    rs = [refs.get(c, []) for c in cases]
+    curve = froc(dets, rs, n_scans=len(cases))
+    at = detection_summary(dets, rs, n_scans=len(cases), threshold=threshold)
+    return {"n_scans": len(cases), "n_nodules": curve.n_references,
+            "froc": {f"{r:g}": float(s) for r, s in zip(curve.fp_rates, curve.sensitivities)}, "cpm": curve.cpm,
+            "sensitivity": at["sensitivity"], "fp_per_scan": at["fp_per_scan"], "tp": at["tp"], "fn": at["fn"],
+            "fp": at["fp"], "threshold": threshold}
+
+
+def per_nodule_dice(candidate_labels_zyx: np.ndarray, reference_instances_zyx: np.ndarray,
+                    nodule_ids: Sequence[int], kept_ids: Sequence[int] | None = None) -> dict[int, float]:
+    """Dice of each reference nodule (instance id) against the candidate components that overlap it.
+
+    candidate_labels_zyx: the candidate label map (0 background, id per component); ``kept_ids``: only these
+    components count (e.g. the reported nodules), default all. 0.0 for a nodule no component touches."""
+    if candidate_labels_zyx.shape != reference_instances_zyx.shape:
+        raise ValueError(f"candidate labels {candidate_labels_zyx.shape} and reference {reference_instances_zyx.shape} differ")
+    out = {}
+    kept = None if kept_ids is None else np.asarray(list(kept_ids), dtype=np.int64)
+    for nid in nodule_ids:
+        ref = reference_instances_zyx == nid
+        n_ref = int(ref.sum())
+        if n_ref == 0:
+            continue
+        touching = np.unique(candidate_labels_zyx[ref])
+        touching = touching[touching > 0]
+        if kept is not None:
+            touching = touching[np.isin(touching, kept)]
+        pred = np.isin(candidate_labels_zyx, touching) if touching.size else np.zeros_like(ref)
+        out[int(nid)] = float(2.0 * (pred & ref).sum() / (pred.sum() + n_ref))
+    return out

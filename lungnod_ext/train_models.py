@@ -1,0 +1,185 @@
+"""``lungnod train-models``: the recipe that reproduces the shipped models from real LIDC-IDRI series.
+
+Stages (each one's output is kept under ``--out``; a rerun skips the stages already done):
+
+1. ``converted/``: ``data-prep convert`` of the LIDC-IDRI folder (DICOM + XML -> int16 HU NIfTI, consensus
+   masks, ``nodules.csv``, ``small_marks.csv``);
+2. ``cohort/``: every training series (all but ``--hold-out``) as ``copies`` volumes with simulated nodules
+   imaged into its real lungs and scanner variety (:mod:`data_prep.training_cohort`);
+3. ``models/segmentation``: the segmentation bundle's ``train.json`` (2.5D ResNet-18 U-Net) on the cohort;
+4. ``runs/train_candidates``: the trained segmenter over the cohort -> its false positives (vessel
+   crossings, bronchial walls, pleura) become the classifier's hard negatives;
+5. ``patches/`` + ``models/classification``: the classification bundle's ``train.json`` on 2.5D patches
+   (real + inserted nodules, the segmenter's hits; its false positives and random lung);
+6. ``export/``: both checkpoints stored fp16 as ``{"model": state_dict}`` (``install=True`` copies them to
+   ``bundles/*/models/model.pt``) and ``recipe.json`` (settings, series, seconds per stage).
+
+Both trainings are logged to MLflow (``<out>/mlruns.db``, experiment ``lungnod_train_models``). The held-out
+series is never read after conversion: score it with ``tests/benchmarks/bench_models.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from data_prep.errors import InputNotFoundError
+from lungnod_ext.bundle_paths import REPO_ROOT
+from lungnod_ext.bundle_runs import bundle_run
+
+SEG = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
+CLS = REPO_ROOT / "bundles" / "lung_nodule_ct_classification"
+DEFAULT_LIDC = REPO_ROOT.parent / "shared" / "data" / "lidc"
+SLAB_MM = [-5.0, -2.5, 0.0, 2.5, 5.0]
+
+
+@dataclass
+class RecipeSettings:
+    """What the recipe trains. The defaults made the shipped models (about 75 minutes on 2 CPU cores)."""
+
+    hold_out: list[str] = field(default_factory=lambda: ["LIDC-IDRI-0001"])   # patient ids never trained on
+    copies: int = 10                 # cohort volumes per training series (copy 0 = the real scan)
+    val_copies: int = 1
+    seg_epochs: int = 140            # 10 steps of 16 slices each per epoch with two training series
+    seg_val_interval: int = 10
+    seg_patch_size: tuple[int, int] = (160, 160)
+    seg_learning_rate: float = 1e-3
+    cls_epochs: int = 60
+    cls_val_interval: int = 5
+    cls_learning_rate: float = 1e-3
+    positive_copies: int = 4
+    random_negatives_per_case: int = 24
+    seed: int = 0
+    workers: int = 2
+
+    @classmethod
+    def tiny(cls, hold_out: list[str]) -> "RecipeSettings":
+        """A few minutes: proves every stage runs (tests), trains nothing useful."""
+        return cls(hold_out=hold_out, copies=2, val_copies=1, seg_epochs=1, seg_val_interval=1,
+                   seg_patch_size=(96, 96), cls_epochs=1, cls_val_interval=1, positive_copies=1,
+                   random_negatives_per_case=4)
+
+
+def _patient(case_id: str) -> str:
+    return case_id.rsplit("_", 1)[0]
+
+
+def _done(marker: Path) -> bool:
+    return marker.is_file()
+
+
+def _mark(marker: Path, info: dict) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(info, indent=1, default=str) + "\n")
+
+
+def export_fp16(ckpt: Path, dest: Path) -> Path:
+    """``{"model": state_dict}`` with floating tensors stored as fp16 (half the file; loading into the
+    fp32 network converts back) -> ``dest`` (written atomically)."""
+    if not Path(ckpt).is_file():
+        raise InputNotFoundError(ckpt, "training wrote no best model (did a validation run? see the training log)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    torch.save({"model": half}, tmp)
+    tmp.replace(dest)
+    return dest
+
+
+def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, install: bool = False,
+                 log=print) -> dict:
+    """Run the recipe (module doc); returns the ``recipe.json`` content."""
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+    from data_prep.training_cohort import CohortOptions, build_training_cohort
+    from lungnod_ext.patches import build_patch_dataset
+    from lungnod_ext.pipeline import run_bundle_inference
+
+    s = settings or RecipeSettings()
+    lidc, out = Path(lidc_dir), Path(out_dir).resolve()
+    if not lidc.exists():
+        raise InputNotFoundError(lidc, "no such folder (the LIDC-IDRI series with their XML)")
+    out.mkdir(parents=True, exist_ok=True)
+    logs, marks = out / "logs", out / "stages"
+    tracking = {"tracking": "mlflow", "tracking_uri": f"sqlite:///{out / 'mlruns.db'}",
+                "experiment_name": "lungnod_train_models"}
+    seconds: dict[str, float] = {}
+    recipe_path = out / "recipe.json"
+    if recipe_path.is_file():
+        seconds.update(json.loads(recipe_path.read_text()).get("seconds", {}))
+
+    def stage(name: str, fn) -> None:
+        marker = marks / f"{name}.done"
+        if _done(marker):
+            log(f"[train-models] {name}: done before, kept")
+            return
+        log(f"[train-models] {name} ...")
+        t = time.perf_counter()
+        info = fn() or {}
+        seconds[name] = round(time.perf_counter() - t, 1)
+        _mark(marker, {**info, "seconds": seconds[name]})
+        log(f"[train-models] {name}: {seconds[name]:.0f} s")
+
+    converted = out / "converted"
+    stage("convert", lambda: {"report": str(convert_dicom_root(lidc, converted, ConvertOptions(workers=s.workers,
+                                                                                                progress=False)))})
+    cases = sorted(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
+    train_cases = [c for c in cases if _patient(c) not in s.hold_out]
+    held_out = [c for c in cases if _patient(c) in s.hold_out]
+    if not train_cases:
+        raise InputNotFoundError(lidc, f"no series left to train on after holding out {s.hold_out}")
+
+    cohort = out / "cohort"
+    stage("cohort", lambda: {"datalist": str(build_training_cohort(
+        converted, cohort, train_cases, CohortOptions(copies=s.copies, val_copies=s.val_copies, seed=s.seed,
+                                                      workers=s.workers)))})
+
+    seg_models, cls_models = out / "models" / "segmentation", out / "models" / "classification"
+    stage("segmentation", lambda: bundle_run(SEG, "training", ["configs/train.json"], {
+        **tracking, "run_name": "segmentation", "dataset_dir": str(cohort),
+        "output_dir": str(out / "runs" / "segmentation"), "ckpt_dir": str(seg_models), "epochs": s.seg_epochs,
+        "val_interval": s.seg_val_interval, "patch_size": list(s.seg_patch_size),
+        "learning_rate": s.seg_learning_rate, "num_workers": 0}, logs / "segmentation_train.log"))
+
+    cand_dir = out / "runs" / "train_candidates"
+
+    def candidates():
+        items = json.loads((cohort / "datalist.json").read_text())
+        images = [{"image": str(cohort / e["image"])} for e in items["training"] + items["validation"]]
+        run_bundle_inference(SEG, ["configs/inference.json"], images, cand_dir, seg_models / "model.pt",
+                             {"write_overlays": False})
+        return {"images": len(images)}
+
+    stage("candidates", candidates)
+    patches = out / "patches"
+    stage("patches", lambda: {"datalist": str(build_patch_dataset(
+        cohort, patches, candidates_dir=cand_dir, spatial_dims=2, slab_mm=SLAB_MM, seed=s.seed,
+        positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case))})
+    stage("classification", lambda: bundle_run(CLS, "training", ["configs/train.json"], {
+        **tracking, "run_name": "classification", "dataset_dir": str(patches),
+        "output_dir": str(out / "runs" / "classification"), "ckpt_dir": str(cls_models), "epochs": s.cls_epochs,
+        "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0}, logs / "classification_train.log"))
+
+    export = out / "export"
+    seg_out = export_fp16(seg_models / "model.pt", export / "segmentation" / "model.pt")
+    cls_out = export_fp16(cls_models / "model.pt", export / "classification" / "model.pt")
+    recipe = {"settings": asdict(s), "lidc_dir": str(lidc), "train_series": train_cases, "held_out_series": held_out,
+              "seconds": seconds, "models": {"segmentation": str(seg_out), "classification": str(cls_out)},
+              "mlflow": f"mlflow ui --backend-store-uri sqlite:///{out / 'mlruns.db'}"}
+    recipe_path.write_text(json.dumps(recipe, indent=1) + "\n")
+    if install:
+        for src, bundle in ((seg_out, SEG), (cls_out, CLS)):
+            dest = bundle / "models" / "model.pt"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest.with_name("model.pt.tmp"))
+            dest.with_name("model.pt.tmp").replace(dest)
+        log(f"[train-models] installed into {SEG / 'models'} and {CLS / 'models'}")
+    log(f"[train-models] models: {seg_out}, {cls_out}; recipe: {recipe_path}")
+    log(f"[train-models] MLflow: {recipe['mlflow']}")
+    return recipe

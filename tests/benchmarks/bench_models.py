@@ -1,0 +1,166 @@
+"""Trained models, scored on scans they never saw: leave one LIDC-IDRI series out.
+
+    python tests/benchmarks/bench_models.py --fold LIDC-IDRI-0001=bundles [--fold LIDC-IDRI-0002=/runs/B/export ...]
+
+A fold is ``<held-out patient>=<models>``: ``bundles`` (the shipped ``bundles/*/models/model.pt``) or a
+``lungnod train-models`` output / its ``export`` folder (``segmentation/model.pt`` +
+``classification/model.pt``). The models must have been trained without that patient (the recipe's
+``--hold-out``). For each fold, ``lungnod detect`` (both bundles' default inference configs, as a user
+runs them) on:
+
+* the held-out real series, whole (the readers' nodules; LIDC small marks ignored);
+* ``--inserted`` copies of that series' lungs with simulated nodules imaged in (3-30 mm, every type,
+  no scanner augmentation, a seed never used for training), its real nodules ignored there.
+
+Printed and written to ``tests/benchmarks/results/models.json``: FROC at 0.125-8 FP/scan, CPM,
+sensitivity and FP/scan at the default threshold (0.5), stage 1 (segmentation max probability) vs stage
+1+2 (classifier probability), by subset (all real nodules, >= 3 readers, inserted 3-6 mm / >= 6 mm), and
+per-nodule Dice against the reference (the readers' 50 % consensus; the inserted nodule's own mask) by
+size. Nothing here is a test: it prints measured figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
+RESULTS = Path(__file__).resolve().parent / "results" / "models.json"
+TEST_SEED = 1000
+
+
+def _models(spec: str) -> tuple[Path | None, Path | None]:
+    if spec == "bundles":
+        return None, None
+    root = Path(spec)
+    if (root / "export").is_dir():
+        root = root / "export"
+    return root / "segmentation" / "model.pt", root / "classification" / "model.pt"
+
+
+def _stage_tables(detections, refs, marks, subsets, threshold):
+    from lungnod_ext.model_evaluation import score_stage, subset_references
+
+    out = {}
+    for name, keep in subsets.items():
+        rs = subset_references(refs, keep, marks)
+        if not any(not r.get("exclude") for v in rs.values() for r in v):
+            continue
+        out[name] = {stage: score_stage(detections, rs, key, threshold)
+                     for stage, key in (("stage1", "max_prob"), ("stage1+2", "cls_prob"))}
+    return out
+
+
+def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float) -> dict:
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+    from data_prep.nifti_io import read_nifti
+    from data_prep.training_cohort import CohortOptions, make_copies
+    from lungnod_ext.model_evaluation import per_nodule_dice, read_references, read_small_marks, size_band
+    from lungnod_ext.pipeline import PipelineConfig, detect
+
+    converted = work / "converted"
+    if not (converted / "nodules.csv").is_file():
+        convert_dicom_root(LIDC / patient, converted, ConvertOptions(workers=2, progress=False))
+    case = next(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
+    inserted = work / "inserted"
+    names = [f"{case}_c{i:02d}" for i in range(1, n_inserted + 1)]
+    if n_inserted and not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
+        recs = make_copies(converted, case, inserted, list(range(1, n_inserted + 1)),
+                           CohortOptions(augment=False, seed=TEST_SEED))
+        from data_prep.training_cohort import MARK_COLUMNS, TABLE_COLUMNS, _csv
+
+        _csv(inserted / "nodules.csv", TABLE_COLUMNS, [r for rec in recs for r in rec["table"]])
+        _csv(inserted / "small_marks.csv", MARK_COLUMNS, [m for rec in recs for m in rec["marks"]])
+
+    seg_ckpt, cls_ckpt = _models(models)
+    items = [{"image": str(converted / "images" / f"{case}.nii.gz"), "group": "real"}]
+    items += [{"image": str(inserted / "images" / f"{n}.nii.gz"), "group": "inserted"} for n in names]
+    (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": i["image"]} for i in items]}))
+    t = time.perf_counter()
+    summary = detect(work / "test_datalist.json", work / "detect",
+                     PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
+                                    probability_threshold=threshold))
+    seconds = time.perf_counter() - t
+
+    result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,
+                    "detect_seconds": round(seconds, 1), "pipeline_seconds": summary["seconds"]}
+    for group, table_dir, cases in (("real", converted, [case]), ("inserted", inserted, names)):
+        if not cases:
+            continue
+        dets = {c: json.loads((work / "detect" / c / f"{c}_candidates.json").read_text())["candidates"] for c in cases}
+        for cands in dets.values():
+            for c in cands:
+                c.setdefault("cls_prob", c["max_prob"])
+        refs = read_references(table_dir / "nodules.csv", cases)
+        marks = read_small_marks(table_dir / "small_marks.csv", cases)
+        if group == "real":
+            subsets = {"real: all contoured": lambda r: True,
+                       "real: >= 3 readers": lambda r: (r["n_readers"] or 0) >= 3}
+        else:
+            subsets = {"inserted: all": lambda r: r["source"] == "inserted",
+                       "inserted: 3-6 mm": lambda r: r["source"] == "inserted" and r["diameter_mm"] < 6,
+                       "inserted: >= 6 mm": lambda r: r["source"] == "inserted" and r["diameter_mm"] >= 6}
+        result.setdefault("detection", {}).update(_stage_tables(dets, refs, marks, subsets, threshold))
+        dice_rows = []
+        for c in cases:
+            labels, _ = read_nifti(work / "detect" / c / f"{c}_labels.nii.gz")
+            inst_dir = table_dir / "instances"
+            instances, _ = read_nifti(inst_dir / f"{c}.nii.gz")
+            ids = [r["nodule_id"] for r in refs.get(c, []) if group == "real" or r["source"] == "inserted"]
+            dice = per_nodule_dice(labels, instances, ids)
+            by_id = {r["nodule_id"]: r for r in refs.get(c, [])}
+            for nid, d in dice.items():
+                r = by_id[nid]
+                dice_rows.append({"case": c, "nodule_id": nid, "diameter_mm": round(r["diameter_mm"], 2),
+                                  "size": size_band(r["diameter_mm"]), "type": r["type"], "n_readers": r["n_readers"],
+                                  "dice": round(d, 4)})
+        result.setdefault("dice", {})[group] = dice_rows
+    return result
+
+
+def _print(result: dict) -> None:
+    print(f"\n== held out {result['held_out']} (models: {result['models']}), {result['n_inserted_scans']} inserted scans")
+    rates = ["0.125", "0.25", "0.5", "1", "2", "4", "8"]
+    print(f"{'subset':<22}{'stage':<10}{'n':>4}" + "".join(f"{r:>7}" for r in rates) + f"{'CPM':>7}{'sens@0.5':>9}{'FP/scan':>9}")
+    for name, stages in result["detection"].items():
+        for stage, s in stages.items():
+            print(f"{name:<22}{stage:<10}{s['n_nodules']:>4}" + "".join(f"{s['froc'][r]:>7.2f}" for r in rates)
+                  + f"{s['cpm']:>7.3f}{s['sensitivity']:>9.2f}{s['fp_per_scan']:>9.2f}")
+    for group, rows in result["dice"].items():
+        by = {}
+        for r in rows:
+            by.setdefault(r["size"], []).append(r["dice"])
+        print(f"per-nodule Dice, {group}: " + "; ".join(f"{k}: median {np.median(v):.2f} (n={len(v)})" for k, v in sorted(by.items())))
+        if group == "real":
+            for r in rows:
+                print(f"   nodule {r['nodule_id']}: {r['diameter_mm']} mm, {r['n_readers']} readers, Dice {r['dice']:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fold", action="append", required=True, help="<held-out patient>=<bundles | train-models output>")
+    ap.add_argument("--inserted", type=int, default=3, help="inserted-nodule copies of the held-out series (3)")
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--work", default="/tmp/bench_models")
+    ap.add_argument("--results", default=str(RESULTS))
+    a = ap.parse_args()
+    results = {"command": " ".join(sys.argv), "folds": []}
+    for fold in a.fold:
+        patient, _, models = fold.partition("=")
+        r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold)
+        _print(r)
+        results["folds"].append(r)
+    Path(a.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.results).write_text(json.dumps(results, indent=1, default=float) + "\n")
+    print(f"\nresults: {a.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""lungnod_ext.model_evaluation: subsets with excluded nodules and small marks, FROC / operating point, Dice."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lungnod_ext.model_evaluation import per_nodule_dice, score_stage, size_band, subset_references
+
+REFS = {"a": [{"nodule_id": 1, "centre_lps": [0, 0, 0], "diameter_mm": 10.0, "n_readers": 4},
+              {"nodule_id": 2, "centre_lps": [50, 0, 0], "diameter_mm": 6.0, "n_readers": 1}],
+        "b": []}
+MARKS = {"b": [{"centre_lps": [0, 80, 0], "diameter_mm": 10.0, "exclude": True}]}
+
+
+def _det(x, y, s1, s2):
+    return {"centre_lps": [x, y, 0.0], "max_prob": s1, "cls_prob": s2}
+
+
+DETS = {"a": [_det(1, 0, 0.9, 0.95), _det(50, 1, 0.8, 0.7), _det(0, 40, 0.95, 0.1)],
+        "b": [_det(0, 81, 0.9, 0.9), _det(30, 30, 0.7, 0.2)]}
+
+
+def test_subset_excludes_other_nodules_and_small_marks():
+    three = subset_references(REFS, lambda r: r["n_readers"] >= 3, MARKS)
+    assert [r["exclude"] for r in three["a"]] == [False, True] and three["b"][0]["exclude"]
+    s1 = score_stage(DETS, three, "max_prob")
+    # nodule 1 found; the hit on the 1-reader nodule and on the small mark are ignored; 2 false positives
+    assert s1["n_nodules"] == 1 and s1["sensitivity"] == 1.0 and s1["fp"] == 2 and s1["fp_per_scan"] == 1.0
+    s12 = score_stage(DETS, three, "cls_prob")
+    assert s12["fp"] == 0 and s12["froc"]["0.125"] == 1.0 and s12["cpm"] == 1.0
+    everything = score_stage(DETS, subset_references(REFS, lambda r: True, MARKS), "max_prob")
+    assert everything["n_nodules"] == 2 and everything["tp"] == 2 and everything["fp"] == 2
+
+
+def test_froc_reads_the_fp_rate_where_the_nodule_appears():
+    refs = subset_references(REFS, lambda r: r["n_readers"] >= 3, MARKS)
+    r = score_stage(DETS, refs, "max_prob")
+    # sorted by score: FP 0.95 (a), then TP 0.9 (a) and the ignored small-mark hit: 1 FP over 2 scans = 0.5
+    assert r["froc"]["0.25"] == 0.0 and r["froc"]["0.5"] == 1.0
+
+
+def test_per_nodule_dice_uses_the_components_touching_each_nodule():
+    ref = np.zeros((4, 10, 10), np.uint16)
+    ref[1:3, 2:6, 2:6] = 1                 # 32 voxels
+    ref[1:3, 7:9, 7:9] = 2                 # 8 voxels, never touched
+    cand = np.zeros_like(ref)
+    cand[1:3, 2:6, 3:7] = 5                # 32 voxels, 24 overlap
+    cand[0, 0, 0] = 6                      # elsewhere
+    d = per_nodule_dice(cand, ref, [1, 2])
+    assert np.isclose(d[1], 2 * 24 / 64) and d[2] == 0.0
+    assert per_nodule_dice(cand, ref, [1], kept_ids=[6]) == {1: 0.0}
+
+
+def test_size_band():
+    assert [size_band(d) for d in (2.0, 3.0, 5.9, 6.0, 12.0, 26.4, 45)] == \
+        ["< 3 mm", "3-6 mm", "3-6 mm", "6-10 mm", "10-20 mm", "20-40 mm", ">= 40 mm"]

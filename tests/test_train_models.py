@@ -1,0 +1,40 @@
+"""`lungnod train-models`: the recipe of the shipped models runs end to end (tiny settings: one training
+series, one epoch each; nothing useful is learned, every stage runs), resumes, and its models load in the
+bundles' default inference configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import torch
+
+from lungnod_ext.network_setup import bundle_network
+from lungnod_ext.pipeline import CLS_BUNDLE, SEG_BUNDLE
+
+
+def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
+    out = tmp_path / "recipe"
+    args = [sys.executable, "-m", "lungnod_ext", "train-models", "--out", str(out), "--lidc", str(lidc_root),
+            "--tiny", "--hold-out", "LIDC-IDRI-0001", "--hold-out", "LIDC-IDRI-0002"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert [c.split("_")[0] for c in recipe["train_series"]] == ["LIDC-IDRI-0006"]
+    assert sorted(c.split("_")[0] for c in recipe["held_out_series"]) == ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
+    cohort = json.loads((out / "cohort" / "datalist.json").read_text())
+    assert len(cohort["training"]) == 2 and len(cohort["validation"]) == 1
+    assert all("LIDC-IDRI-0006" in e["image"] for e in cohort["training"] + cohort["validation"])
+    for name, bundle in (("segmentation", SEG_BUNDLE), ("classification", CLS_BUNDLE)):
+        state = torch.load(out / "export" / name / "model.pt", map_location="cpu", weights_only=True)["model"]
+        bundle_network(bundle).load_state_dict(state, strict=True)
+    with sqlite3.connect(out / "mlruns.db") as db:
+        runs = {r[0] for r in db.execute("select name from runs")}
+    assert {"segmentation", "classification"} <= runs
+    # a rerun keeps every finished stage
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and again.stdout.count("done before, kept") == 6, again.stdout
