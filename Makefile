@@ -1,7 +1,7 @@
 # Two commands do all set-up and work on a fresh machine:
-#   make demo   - create .venv, install (torch pinned first), run the whole product on built-in synthetic data
+#   make demo   - create .venv, install (torch pinned first), run the shipped models on the built-in real example scan
 #   make test   - create .venv, install, run the test suite
-# DATA=<folder of DICOM> makes `make demo` use your data instead of the synthetic cohort.
+# DATA=<folder of DICOM or NIfTI> makes `make demo` run on your data instead.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
