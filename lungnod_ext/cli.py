@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tiny", action="store_true", help="a few minutes, every stage, nothing useful learned (tests)")
     t.add_argument("--copies", type=int, help="cohort volumes per training series (10)")
     t.add_argument("--seg-epochs", type=int, help="segmentation epochs (140)")
-    t.add_argument("--cls-epochs", type=int, help="classification epochs (60)")
+    t.add_argument("--cls-epochs", type=int, help="classification epochs (20)")
     t.set_defaults(func=_cmd_train_models)
 
     m = sub.add_parser("demo", help="the shipped models on the built-in real example scan (or --input); --train trains first")

@@ -49,8 +49,8 @@ class RecipeSettings:
     seg_val_interval: int = 10
     seg_patch_size: tuple[int, int] = (160, 160)
     seg_learning_rate: float = 1e-3
-    cls_epochs: int = 60
-    cls_val_interval: int = 5
+    cls_epochs: int = 20
+    cls_val_interval: int = 2
     cls_learning_rate: float = 1e-3
     positive_copies: int = 4
     random_negatives_per_case: int = 24
