@@ -39,6 +39,8 @@ from lungnod_ext.metrics import match_detections
 AIR_HU = -1024.0
 DEFAULTS = {2: {"patch_size": (64, 64), "spacing_mm": 1.0}, 3: {"patch_size": (32, 32, 32), "spacing_mm": 1.25}}
 """Default patch size (voxels) and sample spacing (mm) per ``spatial_dims``: 64 mm squares, 40 mm cubes."""
+DEFAULT_SLAB_MM = (-5.0, -2.5, 0.0, 2.5, 5.0)
+"""The classification bundle's default planes (mm along the slice axis) for 2-D patches (``slab_mm``)."""
 
 
 def patch_offsets_mm(patch_size: Sequence[int], spacing_mm: float, spatial_dims: int) -> np.ndarray:
@@ -167,14 +169,16 @@ def balanced_sampler(data: Sequence[dict], pos_fraction: float = 0.5, num_sample
 def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dims: int = 2,
                         patch_size: Sequence[int] | None = None, spacing_mm: float | None = None,
                         positive_copies: int = 4, jitter_mm: float = 2.0, random_negatives_per_case: int = 8,
-                        seed: int = 0, slab_mm: Sequence[float] | None = None, ignore_radius_mm: float = 5.0,
+                        seed: int = 0, slab_mm: Sequence[float] | None = DEFAULT_SLAB_MM, ignore_radius_mm: float = 5.0,
                         vessel_negatives_per_case: int | None = None) -> Path:
     """Write the patch dataset (module doc) and return the path of its ``datalist.json``.
 
-    ``slab_mm``: 2-D patches with these planes as channels (see :func:`extract_patches`), saved (C, H, W).
+    ``slab_mm``: 2-D patches with these planes as channels (see :func:`extract_patches`), saved (C, H, W);
+    the default is the classification bundle's; ``None`` gives single-plane (H, W) patches; 3-D ignores it.
     Candidates within ``ignore_radius_mm`` of a LIDC small mark (``small_marks.csv``) are left out.
     ``vessel_negatives_per_case`` defaults to ``random_negatives_per_case``."""
     n_vessel = random_negatives_per_case if vessel_negatives_per_case is None else vessel_negatives_per_case
+    slab_mm = [float(v) for v in slab_mm] if slab_mm and spatial_dims == 2 else None
     converted, out = Path(converted_dir), Path(out_dir)
     datalist_path = converted / "datalist.json"
     if not datalist_path.is_file():

@@ -116,7 +116,8 @@ def _write_evidence(hu: np.ndarray, geometry, nodules: list[dict], folder: Path,
     window = HUWindow(preset=st["hu_window"])
     x = torch.stack([torch.as_tensor(window(torch.from_numpy(p))) for p in patches])
     maps = evidence_maps(net, x)
-    return [write_evidence_png(p[p.shape[0] // 2], m,  # a slab's centre plane folder / "overlays" / f"{case}_cand{int(n['id']):03d}_evidence.png",
+    # a 2.5D patch's centre plane (the only plane of a 2-D patch, the cube of a 3-D one)
+    return [write_evidence_png(p[p.shape[0] // 2], m, folder / "overlays" / f"{case}_cand{int(n['id']):03d}_evidence.png",
                                f"cand {n['id']} p={n['probability']:.2f}")
             for p, m, n in zip(patches, maps, nodules)]
 

@@ -35,7 +35,6 @@ from lungnod_ext.bundle_runs import bundle_run
 SEG = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
 CLS = REPO_ROOT / "bundles" / "lung_nodule_ct_classification"
 DEFAULT_LIDC = REPO_ROOT.parent / "shared" / "data" / "lidc"
-SLAB_MM = [-5.0, -2.5, 0.0, 2.5, 5.0]
 
 
 @dataclass
@@ -159,7 +158,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     stage("candidates", candidates)
     patches = out / "patches"
     stage("patches", lambda: {"datalist": str(build_patch_dataset(
-        cohort, patches, candidates_dir=cand_dir, spatial_dims=2, slab_mm=SLAB_MM, seed=s.seed,
+        cohort, patches, candidates_dir=cand_dir, spatial_dims=2, seed=s.seed,
         positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case))})
     stage("classification", lambda: bundle_run(CLS, "training", ["configs/train.json"], {
         **tracking, "run_name": "classification", "dataset_dir": str(patches),

@@ -18,14 +18,13 @@ SEG = ["--seg", "network_def#backbone=resnet18", "--seg", "spacing=[2,2,-1]"]
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict:
-    from monai.networks.nets import FlexibleUNet
-
-    from lungnod_ext.classifier import NoduleCNN
+    from lungnod_ext.network_setup import bundle_network
+    from lungnod_ext.pipeline import CLS_BUNDLE, SEG_BUNDLE
 
     d = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
-    torch.save({"model": FlexibleUNet(1, 1, "resnet18", pretrained=False, spatial_dims=2).state_dict()}, d / "seg.pt")
-    torch.save({"model": NoduleCNN(spatial_dims=2).state_dict()}, d / "cls.pt")
+    torch.save({"model": bundle_network(SEG_BUNDLE).state_dict()}, d / "seg.pt")
+    torch.save({"model": bundle_network(CLS_BUNDLE).state_dict()}, d / "cls.pt")
     return {"seg": d / "seg.pt", "cls": d / "cls.pt"}
 
 

@@ -64,11 +64,11 @@ def test_training_loss_falls_and_checkpoint_layout(trained):
 
 
 def test_evaluate_trained_auc_beats_untrained(trained, data, tmp_path):
-    from lungnod_ext.classifier import NoduleCNN
+    from lungnod_ext.network_setup import bundle_network
 
     torch.manual_seed(0)
     untrained = tmp_path / "untrained.pt"
-    torch.save({"model": NoduleCNN(spatial_dims=2).state_dict()}, untrained)
+    torch.save({"model": bundle_network(BUNDLE).state_dict()}, untrained)
     res = {}
     for name, ckpt in (("trained", trained["ckpt"]), ("untrained", untrained)):
         run_bundle(["--config_file", "['configs/train.json','configs/evaluate.json']", "--dataset_dir",

@@ -80,7 +80,7 @@ def test_mlflow_run_has_params_metrics_config_overlays_and_checkpoint(trained):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["learning_rate"] == "0.001" and run.data.params["loss"] == "DiceCELoss"
+    assert run.data.params["learning_rate"] == "0.001" and run.data.params["loss"] == "MaskedDiceBCELoss"
     assert len(client.get_metric_history(run.info.run_id, "val_mean_dice")) == 4
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 20
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -95,11 +95,11 @@ def _evaluate(cohort: Path, ckpt: Path, out: Path) -> dict:
 
 
 def test_evaluate_trained_beats_untrained(trained, tmp_path):
-    from monai.networks.nets import FlexibleUNet
+    from lungnod_ext.network_setup import bundle_network
 
     torch.manual_seed(0)
     untrained = tmp_path / "untrained.pt"
-    torch.save({"model": FlexibleUNet(1, 1, "resnet18", pretrained=False, spatial_dims=2).state_dict()}, untrained)
+    torch.save({"model": bundle_network(BUNDLE).state_dict()}, untrained)
     good = _evaluate(trained["cohort"], trained["ckpt"], tmp_path / "trained_eval")
     bad = _evaluate(trained["cohort"], untrained, tmp_path / "untrained_eval")
     for m in (good, bad):

@@ -315,7 +315,8 @@ def real_as_luna16(lidc_root, lidc_series_dir, tmp_path_factory):
     reader.SetFileNames([str(f) for f in files])
     image = reader.Execute()
     annotations = read_annotations(lidc_root / "luna16_annotations.csv")
-    (uid,) = annotations
+    uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"     # LIDC-IDRI-0001's series
+    annotations = {uid: annotations[uid]}
     out = tmp_path_factory.mktemp("luna16_real")
     sitk.WriteImage(image, str(out / f"{uid}.mhd"))
     return out / f"{uid}.mhd", image, annotations

@@ -35,7 +35,7 @@ SEG_TINY = ["--network_def#backbone", "resnet18", "--spacing", "[4,4,4]", "--inf
 # per bundle: tiny overrides, epochs, the validation key metric, params to expect, whether it logs overlays
 BUNDLE_SPECS = {
     "lung_nodule_ct_segmentation": {"args": SEG_TINY, "epochs": 3, "val_metric": "val_mean_dice", "overlays": True,
-                                    "params": {"learning_rate": "0.001", "loss": "DiceCELoss",
+                                    "params": {"learning_rate": "0.001", "loss": "MaskedDiceBCELoss",
                                                "network": "FlexibleUNet", "epochs": "3"}},
     "lung_nodule_ct_classification": {"args": ["--batch_size", "16", "--learning_rate", "0.001"], "epochs": 2,
                                       "val_metric": "val_auc", "overlays": False,

@@ -74,7 +74,7 @@ def test_build_dataset_uses_false_positive_candidates_as_hard_negatives(tmp_path
     assert kinds.count("nodule") == 3 and kinds.count("candidate_hit") == 1 and kinds.count("hard_negative") == 1
     assert all(e["label"] == [0] for e in d["training"] if e["kind"] in ("hard_negative", "lung"))
     first = np.load(tmp_path / "patches" / d["training"][0]["image"])
-    assert first.shape == (64, 64) and first.dtype == np.float32  # the default: 2D, 64 x 64 at 1 mm
+    assert first.shape == (5, 64, 64) and first.dtype == np.float32  # the default: 2.5D, 5 planes of 64 x 64 at 1 mm
 
 
 def test_slab_patches_are_planes_along_the_slice_axis():

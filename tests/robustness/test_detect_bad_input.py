@@ -34,11 +34,11 @@ FIRST, LAST = 80, 100
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from monai.networks.nets import FlexibleUNet
+    from lungnod_ext.network_setup import bundle_network
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save({"model": FlexibleUNet(1, 1, "resnet18", pretrained=False, spatial_dims=2).state_dict()}, path)
+    torch.save({"model": bundle_network(SEG_BUNDLE).state_dict()}, path)
     return path
 
 
@@ -249,11 +249,11 @@ BUNDLE_CASES = {
 
 @pytest.fixture(scope="module")
 def cls_ckpt(tmp_path_factory) -> Path:
-    from lungnod_ext.classifier import NoduleCNN
+    from lungnod_ext.network_setup import bundle_network
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("cls_ckpt") / "model.pt"
-    torch.save({"model": NoduleCNN(spatial_dims=2).state_dict()}, path)
+    torch.save({"model": bundle_network(CLS_BUNDLE).state_dict()}, path)
     return path
 
 

@@ -1,0 +1,92 @@
+"""The models shipped in bundles/*/models/model.pt: they load with no flags, find the real nodule of a
+scan they never saw (LIDC-IDRI-0001, held out of their training), and the demo reports it.
+
+Accuracy figures (leave one series out, FROC, Dice) come from tests/benchmarks/bench_models.py; these tests
+pin what a user sees first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungnod_ext.network_setup import bundle_network
+from lungnod_ext.pipeline import CLS_BUNDLE, SEG_BUNDLE
+
+NODULE_LPS = np.array([56.369, 86.3209, -115.9945])     # LIDC-IDRI-0001's nodule: 4 readers' consensus
+NODULE_DIAMETER_MM = 24.5679
+MAX_FALSE_POSITIVES = 3                                 # reported (probability >= 0.5), whole scan
+BUNDLES = {"segmentation": SEG_BUNDLE, "classification": CLS_BUNDLE}
+
+
+def run(args, timeout=600, **kw):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "lungnod_ext", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+@pytest.mark.parametrize("name", list(BUNDLES))
+def test_shipped_checkpoint_loads_strictly_and_is_small(name):
+    path = BUNDLES[name] / "models" / "model.pt"
+    assert path.is_file(), f"{path} is not shipped"
+    assert path.stat().st_size < 50 * 2 ** 20
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())   # fp16 storage
+    net = bundle_network(BUNDLES[name])
+    net.load_state_dict(state, strict=True)                  # the default inference.json matches the network
+    meta = json.loads((BUNDLES[name] / "configs" / "metadata.json").read_text())
+    assert meta["version"] >= "0.2.0" and "shipped model" in meta["changelog"][meta["version"]]
+    card = (BUNDLES[name] / "docs" / "README.md").read_text()
+    assert "Model card" in card and "LIDC-IDRI-0001" in card and "CC BY 3.0" in card
+
+
+@pytest.fixture(scope="module")
+def detected(lidc_series_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shipped") / "out"
+    t = time.perf_counter()
+    proc = run(["detect", str(lidc_series_dir), "--out", str(out)])    # no checkpoint flags
+    seconds = time.perf_counter() - t
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    case = json.loads((out / "summary.json").read_text())["cases"][0]
+    nodules = json.loads((out / case["case"] / f"{case['case']}_nodules.json").read_text())["candidates"]
+    return {"out": out, "case": case, "nodules": nodules, "seconds": seconds, "stdout": proc.stdout}
+
+
+def test_detect_with_no_flags_finds_the_unseen_lidc_nodule(detected):
+    nodules = detected["nodules"]
+    dist = [float(np.linalg.norm(np.asarray(n["centre_lps"]) - NODULE_LPS)) for n in nodules]
+    hits = [n for n, d in zip(nodules, dist) if d < NODULE_DIAMETER_MM / 2]     # LUNA16 rule
+    assert hits, f"the nodule was not reported; nodules at {[round(d) for d in dist]} mm"
+    best = max(hits, key=lambda n: n["probability"])
+    assert best["probability"] >= 0.5 and nodules[0]["probability"] >= best["probability"] - 0.2
+    assert 12.0 < best["diameter_mm"] < 35.0, best["diameter_mm"]               # readers: 24.6 mm
+    assert len(nodules) - len(hits) <= MAX_FALSE_POSITIVES, [(round(d), round(n["probability"], 2)) for n, d in zip(nodules, dist)]
+    assert detected["seconds"] < 120
+
+
+def test_demo_reports_the_example_nodule(tmp_path):
+    proc = run(["demo", "--out", str(tmp_path / "demo")])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "FOUND   nodule 1 (24.6 mm, 4 readers)" in proc.stdout, proc.stdout
+    comparison = json.loads((tmp_path / "demo" / "comparison.json").read_text())
+    assert comparison["nodules"][0]["found"] and comparison["nodules"][0]["probability"] >= 0.5
+    assert (tmp_path / "demo" / "report" / "report.html").is_file()
+    pngs = list((tmp_path / "demo" / "report").glob("*/overlays/*.png"))
+    assert pngs, "no overlay written"
+
+
+def test_example_scan_is_small_and_attributed():
+    from lungnod_ext.demo import EXAMPLE, EXAMPLE_DIR
+
+    ref = json.loads(EXAMPLE.read_text())
+    image = EXAMPLE_DIR / ref["image"]
+    assert image.stat().st_size < 15 * 2 ** 20
+    assert "Armato" in (EXAMPLE_DIR / "ATTRIBUTION").read_text() and "CC BY 3.0" in ref["licence"]
+    assert ref["nodules"][0]["n_readers"] == 4
