@@ -54,20 +54,28 @@ def test_balanced_sampler_draws_half_positives():
     assert 0.45 < np.mean(draws) < 0.55
 
 
-def test_build_dataset_uses_false_positive_candidates_as_hard_negatives(tmp_path):
+def _converted_case(tmp_path, candidates: list[dict], small_marks: str | None = None):
+    """A one-case convert folder (a 12 mm sphere nodule) and a candidates folder -> (converted, candidates dir)."""
     hu, g = _sphere_volume((1.0, 1.0, 1.0))
     conv = tmp_path / "converted"
     (conv / "images").mkdir(parents=True)
     write_nifti(conv / "images" / "C1.nii.gz", hu.astype(np.int16), g)
     (conv / "nodules.csv").write_text("case_id,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm,diameter_mm\n"
                                       "C1,10.0,-20.0,30.0,12.0\n")
+    if small_marks:
+        (conv / "small_marks.csv").write_text(small_marks)
     (conv / "datalist.json").write_text(json.dumps({"training": [{"image": "images/C1.nii.gz"}], "validation": []}))
     cands = tmp_path / "cands" / "C1"
     cands.mkdir(parents=True)
-    (cands / "C1_candidates.json").write_text(json.dumps({"candidates": [
+    (cands / "C1_candidates.json").write_text(json.dumps({"candidates": candidates}))
+    return conv, tmp_path / "cands"
+
+
+def test_build_dataset_uses_false_positive_candidates_as_hard_negatives(tmp_path):
+    conv, cands = _converted_case(tmp_path, [
         {"id": 1, "centre_lps": [11.0, -20.0, 30.0], "max_prob": 0.9},     # hits the nodule
-        {"id": 2, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.8}]}))   # a false positive
-    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=tmp_path / "cands", positive_copies=3,
+        {"id": 2, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.8}])     # a false positive
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=3,
                                random_negatives_per_case=4)
     d = json.loads(path.read_text())
     kinds = [e["kind"] for e in d["training"]]
@@ -93,21 +101,12 @@ def test_slab_patches_are_planes_along_the_slice_axis():
 
 
 def test_build_dataset_slab_vessels_and_small_marks(tmp_path):
-    hu, g = _sphere_volume((1.0, 1.0, 1.0))
-    conv = tmp_path / "converted"
-    (conv / "images").mkdir(parents=True)
-    write_nifti(conv / "images" / "C1.nii.gz", hu.astype(np.int16), g)
-    (conv / "nodules.csv").write_text("case_id,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm,diameter_mm\n"
-                                      "C1,10.0,-20.0,30.0,12.0\n")
-    (conv / "small_marks.csv").write_text("case_id,kind,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm\n"
-                                          "C1,small_nodule,-30.0,10.0,0.0\nC1,non_nodule,0.0,0.0,-20.0\n")
-    (conv / "datalist.json").write_text(json.dumps({"training": [{"image": "images/C1.nii.gz"}], "validation": []}))
-    cands = tmp_path / "cands" / "C1"
-    cands.mkdir(parents=True)
-    (cands / "C1_candidates.json").write_text(json.dumps({"candidates": [
+    conv, cands = _converted_case(tmp_path, [
         {"id": 1, "centre_lps": [-31.0, 10.0, 0.0], "max_prob": 0.8},      # at a small mark: left out
-        {"id": 2, "centre_lps": [0.0, 0.0, -20.0], "max_prob": 0.7}]}))    # at a non-nodule mark: negative
-    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=tmp_path / "cands", positive_copies=1,
+        {"id": 2, "centre_lps": [0.0, 0.0, -20.0], "max_prob": 0.7}],      # at a non-nodule mark: negative
+        "case_id,kind,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm\n"
+        "C1,small_nodule,-30.0,10.0,0.0\nC1,non_nodule,0.0,0.0,-20.0\n")
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=1,
                                random_negatives_per_case=2, slab_mm=[-2.5, 0.0, 2.5])
     d = json.loads(path.read_text())
     kinds = [e["kind"] for e in d["training"]]
