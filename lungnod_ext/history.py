@@ -67,6 +67,10 @@ class MetricHistoryHandler:
 
     def _done(self, engine: Engine) -> None:
         row = {"run": len(self.rows) + 1}
-        row.update({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
+        for k, v in engine.state.metrics.items():
+            try:                        # python, numpy or one-element torch numbers (ROCAUC may give either)
+                row[k] = float(v)
+            except (TypeError, ValueError):
+                continue
         self.rows.append(row)
         _write(self.path, self.rows)
