@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from data_prep.convert import _csv_text as csv_text
 from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.insert import SHAPES, find_lung_mask, insert_nodules
 from data_prep.masks import bounding_box
@@ -44,7 +45,7 @@ from lungnod_ext.coords import Geometry
 log = logging.getLogger(__name__)
 
 INSERTED_ID_OFFSET = 100               # instance id of inserted nodule n: 100 + n (real nodules keep theirs)
-IGNORE_LABEL = 255                      # same value as lungnod_ext.losses.IGNORE_LABEL
+IGNORE_LABEL = 255                      # label of voxels left out of training (lungnod_ext.losses uses it)
 SMALL_MARK_RADIUS_MM = 4.0
 TYPE_WEIGHTS = {"solid": 0.3, "part_solid": 0.12, "ground_glass": 0.13, "juxta_pleural": 0.22, "juxta_vascular": 0.23}
 SIZE_BANDS_MM = ((3.0, 6.0, 0.4), (6.0, 15.0, 0.4), (15.0, 30.0, 0.2))   # (low, high, share), log-uniform within
@@ -171,14 +172,11 @@ def _table_rows(rec: dict, real: list[dict], marks: list[dict]) -> tuple[list[di
     return rows, mark_rows
 
 
-def _csv(path: Path, columns, rows) -> None:
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
+def write_tables(out_dir, records: list[dict]) -> None:
+    """``nodules.csv`` and ``small_marks.csv`` of the copies in ``records`` (from :func:`make_copies`)."""
+    out = Path(out_dir)
+    write_text_atomic(out / "nodules.csv", csv_text(TABLE_COLUMNS, [r for rec in records for r in rec["table"]]))
+    write_text_atomic(out / "small_marks.csv", csv_text(MARK_COLUMNS, [m for rec in records for m in rec["marks"]]))
 
 
 def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptions) -> list[dict]:
@@ -246,26 +244,21 @@ def build_training_cohort(converted_dir, out_dir, train_cases: list[str], option
     """
     options = options or CohortOptions()
     out = Path(out_dir)
-    for sub in ("images", "labels", "instances", "nodules"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(converted_dir, case, out, list(range(options.copies + options.val_copies)), options) for case in train_cases]
     if options.workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(options.workers, len(jobs))) as pool:
             results = list(pool.map(_task, jobs))
     else:
         results = [_task(j) for j in jobs]
-    training, validation, rows, mark_rows = [], [], [], []
+    training, validation = [], []
     for recs in results:
         for r in recs:
-            rows += r["table"]
-            mark_rows += r["marks"]
             entry = {"image": f"images/{r['name']}.nii.gz", "label": f"labels/{r['name']}.nii.gz",
                      "case": r["name"], "source_case": r["source_case"]}
             (training if r["copy"] < options.copies else validation).append(entry)
     datalist = {"description": "real CT backgrounds with simulated nodules (data_prep.training_cohort)",
                 "source_cases": list(train_cases), "training": training, "validation": validation}
-    _csv(out / "nodules.csv", TABLE_COLUMNS, rows)
-    _csv(out / "small_marks.csv", MARK_COLUMNS, mark_rows)
+    write_tables(out, [r for recs in results for r in recs])
     path = out / "datalist.json"
     write_text_atomic(path, json.dumps(datalist, indent=1) + "\n")
     return path

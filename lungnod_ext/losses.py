@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-IGNORE_LABEL = 255
+from data_prep.training_cohort import IGNORE_LABEL  # noqa: F401  (one value for the cohort's labels and the loss)
 
 
 class BinarizeLabeld(MapTransform):

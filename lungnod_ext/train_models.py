@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from data_prep.errors import InputNotFoundError
+from data_prep.nifti_io import atomic_path
 from lungnod_ext.bundle_paths import REPO_ROOT
 from lungnod_ext.bundle_runs import bundle_run
 
@@ -85,10 +86,8 @@ def export_fp16(ckpt: Path, dest: Path) -> Path:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     state = state.get("model", state)
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    torch.save({"model": half}, tmp)
-    tmp.replace(dest)
+    with atomic_path(dest) as tmp:
+        torch.save({"model": half}, tmp)
     return dest
 
 
@@ -174,10 +173,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     recipe_path.write_text(json.dumps(recipe, indent=1) + "\n")
     if install:
         for src, bundle in ((seg_out, SEG), (cls_out, CLS)):
-            dest = bundle / "models" / "model.pt"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest.with_name("model.pt.tmp"))
-            dest.with_name("model.pt.tmp").replace(dest)
+            with atomic_path(bundle / "models" / "model.pt") as tmp:
+                shutil.copyfile(src, tmp)
         log(f"[train-models] installed into {SEG / 'models'} and {CLS / 'models'}")
     log(f"[train-models] models: {seg_out}, {cls_out}; recipe: {recipe_path}")
     log(f"[train-models] MLflow: {recipe['mlflow']}")

@@ -61,7 +61,7 @@ def _stage_tables(detections, refs, marks, subsets, threshold):
 def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float) -> dict:
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.nifti_io import read_nifti
-    from data_prep.training_cohort import CohortOptions, make_copies
+    from data_prep.training_cohort import CohortOptions, make_copies, write_tables
     from lungnod_ext.model_evaluation import per_nodule_dice, read_references, read_small_marks, size_band
     from lungnod_ext.pipeline import PipelineConfig, detect
 
@@ -74,10 +74,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     if n_inserted and not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
         recs = make_copies(converted, case, inserted, list(range(1, n_inserted + 1)),
                            CohortOptions(augment=False, seed=TEST_SEED))
-        from data_prep.training_cohort import MARK_COLUMNS, TABLE_COLUMNS, _csv
-
-        _csv(inserted / "nodules.csv", TABLE_COLUMNS, [r for rec in recs for r in rec["table"]])
-        _csv(inserted / "small_marks.csv", MARK_COLUMNS, [m for rec in recs for m in rec["marks"]])
+        write_tables(inserted, recs)
 
     seg_ckpt, cls_ckpt = _models(models)
     items = [{"image": str(converted / "images" / f"{case}.nii.gz"), "group": "real"}]
