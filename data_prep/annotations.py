@@ -17,7 +17,7 @@ import numpy as np
 
 from data_prep.lidc_xml import CHARACTERISTICS, KIND_NODULE, LidcRead
 from data_prep.masks import SparseMask, consensus_mask, group_marks, nodule_stats, rasterize_rois
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 SMALL_MARK_LINK_MM = 5.0     # point marks of different readers closer than this are one finding
 MIN_LINK_MM = 3.0

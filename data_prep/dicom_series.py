@@ -8,7 +8,7 @@ tilt). Pixels are decoded by SimpleITK/GDCM (JPEG, JPEG-LS, JPEG 2000 and RLE in
 
 Volumes are (z, y, x) = (slice k, row j, column i) int16 Hounsfield units; slice k = 0 is the lowest
 position along the normal ``row_dir x col_dir`` (for standard axial CT: the most inferior slice).
-Geometry is LPS mm (:class:`lungnod_ext.coords.Geometry`).
+Geometry is LPS mm (:class:`data_prep.coords.Geometry`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from data_prep.errors import DicomReadError, InputNotFoundError, SeriesError
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Simulated nodules inserted into real CT volumes (the nodule model of :mod:`data_prep.synth`).
 
-Volumes are (z, y, x) int16 HU with a :class:`lungnod_ext.coords.Geometry` (LPS mm). Nodules go into
+Volumes are (z, y, x) int16 HU with a :class:`data_prep.coords.Geometry` (LPS mm). Nodules go into
 lung parenchyma only: given a lung mask, or one found here (:func:`find_lung_mask`). Each nodule keeps
 ``margin_mm`` of lung around it and from the others (juxta-pleural nodules touch the chest wall,
 juxta-vascular ones a vessel, by design). Only the voxels of the returned instance mask change; the
@@ -21,7 +21,7 @@ from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import read_nifti, write_nifti
 from data_prep.synth import NODULE_TYPES, NodulePlacer, NoduleSpec, edge_step_mm, blend_nodule, random_nodule_spec
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
 

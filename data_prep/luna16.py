@@ -7,7 +7,7 @@ and every one of its scans was read: a scan with no row has no such nodule (its 
 missing). LUNA16 files carry no patient id, so the patient id of a case is its series UID.
 
 Volumes come back as (z, y, x) int16 HU (values below -1024 clipped to -1024) with
-:class:`lungnod_ext.coords.Geometry` (LPS mm); nodules become spheres of the annotated diameter.
+:class:`data_prep.coords.Geometry` (LPS mm); nodules become spheres of the annotated diameter.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from data_prep.errors import AnnotationError, DataPrepError, DicomReadError, InputNotFoundError, SeriesError
 from data_prep.masks import nodule_stats, sphere_mask
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Masks: LIDC contours -> per-reader filled masks, grouping of readers' marks into nodules,
 consensus masks, spheres (LUNA16), and per-nodule measurements for the nodule table.
 
-Arrays are (z, y, x) = (slice k, row j, column i); geometry is :class:`lungnod_ext.coords.Geometry`
+Arrays are (z, y, x) = (slice k, row j, column i); geometry is :class:`data_prep.coords.Geometry`
 (LPS mm). Contour points are LIDC ``edgeMap`` pixels (x = column, y = row), and the boundary pixels
 belong to the region (LIDC's convention): a filled contour is ``cv2.fillPoly`` of those points.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 
 def equivalent_diameter_mm(volume_mm3: float) -> float:

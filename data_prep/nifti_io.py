@@ -1,4 +1,4 @@
-"""NIfTI writing (fast, atomic) and reading, with the geometry in :class:`lungnod_ext.coords.Geometry`.
+"""NIfTI writing (fast, atomic) and reading, with the geometry in :class:`data_prep.coords.Geometry`.
 
 Writing compresses with ISA-L (``isal``), about 5x faster than zlib for the same size class; the
 file is an ordinary .nii.gz any reader opens. Every write goes to a hidden temporary name in the
@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 from isal import igzip
 
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 NIFTI_COMPRESS_LEVEL = 2  # isal levels are 0-3; 2 is within 1.5% of 3's size at zlib-1's speed x5
 

@@ -49,7 +49,7 @@ from scipy import ndimage
 from data_prep.errors import OutputError
 from data_prep.masks import SparseMask, consensus_mask, equivalent_diameter_mm, nodule_stats
 from data_prep.nifti_io import write_nifti, write_text_atomic
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ folder: ``images/``, ``labels/``, ``small_marks.csv``) becomes ``copies`` traini
    added correlated noise, thicker slices (z blur, up to 5 mm).
 
 Labels (uint8): 0 background, 1 nodule (the readers' consensus of the real nodules + the inserted ones),
-255 ignore (:data:`lungnod_ext.losses.IGNORE_LABEL`): a sphere around every LIDC small mark (< 3 mm, a
+255 ignore (:data:`IGNORE_LABEL`, which the loss and metrics skip): a sphere around every LIDC small mark (< 3 mm, a
 real finding with no outline), never taught as background. Copy 0 of each series is the real scan
 itself (cropped, no insertion, no augmentation).
 
@@ -40,7 +40,7 @@ from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.insert import SHAPES, find_lung_mask, insert_nodules
 from data_prep.masks import bounding_box
 from data_prep.nifti_io import read_nifti, write_nifti, write_text_atomic
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Post-processing: a nodule probability map -> a list of nodule candidates (+ their label map).
 
-Conventions (see :mod:`lungnod_ext.coords`): arrays are ``(z, y, x)`` = (slice k, row j, column i);
+Conventions (see :mod:`data_prep.coords`): arrays are ``(z, y, x)`` = (slice k, row j, column i);
 voxel indices are ``(i, j, k)``; world positions are LPS millimetres.
 
 A candidate is one 3D connected component (26-connectivity) of ``prob >= threshold`` that is at least
@@ -38,7 +38,7 @@ from scipy import ndimage as ndi
 
 from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import write_text_atomic
-from lungnod_ext.coords import LPS_TO_RAS, Geometry
+from data_prep.coords import LPS_TO_RAS, Geometry
 
 DEFAULT_MIN_VOLUME_MM3 = 10.0
 """About a 2.7 mm sphere: just under LIDC's 3 mm nodule size, so an under-segmented 3 mm nodule survives."""

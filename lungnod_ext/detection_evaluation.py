@@ -24,7 +24,7 @@ import nibabel as nib
 
 from data_prep.errors import InputNotFoundError
 from lungnod_ext.candidates import _bbox_lps
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 from lungnod_ext.metrics import (binary_classification_metrics, detection_summary, froc, map_50, map_50_95,
                                  match_detections)
 

@@ -38,7 +38,7 @@ import pydicom
 from data_prep.dicom_series import DicomHeader, SeriesPlan, iter_files, plan_series, read_header
 from data_prep.errors import DicomReadError, InputNotFoundError, SeriesError
 from data_prep.nifti_io import atomic_path
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def write_dicom_seg(instance_mask_zyx: np.ndarray, geometry: Geometry, source_di
 
     instance_mask_zyx: (z, y, x) integers on ``geometry`` (data_prep's converted grid, LPS): ``n`` in
         1..len(segments) = segment n, 0 = background.
-    geometry: the converted image's grid (:class:`lungnod_ext.coords.Geometry`).
+    geometry: the converted image's grid (:class:`data_prep.coords.Geometry`).
     source_dicom_dir: folder holding the source CT series (any nesting; other series may be there too).
     segments: one dict per segment, e.g. the candidate / nodule dicts (``id``, optional ``probability``);
         segment n is described by ``segments[n - 1]``, and each must have at least one voxel.

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from data_prep.nifti_io import atomic_path
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 LUNG_WINDOW_HU = (-1350.0, 150.0)
 """(min, max) HU of the lung window (level -600, width 1500)."""

@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from data_prep.errors import InputNotFoundError
 from data_prep.nifti_io import read_nifti, write_text_atomic
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 from lungnod_ext.lung_mask import compute_lung_mask
 from lungnod_ext.metrics import match_detections
 

@@ -92,7 +92,7 @@ def build_inserted(lidc: Path, converted: Path, out: Path, seeds=(0, 1), nodules
 
     from data_prep.insert import insert_nodules
     from data_prep.nifti_io import read_nifti, write_nifti
-    from lungnod_ext.coords import Geometry
+    from data_prep.coords import Geometry
 
     case = next((lidc / "images").glob("*.nii.gz")).name
     hu, geo = read_nifti(lidc / "images" / case)

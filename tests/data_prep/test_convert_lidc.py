@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data_prep.nifti_io import read_nifti
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 
 def _case(out):

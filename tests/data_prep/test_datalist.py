@@ -19,7 +19,7 @@ import pytest
 from data_prep.datalist import collect_cases, make_datalist, patient_kfold, write_datalist
 from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.nifti_io import write_nifti
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 GEOM = Geometry((-10.0, 5.0, -50.0), (1.0, 1.0, 2.0), shape=(4, 3, 2))
 

@@ -13,7 +13,7 @@ from scipy import ndimage
 from data_prep import insert, synth
 from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.nifti_io import read_nifti, write_nifti
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 TYPE_HU = {"solid": (-40, 90), "juxta_pleural": (-40, 90), "juxta_vascular": (-40, 90),
            "ground_glass": (-650, -330)}              # mean HU of a nodule's interior

@@ -168,7 +168,7 @@ def test_sphere_lands_where_simpleitk_puts_the_point(tmp_path, direction):
 
 
 def test_overlapping_spheres_split_by_nearer_centre():
-    from lungnod_ext.coords import Geometry
+    from data_prep.coords import Geometry
 
     geom = Geometry((10.0, -20.0, 5.0), (0.7, 0.7, 1.0), shape=(40, 40, 30))
     c1, c2 = geom.voxel_to_world((15.2, 20.1, 14.6)), geom.voxel_to_world((24.1, 19.7, 15.3))
@@ -188,7 +188,7 @@ def test_overlapping_spheres_split_by_nearer_centre():
 
 
 def test_sphere_outside_image_keeps_an_empty_record():
-    from lungnod_ext.coords import Geometry
+    from data_prep.coords import Geometry
 
     geom = Geometry((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), shape=(10, 10, 10))
     inst, records = nodule_masks(geom, [{"coord_lps": [100.0, 0, 0], "diameter_mm": 5.0}])

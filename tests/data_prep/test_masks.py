@@ -8,7 +8,7 @@ import pytest
 from data_prep.lidc_xml import Roi
 from data_prep.masks import (SparseMask, bounding_box, consensus_mask, equivalent_diameter_mm, fill_slice_contours, group_marks,
                              nodule_stats, rasterize_rois, sphere_mask)
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 
 def _roi(points, inclusion=True):

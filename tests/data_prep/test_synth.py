@@ -17,7 +17,7 @@ from scipy import ndimage
 from data_prep import synth
 from data_prep.nifti_io import read_nifti
 from data_prep.synth import CohortConfig, case_rng, generate_case, write_cohort
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 NS = {"l": "http://www.nih.gov"}
 CONFIG = CohortConfig(n_cases=3, seed=3, size_xy=112, pixel_spacing_mm=2.0, slice_spacing_mm=2.5, n_slices=48,

@@ -76,7 +76,7 @@ def test_inserted_copy(cohort):
 def test_augment_scanner_records_what_it_did():
     rng = np.random.default_rng(0)
     vol = np.random.default_rng(1).normal(-800, 30, (20, 40, 40)).astype(np.float32)
-    from lungnod_ext.coords import Geometry
+    from data_prep.coords import Geometry
 
     geo = Geometry(origin=(0, 0, 0), spacing=(0.7, 0.7, 1.25), shape=(40, 40, 20))
     seen = set()

@@ -16,7 +16,7 @@ from data_prep.masks import sphere_mask
 from data_prep.nifti_io import write_nifti
 from lungnod_ext.candidates import (CSV_COLUMNS, ExtractCandidatesd, extract_candidates,
                                     extract_candidates_and_labels, geometry_from_meta_tensor, write_candidates)
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 
 SPACING = (0.7, 0.7, 2.5)  # (i, j, k) mm
 ORIGIN = (-150.0, -120.0, -300.0)  # LPS mm

@@ -11,7 +11,7 @@ import pytest
 
 from data_prep.nifti_io import write_nifti
 from lungnod_ext.candidates import _bbox_lps
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 from lungnod_ext.detection_evaluation import evaluate_pipeline, format_table
 from lungnod_ext.cli import main
 

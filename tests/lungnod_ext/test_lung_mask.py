@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from data_prep.nifti_io import write_nifti
 from lungnod_ext.clahe import CLAHEd
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 from lungnod_ext.hu_window import HUWindowd
 from lungnod_ext.lung_mask import (LungMask, LungMaskd, LungMaskWarning, compute_lung_mask, dilate_mask_mm,
                                    fill_holes_per_slice, reverse_axes_3d)

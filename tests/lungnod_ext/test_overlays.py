@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 
 from data_prep.masks import sphere_mask
 from lungnod_ext.candidates import extract_candidates
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 from lungnod_ext.overlays import (CONTOUR_RGB, DisplayOrientation, overlay_slice, window_to_uint8,
                                   write_candidate_overlays)
 

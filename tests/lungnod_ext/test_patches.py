@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_prep.nifti_io import write_nifti
-from lungnod_ext.coords import Geometry
+from data_prep.coords import Geometry
 from lungnod_ext.patches import (balance_weights, balanced_sampler, build_patch_dataset, extract_patches,
                                   patch_channels)
 
