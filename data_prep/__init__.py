@@ -3,8 +3,10 @@ and the synthetic CT cohort used by lungnod's tests and demo.
 
 Stages, one module each: :mod:`dicom_series` (discovery and reading), :mod:`lidc_xml` (reader marks),
 :mod:`masks` (contours -> consensus masks, nodule table rows), :mod:`luna16`, :mod:`convert`
-(orchestration, resumable), :mod:`datalist`, :mod:`synth` (synthetic cohort), :mod:`insert`
-(simulated nodules in a real CT), :mod:`cli`.
+(orchestration, resumable), :mod:`datalist`, :mod:`insert` (simulated nodules in a real CT), :mod:`cli`.
+The synthetic cohort is the package :mod:`synth`, one module per concern: :mod:`synth.nodules` (the nodule
+model, also used by :mod:`insert`), :mod:`synth.anatomy`, :mod:`synth.readers` (simulated LIDC readers),
+:mod:`synth.cohort` (config, a case in memory), :mod:`synth.writing` (DICOM, LIDC XML, ground truth).
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Simulated nodules inserted into real CT volumes (the nodule model of :mod:`data_prep.synth`).
+"""Simulated nodules inserted into real CT volumes (the nodule model of :mod:`data_prep.synth.nodules`).
 
 Volumes are (z, y, x) int16 HU with a :class:`data_prep.coords.Geometry` (LPS mm). Nodules go into
 lung parenchyma only: given a lung mask, or one found here (:func:`find_lung_mask`). Each nodule keeps
@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dataclasses import replace
-
 import numpy as np
 from scipy import ndimage
 
 from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import read_nifti, write_nifti
-from data_prep.synth import NODULE_TYPES, NodulePlacer, NoduleSpec, edge_step_mm, blend_nodule, random_nodule_spec
+from data_prep.synth.nodules import (NODULE_TYPES, NodulePlacer, NoduleSpec, blend_nodule, blend_nodule_psf,
+                                     edge_step_mm, shaped_nodule_spec)
 from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
@@ -94,97 +93,6 @@ def _requests(specs, rng, types, diameter_range_mm, shapes=("smooth",)) -> list[
     return out
 
 
-# Scanner point-spread: in-plane Gaussian sigma (mm) of a standard soft-tissue / lung kernel, and the slice
-# sensitivity profile's sigma as a fraction of the slice spacing (a box of one slice thickness ~ FWHM).
-PSF_SIGMA_INPLANE_MM = 0.55
-PSF_SIGMA_SLICE_FRACTION = 0.42
-SHARP_EDGE_MM = 0.4              # width of the object's own edge before the scanner blurs it
-SHAPES = ("smooth", "lobulated", "spiculated")
-
-
-def shaped_nodule_spec(rng: np.random.Generator, nodule_type: str, diameter_mm: float, shape: str = "smooth") -> NoduleSpec:
-    """A random nodule (see ``data_prep.synth.random_nodule_spec``) with a margin shape: ``smooth`` (near
-    ellipsoid), ``lobulated`` (large low-order bumps) or ``spiculated`` (the body is smooth; spicules are
-    drawn at blend time by :func:`blend_nodule_psf`)."""
-    if shape not in SHAPES:
-        raise ValueError(f"unknown nodule shape {shape!r}; choose from {SHAPES}")
-    spec = random_nodule_spec(rng, nodule_type, diameter_mm)
-    if shape == "lobulated":
-        spec = replace(spec, perturb_amp=tuple(float(a) for a in rng.uniform(0.05, 0.1, 3)),
-                       perturb_freq=tuple(float(f) for f in rng.uniform(0.7, 1.3, 3))).resized(diameter_mm)
-    return spec
-
-
-def _offsets_mm(placement, geometry: Geometry) -> np.ndarray:
-    """(z, y, x, 3) LPS mm offsets of the placement crop's voxels from the nodule centre."""
-    lo, hi = placement.box
-    kk, jj, ii = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), np.arange(lo[2], hi[2]), indexing="ij")
-    world = geometry.voxel_to_world(np.stack([ii, jj, kk], axis=-1).astype(np.float32))
-    return (world - placement.centre_lps).astype(np.float32)
-
-
-def _spicule_fraction(offsets: np.ndarray, placement, rng: np.random.Generator, n: int) -> np.ndarray:
-    """Thin tapering spicules from inside the surface outwards: (z, y, x) fraction 0-1."""
-    frac = np.zeros(offsets.shape[:-1], dtype=np.float32)
-    r0 = placement.spec.radius_mm
-    reach = float(np.linalg.norm(offsets, axis=-1).max())
-    for _ in range(n):
-        d = rng.standard_normal(3).astype(np.float32)
-        d /= np.linalg.norm(d)
-        length = min(reach, r0 * rng.uniform(1.3, 2.2) + 1.0)
-        width = float(rng.uniform(0.35, 0.8))                     # radius (mm) at the surface
-        t = offsets @ d
-        perp = np.linalg.norm(offsets - t[..., None] * d, axis=-1)
-        along = np.clip((t - 0.7 * r0) / max(length - 0.7 * r0, 1e-3), 0.0, 1.0)
-        radius = width * (1.0 - along)
-        inside = (t > 0.5 * r0) & (t < length) & (perp < radius + SHARP_EDGE_MM)
-        frac = np.maximum(frac, np.where(inside, np.clip(0.5 + (radius - perp) / SHARP_EDGE_MM, 0, 1), 0).astype(np.float32))
-    return frac
-
-
-def blend_nodule_psf(background_hu: np.ndarray, placement, rng: np.random.Generator, geometry: Geometry,
-                     lung_crop: np.ndarray, spicules: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A nodule added to real CT as the scanner would have imaged it.
-
-    The object (sharp edge, correlated internal texture, part-solid core / ground-glass halo, optional
-    spicules) is the HU it adds over the local background (``max(0, nodule - smoothed background)``: a
-    vessel brighter than ground glass stays), blurred by the scanner's point spread (in-plane
-    ``PSF_SIGMA_INPLANE_MM``, along z ``PSF_SIGMA_SLICE_FRACTION`` of the slice spacing) and added to the
-    background, so the scan's own noise and partial volume stay as they were.
-
-    background_hu: (z, y, x) HU of the placement crop; lung_crop: bool lungs there (the object is cut to
-    them, so a juxta-pleural nodule merges with the wall). Returns (new HU float32, nodule mask bool),
-    the mask being the object's half-value surface (spicules and cavity excluded).
-    """
-    spec = placement.spec
-    sx, sy, sz = (float(v) for v in geometry.spacing)
-    frac = np.clip(0.5 + (placement.surface - placement.rn) / SHARP_EDGE_MM, 0.0, 1.0).astype(np.float32)
-    if spec.cavity_fraction > 0:
-        frac[placement.rn <= placement.surface * spec.cavity_fraction] = 0.0
-    frac[~lung_crop] = 0.0
-    mask = frac >= 0.5
-    inten = np.full(background_hu.shape, spec.hu, dtype=np.float32)
-    if spec.type == "part_solid" and spec.halo_hu is not None:
-        core = np.clip(0.5 + (placement.surface * spec.core_fraction - placement.rn) / SHARP_EDGE_MM, 0.0, 1.0)
-        inten = (spec.halo_hu + (spec.hu - spec.halo_hu) * core).astype(np.float32)
-    texture = ndimage.gaussian_filter(rng.standard_normal(background_hu.shape).astype(np.float32),
-                                      sigma=(1.0 / sz, 1.0 / sy, 1.0 / sx))
-    texture *= 2.0 * spec.texture_sd_hu / max(float(texture.std()), 1e-6)
-    inten += texture
-    if spicules > 0:
-        spic = _spicule_fraction(_offsets_mm(placement, geometry), placement, rng, spicules)
-        spic[~lung_crop] = 0.0
-        spic_hu = np.float32(min(spec.hu, -50.0) if spec.type != "ground_glass" else spec.hu)
-        inten = np.where(spic > frac, spic_hu + texture, inten)
-        frac = np.maximum(frac, spic * 0.8)
-    bg = background_hu.astype(np.float32)
-    bg_smooth = ndimage.gaussian_filter(bg, sigma=(0.7 / sz, 1.0 / sy, 1.0 / sx))
-    added = frac * np.maximum(inten - bg_smooth, 0.0)
-    psf = (PSF_SIGMA_SLICE_FRACTION, PSF_SIGMA_INPLANE_MM / sy, PSF_SIGMA_INPLANE_MM / sx)
-    added = ndimage.gaussian_filter(added, sigma=psf, mode="constant")
-    return bg + added, mask
-
-
 def insert_nodules(hu_zyx: np.ndarray, geometry: Geometry, specs, rng: np.random.Generator,
                    lung_mask_zyx: np.ndarray | None = None, *, types=NODULE_TYPES,
                    diameter_range_mm=DEFAULT_DIAMETER_MM, margin_mm: float = 3.0, style: str = "sharp",
@@ -196,8 +104,9 @@ def insert_nodules(hu_zyx: np.ndarray, geometry: Geometry, specs, rng: np.random
     list of NoduleSpec / dicts ``{"type", "diameter_mm", "centre_lps"}`` (all optional; a given centre
     must fit, else ValueError). A random site that cannot be found even after shrinking the nodule to
     60 % of its size is skipped with a warning. ``style``: ``"sharp"`` (the synthetic cohort's
-    partial-volume edge, :func:`data_prep.synth.blend_nodule`) or ``"psf"`` (imaged as the scanner would:
-    :func:`blend_nodule_psf`); random nodules get a margin shape from ``shapes`` (see :data:`SHAPES`).
+    partial-volume edge, :func:`data_prep.synth.nodules.blend_nodule`) or ``"psf"`` (imaged as the
+    scanner would: :func:`data_prep.synth.nodules.blend_nodule_psf`); random nodules get a margin shape
+    from ``shapes`` (see :data:`data_prep.synth.nodules.SHAPES`).
     ``forbidden_zyx``: bool voxels no nodule may come near (e.g. the scan's own nodules).
 
     Returns (new_hu_zyx int16, instance_mask_zyx uint16 with value = record id, records), one record per

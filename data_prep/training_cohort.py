@@ -37,15 +37,16 @@ from scipy import ndimage
 
 from data_prep.convert import _csv_text as csv_text
 from data_prep.errors import DataPrepError, InputNotFoundError
-from data_prep.insert import SHAPES, find_lung_mask, insert_nodules
+from data_prep.insert import find_lung_mask, insert_nodules
 from data_prep.masks import bounding_box
 from data_prep.nifti_io import read_nifti, write_nifti, write_text_atomic
+from data_prep.synth.nodules import SHAPES
 from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
 
 INSERTED_ID_OFFSET = 100               # instance id of inserted nodule n: 100 + n (real nodules keep theirs)
-IGNORE_LABEL = 255                      # label of voxels left out of training (lungnod_ext.losses uses it)
+IGNORE_LABEL = 255                      # label of voxels left out of training (lungnod_ext.networks.losses uses it)
 SMALL_MARK_RADIUS_MM = 4.0
 TYPE_WEIGHTS = {"solid": 0.3, "part_solid": 0.12, "ground_glass": 0.13, "juxta_pleural": 0.22, "juxta_vascular": 0.23}
 SIZE_BANDS_MM = ((3.0, 6.0, 0.4), (6.0, 15.0, 0.4), (15.0, 30.0, 0.2))   # (low, high, share), log-uniform within

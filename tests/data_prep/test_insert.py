@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage
 
 from data_prep import insert, synth
+from data_prep.synth.nodules import NODULE_TYPES
 from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.nifti_io import read_nifti, write_nifti
 from data_prep.coords import Geometry
@@ -140,7 +141,7 @@ def test_random_nodules_in_synthetic_case_and_found_lungs(small_case):
     assert dice > 0.9                                                     # threshold lungs ~ synthetic lungs
     new, inst, records = insert.insert_nodules(case.hu_zyx, case.geometry, 4, np.random.default_rng(3),
                                                diameter_range_mm=(7.0, 12.0))
-    assert len(records) == 4 and all(r["type"] in synth.NODULE_TYPES for r in records)
+    assert len(records) == 4 and all(r["type"] in NODULE_TYPES for r in records)
     check_insertion(case.hu_zyx, new, inst, records, found, case.geometry)
 
 
