@@ -1,3 +1,3 @@
-from lungnod_ext.cli import run
+from lungnod_ext.apps.cli import run
 
 run()

@@ -18,8 +18,8 @@ SEG = ["--seg", "network_def#backbone=resnet18", "--seg", "spacing=[2,2,-1]"]
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict:
-    from lungnod_ext.network_setup import bundle_network
-    from lungnod_ext.pipeline import CLS_BUNDLE, SEG_BUNDLE
+    from lungnod_ext.networks.network_setup import bundle_network
+    from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE
 
     d = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts,
     assert set(summary["seconds"]) >= {"inputs", "segment", "classify", "report", "total"}
     # DICOM SEG: one segment per reported nodule, voxel for voxel the nodules' label map
     from data_prep.nifti_io import read_nifti
-    from lungnod_ext.dicom_seg import read_dicom_seg
+    from lungnod_ext.inference.dicom_seg import read_dicom_seg
 
     labels, geometry = read_nifti(folder / f"{case['case']}_labels.nii.gz")
     expected = np.zeros(labels.shape, np.uint16)

@@ -11,14 +11,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lungnod_ext.network_setup import bundle_network
-from lungnod_ext.pipeline import CLS_BUNDLE, SEG_BUNDLE
+from lungnod_ext.networks.network_setup import bundle_network
+from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE
 
 NODULE_LPS = np.array([56.369, 86.3209, -115.9945])     # LIDC-IDRI-0001's nodule: 4 readers' consensus
 NODULE_DIAMETER_MM = 24.5679
@@ -83,7 +82,7 @@ def test_demo_reports_the_example_nodule(tmp_path):
 
 
 def test_example_scan_is_small_and_attributed():
-    from lungnod_ext.demo import EXAMPLE, EXAMPLE_DIR
+    from lungnod_ext.apps.demo import EXAMPLE, EXAMPLE_DIR
 
     ref = json.loads(EXAMPLE.read_text())
     image = EXAMPLE_DIR / ref["image"]

@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from lungnod_ext.network_setup import bundle_network
-from lungnod_ext.pipeline import CLS_BUNDLE, SEG_BUNDLE
+from lungnod_ext.networks.network_setup import bundle_network
+from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE
 
 
 def test_tiny_recipe_end_to_end(lidc_root, tmp_path):

@@ -40,7 +40,7 @@ def _overrides(pairs: list[str] | None) -> dict:
 
 
 def _cmd_detect(args) -> int:
-    from lungnod_ext.pipeline import PipelineConfig, detect
+    from lungnod_ext.apps.pipeline import PipelineConfig, detect
 
     cfg = PipelineConfig(use_classifier=not args.no_classifier, probability_threshold=args.threshold,
                          overlays=not args.no_overlays, dicom_seg=args.dicom_seg, explain=not args.no_explain,
@@ -61,7 +61,7 @@ def _cmd_detect(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from lungnod_ext.detection_evaluation import evaluate_pipeline, format_table
+    from lungnod_ext.metrics.detection_evaluation import evaluate_pipeline, format_table
 
     result = evaluate_pipeline(args.pred, args.reference, threshold=args.threshold)
     print(format_table(result))
@@ -74,13 +74,13 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from lungnod_ext.demo import run_demo
+    from lungnod_ext.apps.demo import run_demo
 
     return run_demo(args)
 
 
 def _cmd_train_models(args) -> int:
-    from lungnod_ext.train_models import DEFAULT_LIDC, RecipeSettings, train_models
+    from lungnod_ext.apps.train_models import DEFAULT_LIDC, RecipeSettings, train_models
 
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from data_prep.errors import InputNotFoundError
-from lungnod_ext.bundle_paths import REPO_ROOT
-from lungnod_ext.bundle_runs import bundle_run
+from lungnod_ext.data.bundle_paths import REPO_ROOT
+from lungnod_ext.apps.bundle_runs import bundle_run
 
 SEG = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
 CLS = REPO_ROOT / "bundles" / "lung_nodule_ct_classification"
@@ -85,8 +85,8 @@ def run_training_demo(args) -> int:
     print(f"       done ({time.perf_counter() - t:.0f} s)")
 
     t = _step("3/5 candidates on the training cases -> patches (hard negatives) -> train the classification bundle")
-    from lungnod_ext.patches import build_patch_dataset
-    from lungnod_ext.pipeline import run_bundle_inference
+    from lungnod_ext.apps.patch_dataset import build_patch_dataset
+    from lungnod_ext.apps.pipeline import run_bundle_inference
 
     train_items = [{"image": str(converted / e["image"])} for e in datalist["training"] + datalist["validation"]]
     cand_dir = out / "runs" / "train_candidates"
@@ -102,8 +102,8 @@ def run_training_demo(args) -> int:
     print(f"       done ({time.perf_counter() - t:.0f} s)")
 
     t = _step("4/5 lungnod detect on the held-out test cases")
-    from lungnod_ext.detection_evaluation import evaluate_pipeline, format_table
-    from lungnod_ext.pipeline import PipelineConfig, detect
+    from lungnod_ext.metrics.detection_evaluation import evaluate_pipeline, format_table
+    from lungnod_ext.apps.pipeline import PipelineConfig, detect
 
     test_list = out / "runs" / "test_datalist.json"
     test_list.write_text(json.dumps({"testing": [{"image": str(converted / e["image"])} for e in datalist["testing"]]}))
@@ -126,7 +126,7 @@ def run_training_demo(args) -> int:
     return 0
 
 
-EXAMPLE_DIR = Path(__file__).resolve().parent / "example_data"
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "example_data"
 EXAMPLE = EXAMPLE_DIR / "LIDC-IDRI-0001_slab.json"
 
 
@@ -163,7 +163,7 @@ def compare_with_readers(nodules: list[dict], candidates: list[dict], reference:
 
 def run_shipped_demo(args) -> int:
     """The shipped models on the example scan (or ``--input``), compared with the readers when known."""
-    from lungnod_ext.pipeline import CLS_BUNDLE, SEG_BUNDLE, PipelineConfig, detect
+    from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE, PipelineConfig, detect
 
     for bundle in (SEG_BUNDLE, CLS_BUNDLE):
         if not (bundle / "models" / "model.pt").is_file():

@@ -1,7 +1,7 @@
 """Serve a lungnod bundle in MONAI Label's ``monaibundle`` sample app: what each bundle's
 ``docs/run_monailabel.sh`` runs (checked with monailabel 0.8.5, MONAI 1.6.1).
 
-    python -m lungnod_ext.monailabel_serve <bundle folder> <studies folder> [port] [start_server options]
+    python -m lungnod_ext.apps.monailabel_serve <bundle folder> <studies folder> [port] [start_server options]
 
 1. the monaibundle app, copied from the installed monailabel package (``monailabel apps --download``
    copies it locally; nothing is downloaded) into ``$MONAILABEL_WORK`` (default ``~/.lungnod/monailabel``);

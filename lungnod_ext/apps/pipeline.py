@@ -32,11 +32,11 @@ import numpy as np
 
 from data_prep.convert import check_output_dir
 from data_prep.nifti_io import read_nifti, write_text_atomic
-from lungnod_ext.bundle_paths import REPO_ROOT
-from lungnod_ext.candidates import write_candidates
-from lungnod_ext.inputs import resolve_inputs
-from lungnod_ext.overlays import write_candidate_overlays
-from lungnod_ext.report import replace_dir
+from lungnod_ext.data.bundle_paths import REPO_ROOT
+from lungnod_ext.inference.candidates import write_candidates
+from lungnod_ext.data.inputs import resolve_inputs
+from lungnod_ext.inference.overlays import write_candidate_overlays
+from lungnod_ext.inference.report import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ def _write_evidence(hu: np.ndarray, geometry, nodules: list[dict], folder: Path,
     case's (z, y, x) HU volume on ``geometry``."""
     import torch
 
-    from lungnod_ext.explain import evidence_maps, write_evidence_png
-    from lungnod_ext.hu_window import HUWindow
-    from lungnod_ext.patches import extract_patches
+    from lungnod_ext.inference.explain import evidence_maps, write_evidence_png
+    from lungnod_ext.transforms.hu_window import HUWindow
+    from lungnod_ext.inference.patches import extract_patches
 
     net, st = classifier
     patches = extract_patches(hu, geometry, [n["centre_lps"] for n in nodules], st["patch_size"], st["spacing_mm"],
@@ -154,7 +154,7 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
             if classifier is not None and nodules:
                 overlays += _write_evidence(hu, geometry, nodules[:MAX_EXPLAINED], tmp, case, classifier)
         if cfg.dicom_seg and source_dicom:
-            from lungnod_ext.dicom_seg import write_dicom_seg
+            from lungnod_ext.inference.dicom_seg import write_dicom_seg
 
             labels, geometry = read_nifti(tmp / f"{case}_labels.nii.gz")
             ids = {int(n["id"]): i + 1 for i, n in enumerate(nodules)}

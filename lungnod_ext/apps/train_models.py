@@ -30,8 +30,8 @@ import torch
 
 from data_prep.errors import InputNotFoundError
 from data_prep.nifti_io import atomic_path
-from lungnod_ext.bundle_paths import REPO_ROOT
-from lungnod_ext.bundle_runs import bundle_run
+from lungnod_ext.data.bundle_paths import REPO_ROOT
+from lungnod_ext.apps.bundle_runs import bundle_run
 
 SEG = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
 CLS = REPO_ROOT / "bundles" / "lung_nodule_ct_classification"
@@ -96,8 +96,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     """Run the recipe (module doc); returns the ``recipe.json`` content."""
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.training_cohort import CohortOptions, build_training_cohort
-    from lungnod_ext.patches import build_patch_dataset
-    from lungnod_ext.pipeline import run_bundle_inference
+    from lungnod_ext.apps.patch_dataset import build_patch_dataset
+    from lungnod_ext.apps.pipeline import run_bundle_inference
 
     s = settings or RecipeSettings()
     lidc, out = Path(lidc_dir), Path(out_dir).resolve()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from data_prep.errors import InputNotFoundError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def bundle_root(name: str) -> str:

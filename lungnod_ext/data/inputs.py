@@ -24,11 +24,11 @@ def _is_image_file(p: Path) -> bool:
 def resolve_inputs(path, work_dir, check: bool = True) -> list[dict]:
     """Inputs for inference (see module doc). Raises InputNotFoundError with a one-line reason.
 
-    With ``check`` every image goes through :func:`lungnod_ext.input_checks.check_ct_volume` first
+    With ``check`` every image goes through :func:`lungnod_ext.data.input_checks.check_ct_volume` first
     (4D/RGB, NaN, constant, all-air and too-small volumes are refused before any model runs)."""
     items = _resolve(Path(str(path)), work_dir)
     if check:
-        from lungnod_ext.input_checks import check_ct_volume
+        from lungnod_ext.data.input_checks import check_ct_volume
 
         for item in items:
             check_ct_volume(item["image"])

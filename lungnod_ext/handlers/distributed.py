@@ -25,7 +25,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from data_prep.nifti_io import write_text_atomic
-from lungnod_ext.candidates import case_id_from_meta
+from lungnod_ext.data.meta import case_id_from_meta
 
 
 def rank_and_world_size() -> tuple[int, int]:

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 from ignite.engine import Engine, Events
 
-from lungnod_ext.candidates import _channel_zyx, case_id_from_meta
-from lungnod_ext.overlays import overlay_slice, write_png
+from lungnod_ext.data.meta import case_id_from_meta, channel_zyx
+from lungnod_ext.inference.overlays import overlay_slice, write_png
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,8 @@ class ValidationOverlayHandler:
             if self._done >= self.max_cases or self.image_key not in item:
                 return
             case = case_id_from_meta(item[self.image_key])
-            label = _channel_zyx(item[self.label_key]) if self.label_key in item else None
-            rgb = validation_overlay(_channel_zyx(item[self.image_key]), label, _channel_zyx(item[self.pred_key]),
+            label = channel_zyx(item[self.label_key]) if self.label_key in item else None
+            rgb = validation_overlay(channel_zyx(item[self.image_key]), label, channel_zyx(item[self.pred_key]),
                                      title=case)
             write_png(self.output_dir / f"{case}.png", rgb)
             self._done += 1

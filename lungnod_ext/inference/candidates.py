@@ -38,7 +38,8 @@ from scipy import ndimage as ndi
 
 from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import write_text_atomic
-from data_prep.coords import LPS_TO_RAS, Geometry
+from data_prep.coords import Geometry
+from lungnod_ext.data.meta import case_id_from_meta, channel_view_zyx, geometry_from_meta_tensor
 
 DEFAULT_MIN_VOLUME_MM3 = 10.0
 """About a 2.7 mm sphere: just under LIDC's 3 mm nodule size, so an under-segmented 3 mm nodule survives."""
@@ -73,7 +74,7 @@ def _touches_lung(component_crop: np.ndarray, lung_crop: np.ndarray, spacing_zyx
     return bool(distance_mm[component_crop].min() <= dilate_mm + 1e-6)
 
 
-def _bbox_lps(geometry: Geometry, bbox_ijk) -> list[float]:
+def bbox_lps(geometry: Geometry, bbox_ijk) -> list[float]:
     """Voxel box (i0, j0, k0, i1, j1, k1) end exclusive -> LPS box (x0, y0, z0, x1, y1, z1) of the voxels' extent."""
     lo = np.asarray(bbox_ijk[:3], dtype=float) - 0.5
     hi = np.asarray(bbox_ijk[3:], dtype=float) - 0.5
@@ -180,7 +181,7 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
             "centre_voxel": [float(v) for v in centre_ijk],
             "centre_lps": [float(v) for v in geometry.voxel_to_world(centre_ijk)],
             "bbox_voxel": bbox,
-            "bbox_lps_mm": _bbox_lps(geometry, bbox),
+            "bbox_lps_mm": bbox_lps(geometry, bbox),
             "diameter_mm": equivalent_diameter_mm(volume),
             "volume_mm3": float(volume),
             "mean_hu": float(hu_work[obj][component].mean(dtype=np.float64)) if hu_work is not None else float("nan"),
@@ -285,51 +286,6 @@ def write_candidates(candidates: Sequence[Mapping], json_path=None, csv_path=Non
 
 
 # ------------------------------------------------------------------------------------------------ MONAI
-def affine_ras(img: MetaTensor) -> np.ndarray:
-    """4x4 float64 RAS affine of a MetaTensor: ``meta["affine"]``, converted from LPS when
-    ``meta["space"] == "LPS"`` (e.g. ITKReader with ``affine_lps_to_ras=False``)."""
-    affine = np.asarray(img.affine.detach().cpu().numpy() if torch.is_tensor(img.affine) else img.affine, np.float64)
-    if str(img.meta.get("space", "RAS")).upper() == "LPS":
-        affine = affine.copy()
-        affine[:3, :] = LPS_TO_RAS @ affine[:3, :]
-    return affine
-
-
-def geometry_from_meta_tensor(img: MetaTensor) -> Geometry:
-    """LPS :class:`Geometry` of a channel-first MetaTensor ``(C, X, Y, Z)`` as MONAI's ``LoadImaged`` +
-    ``EnsureChannelFirstd`` give it: spatial index (i, j, k) = NIfTI voxel order, ``meta["affine"]`` in RAS
-    (or LPS when ``meta["space"] == "LPS"``, e.g. ITKReader with ``affine_lps_to_ras=False``)."""
-    if not isinstance(img, MetaTensor):
-        raise TypeError(f"expected a MetaTensor with an affine, got {type(img).__name__}")
-    if img.ndim != 4:
-        raise ValueError(f"expected a channel-first (C, X, Y, Z) image, got shape {tuple(img.shape)}; "
-                         "decollate batches before post-processing")
-    return Geometry.from_affine_ras(affine_ras(img), tuple(int(s) for s in img.shape[1:]))
-
-
-def _channel_view_zyx(img, channel: int = 0) -> np.ndarray:
-    """Channel ``channel`` of a (C, X, Y, Z) tensor/array as a (z, y, x) numpy view (no copy for CPU data)."""
-    arr = img.detach().cpu().numpy() if torch.is_tensor(img) else np.asarray(img)
-    if arr.ndim != 4:
-        raise ValueError(f"expected a channel-first (C, X, Y, Z) array, got shape {arr.shape}")
-    return arr[channel].transpose(2, 1, 0)
-
-
-def _channel_zyx(img, channel: int = 0) -> np.ndarray:
-    """Channel ``channel`` of a (C, X, Y, Z) tensor/array -> C-contiguous (z, y, x) numpy."""
-    return np.ascontiguousarray(_channel_view_zyx(img, channel))
-
-
-def case_id_from_meta(img) -> str:
-    """File name of the image a MetaTensor was loaded from, without .nii/.nii.gz ("case" if unknown)."""
-    meta = getattr(img, "meta", {}) or {}
-    name = Path(str(meta.get("filename_or_obj", "") or "case")).name
-    for suffix in (".nii.gz", ".nii", ".mhd", ".nrrd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 class ExtractCandidates(Transform):
     """Array transform: a channel-first prediction ``(C, X, Y, Z)`` MetaTensor -> (candidates, label map).
 
@@ -351,17 +307,17 @@ class ExtractCandidates(Transform):
 
     def __call__(self, pred: MetaTensor, image=None, lung_mask=None) -> tuple[list[dict], MetaTensor]:
         geometry = geometry_from_meta_tensor(pred)
-        prob = _channel_view_zyx(pred, self.prob_channel)
+        prob = channel_view_zyx(pred, self.prob_channel)
         hu = None
         if image is not None:
-            hu = _channel_view_zyx(image)
+            hu = channel_view_zyx(image)
             if tuple(hu.shape) != tuple(prob.shape):
                 raise ValueError(f"image (z, y, x) {hu.shape} and pred {prob.shape} are on different grids: "
                                  "resample the prediction to the image (ResampleToReferenced / Invertd) first")
             if hu.size and float(hu.min()) >= 0.0 and float(hu.max()) <= 1.0:
                 warnings.warn("the image looks windowed to [0, 1], not HU: mean_hu will not be in HU; "
                               "point image_key at an unwindowed copy", stacklevel=2)
-        lung = _channel_view_zyx(lung_mask) if lung_mask is not None else None
+        lung = channel_view_zyx(lung_mask) if lung_mask is not None else None
         labels = torch.zeros((1, *pred.shape[1:]), dtype=torch.int32)
         candidates, _ = extract_candidates_and_labels(
             prob, geometry, hu, lung, self.threshold, self.min_volume_mm3, self.lung_dilate_mm, self.max_candidates,

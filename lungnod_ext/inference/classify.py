@@ -4,7 +4,7 @@ A dataset item is ``{"image": <CT NIfTI>, "candidates": <stage-1 candidates JSON
 bundle's ``<case>_candidates.json``), or ``{"image": <one patch image>}`` as MONAI Label sends it.
 
 * :class:`CandidatePatchesd` turns the item into ``image`` = float32 ``(N, C, *patch)`` HU patches, one per
-  candidate, cut in world space (:func:`lungnod_ext.patches.extract_patches`); a single patch image
+  candidate, cut in world space (:func:`lungnod_ext.inference.patches.extract_patches`); a single patch image
   is resized to the patch size (N = 1). ``candidates`` holds the candidate dicts as JSON text (so batch
   collation leaves it alone), ``case`` the case id.
 * :class:`PatchBatchInferer` runs the network over the N patches of one item in mini-batches and returns
@@ -26,9 +26,9 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform
 
 from data_prep.nifti_io import read_nifti
-from lungnod_ext.candidates import write_candidates
-from lungnod_ext.inputs import NIFTI_SUFFIXES
-from lungnod_ext.patches import DEFAULTS, extract_patches, patch_channels
+from lungnod_ext.inference.candidates import write_candidates
+from lungnod_ext.data.inputs import NIFTI_SUFFIXES
+from lungnod_ext.inference.patches import DEFAULTS, extract_patches, patch_channels
 
 
 def _case(path: str) -> str:
@@ -172,13 +172,13 @@ def resolve_classification_inputs(path, candidates=None, check: bool = True) -> 
     ``path`` is a CT image (with ``candidates``, a stage-1 candidates JSON) or a single patch image
     (without), or a datalist JSON: a list of items or a dict whose ``testing`` (else ``validation``, else
     ``training``) list is used; relative paths are resolved against the JSON's folder.
-    With ``check``, every CT that comes with candidates passes :func:`lungnod_ext.input_checks.check_ct_volume`
+    With ``check``, every CT that comes with candidates passes :func:`lungnod_ext.data.input_checks.check_ct_volume`
     (4D/RGB, NaN, constant, all-air, too small) and its candidates :func:`check_candidates_json`, before any
     model runs. Raises InputNotFoundError (one line naming the file) for a missing or unusable file.
     """
     items = _classification_items(path, candidates)
     if check:
-        from lungnod_ext.input_checks import check_ct_volume
+        from lungnod_ext.data.input_checks import check_ct_volume
 
         for item in items:
             if item.get("candidates") is not None:

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from lungnod_ext.overlays import LUNG_WINDOW_HU, window_to_uint8, write_png
+from lungnod_ext.inference.overlays import LUNG_WINDOW_HU, window_to_uint8, write_png
 
 METHODS = ("occlusion", "gradcam")
 HEAT_OPACITY = 0.4

@@ -307,7 +307,7 @@ def write_candidate_overlays(hu_zyx: np.ndarray, mask_zyx: np.ndarray | None, ca
       candidate; with no candidate, ``montage_slices`` evenly spaced full slices with the mask contour.
 
     hu_zyx: (z, y, x) HU; mask_zyx: (z, y, x) segmentation or label map (non-zero = nodule) or None;
-    candidates: dicts as :mod:`lungnod_ext.candidates` makes (``id``, ``centre_voxel``, ``centre_lps``,
+    candidates: dicts as :mod:`lungnod_ext.inference.candidates` makes (``id``, ``centre_voxel``, ``centre_lps``,
     ``bbox_voxel``, ``max_prob``, ``diameter_mm``, ...). Returns the paths written, candidates first.
     """
     views = _CaseViews(hu_zyx, mask_zyx, geometry, window)

@@ -5,9 +5,9 @@
 * ``<case>_mask.nii.gz``: uint8 nodule mask (1 = nodule) on the ORIGINAL image grid (same shape and
   affine as the input NIfTI, not the resampled one); ``<case>_prob.nii.gz`` optionally (float32).
 * ``<case>_labels.nii.gz``: uint16 candidate ids (0 = background), same grid.
-* ``<case>_candidates.json`` / ``.csv``: the candidate list of :mod:`lungnod_ext.candidates`
+* ``<case>_candidates.json`` / ``.csv``: the candidate list of :mod:`lungnod_ext.inference.candidates`
   (centres in LPS mm and voxel (i, j, k)); empty list when nothing is found.
-* ``overlays/``: one PNG per candidate and a montage (:func:`lungnod_ext.overlays.write_candidate_overlays`).
+* ``overlays/``: one PNG per candidate and a montage (:func:`lungnod_ext.inference.overlays.write_candidate_overlays`).
 
 Everything goes to a hidden temporary folder first, which is renamed to ``<case>`` at the end (a
 previous result is replaced only then), so a failure leaves no partial case behind.
@@ -25,8 +25,9 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from data_prep.nifti_io import write_nifti
-from lungnod_ext.candidates import _channel_view_zyx, case_id_from_meta, geometry_from_meta_tensor, write_candidates
-from lungnod_ext.overlays import write_candidate_overlays
+from lungnod_ext.data.meta import case_id_from_meta, channel_view_zyx, geometry_from_meta_tensor
+from lungnod_ext.inference.candidates import write_candidates
+from lungnod_ext.inference.overlays import write_candidate_overlays
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -77,7 +78,7 @@ class WriteSegmentationReportd(MapTransform):
 
     Reads ``pred_key`` (channel-first (1, X, Y, Z) probability MetaTensor, already inverted to the
     original grid), ``image_key`` (the unresampled HU copy), ``candidates_key`` and ``labels_key``
-    (from :class:`lungnod_ext.candidates.ExtractCandidatesd`). Adds ``"report_dir"`` to the dict.
+    (from :class:`lungnod_ext.inference.candidates.ExtractCandidatesd`). Adds ``"report_dir"`` to the dict.
     """
 
     def __init__(self, pred_key: str = "pred", image_key: str = "ct_hu", candidates_key: str = "candidates",
@@ -94,13 +95,13 @@ class WriteSegmentationReportd(MapTransform):
         pred = d[self.pred_key]
         image = d.get(self.image_key)
         geometry = geometry_from_meta_tensor(image if image is not None else pred)
-        prob = _channel_view_zyx(pred)  # views: write_nifti makes the one copy NIfTI's layout needs
+        prob = channel_view_zyx(pred)  # views: write_nifti makes the one copy NIfTI's layout needs
         if tuple(prob.shape) != geometry.shape_zyx:
             raise ValueError(f"prediction {prob.shape} is not on the original grid {geometry.shape_zyx}: "
                              "resample it to the image (ResampleToReferenced / Invertd) before the report writer")
-        hu = _channel_view_zyx(image) if image is not None else None
+        hu = channel_view_zyx(image) if image is not None else None
         labels = d.get(self.labels_key)
-        labels_zyx = _channel_view_zyx(labels) if labels is not None else np.zeros(prob.shape, np.uint16)
+        labels_zyx = channel_view_zyx(labels) if labels is not None else np.zeros(prob.shape, np.uint16)
         source = str((image if image is not None else pred).meta.get("filename_or_obj", ""))
         case = case_id_from_meta(image if image is not None else pred)
         d["report_dir"] = str(write_segmentation_report(

@@ -23,10 +23,10 @@ from pathlib import Path
 import nibabel as nib
 
 from data_prep.errors import InputNotFoundError
-from lungnod_ext.candidates import _bbox_lps
+from lungnod_ext.inference.candidates import bbox_lps
 from data_prep.coords import Geometry
-from lungnod_ext.metrics import (binary_classification_metrics, detection_summary, froc, map_50, map_50_95,
-                                 match_detections)
+from lungnod_ext.metrics.classification import binary_classification_metrics
+from lungnod_ext.metrics.detection import detection_summary, froc, map_50, map_50_95, match_detections
 
 
 def load_reference(converted_dir) -> dict[str, list[dict]]:
@@ -45,7 +45,7 @@ def load_reference(converted_dir) -> dict[str, list[dict]]:
                 geometries[case] = Geometry.from_affine_ras(img.affine, tuple(int(s) for s in img.shape[:3]))
             bbox = [int(float(row[k])) for k in ("bbox_i0", "bbox_j0", "bbox_k0", "bbox_i1", "bbox_j1", "bbox_k1")]
             refs[case].append({"centre_lps": [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"],
-                               "diameter_mm": float(row["diameter_mm"]), "box": _bbox_lps(geometries[case], bbox),
+                               "diameter_mm": float(row["diameter_mm"]), "box": bbox_lps(geometries[case], bbox),
                                "nodule_id": row["nodule_id"]})
     return dict(refs)
 

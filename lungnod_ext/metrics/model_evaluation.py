@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungnod_ext.metrics import detection_summary, froc
+from lungnod_ext.metrics.detection import detection_summary, froc
 
 SMALL_MARK_DIAMETER_MM = 10.0         # a hit within 5 mm of a LIDC small mark is ignored
 SIZE_BANDS = ((3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, 40.0))

@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from data_prep.nifti_io import write_text_atomic
-from lungnod_ext.metrics import binary_classification_metrics
+from lungnod_ext.metrics.classification import binary_classification_metrics
 
 
 def _clean(v):

@@ -21,8 +21,10 @@ from ignite.engine import Engine, Events
 from scipy import ndimage as ndi
 
 from data_prep.nifti_io import write_text_atomic
-from lungnod_ext.candidates import _channel_zyx, case_id_from_meta, extract_candidates_and_labels, geometry_from_meta_tensor
-from lungnod_ext.metrics import confusion_counts, froc, voxel_metrics
+from lungnod_ext.data.meta import case_id_from_meta, channel_zyx, geometry_from_meta_tensor
+from lungnod_ext.inference.candidates import extract_candidates_and_labels
+from lungnod_ext.metrics.detection import froc
+from lungnod_ext.metrics.overlap import confusion_counts, voxel_metrics
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 PER_CASE_COLUMNS = ("case", "dice", "iou", "precision", "recall", "n_reference", "tp", "fn", "fp", "n_candidates")
@@ -124,11 +126,11 @@ class SegmentationEvaluationHandler:
     def add_case(self, item: Mapping) -> dict:
         """Score one decollated case; returns its row."""
         pred_t, label_t = item[self.pred_key], item[self.label_key]
-        pred = _channel_zyx(pred_t) > 0.5
-        label = _channel_zyx(label_t) > 0.5
+        pred = channel_zyx(pred_t) > 0.5
+        label = channel_zyx(label_t) > 0.5
         geometry = geometry_from_meta_tensor(label_t)
         cand_labels = item.get(self.candidate_labels_key)
-        cand_zyx = _channel_zyx(cand_labels) if cand_labels is not None else ndi.label(pred, _STRUCTURE_26)[0]
+        cand_zyx = channel_zyx(cand_labels) if cand_labels is not None else ndi.label(pred, _STRUCTURE_26)[0]
         counts = confusion_counts(pred, label)
         for k in self.pooled:
             self.pooled[k] += int(counts[k])

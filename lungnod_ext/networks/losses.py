@@ -1,4 +1,4 @@
-"""Segmentation loss and label handling with an *ignore* value.
+"""Segmentation loss with an *ignore* value (labels from :class:`lungnod_ext.transforms.labels.BinarizeLabeld`).
 
 LIDC small marks (< 3 mm, a point, no contour) are real findings without an outline: they must not be
 taught as background. Training labels carry them (and any other region to leave out) as
@@ -8,33 +8,10 @@ taught as background. Training labels carry them (and any other region to leave 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
 
-from data_prep.training_cohort import IGNORE_LABEL  # noqa: F401  (one value for the cohort's labels and the loss)
-
-
-class BinarizeLabeld(MapTransform):
-    """Labels -> float32 0 / 1 with ``ignore_value`` kept: ``label > 0.5`` is a nodule (binary masks,
-    instance ids and interpolated labels alike), ``label == ignore_value`` stays ``ignore_value``."""
-
-    def __init__(self, keys: KeysCollection, ignore_value: int = IGNORE_LABEL, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.ignore_value = ignore_value
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            x = d[key]
-            ignore = x == self.ignore_value
-            out = (x > 0.5).to(torch.float32) if isinstance(x, torch.Tensor) else (x > 0.5).astype("float32")
-            out[ignore] = float(self.ignore_value)
-            d[key] = out
-        return d
+from data_prep.training_cohort import IGNORE_LABEL
 
 
 def split_label(label: torch.Tensor, ignore_value: int = IGNORE_LABEL) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,21 +49,3 @@ class MaskedDiceBCELoss(torch.nn.Module):
         return self.bce_weight * bce + self.dice_weight * dice
 
 
-def from_engine_ignoring(keys: Sequence[str] = ("pred", "label"), ignore_value: int = IGNORE_LABEL):
-    """Like ``monai.handlers.from_engine(keys)`` for metrics: ignored voxels count as background in both
-    the prediction and the label (lists of per-item tensors)."""
-
-    def _transform(output):
-        items = output if isinstance(output, list) else [output]
-        preds, labels = [], []
-        for item in items:
-            label = item[keys[1]]
-            ignore = label == ignore_value
-            pred = item[keys[0]].clone()
-            pred[ignore] = 0
-            lab = (label > 0.5) & ~ignore
-            preds.append(pred)
-            labels.append(lab.to(pred.dtype))
-        return preds, labels
-
-    return _transform

@@ -1,6 +1,6 @@
 """Contrast Limited Adaptive Histogram Equalisation (CLAHE) on [0, 1] images, as MONAI transforms.
 
-Input: float image in [0, 1] (e.g. the output of :class:`lungnod_ext.hu_window.HUWindow`), channel-first as
+Input: float image in [0, 1] (e.g. the output of :class:`lungnod_ext.transforms.hu_window.HUWindow`), channel-first as
 MONAI holds it: ``(C, H, W)`` for a 2-D image or ``(C, X, Y, Z)`` for a volume. Values outside [0, 1] are
 clipped first. Output: float32 in [0, 1], same shape; numpy in -> numpy out, torch in -> torch out (same
 device), MetaTensor in -> MetaTensor out with its metadata kept. Each channel is processed on its own.

@@ -4,7 +4,7 @@ Pipeline (:func:`compute_lung_mask`), on a ``(z, y, x)`` HU volume with axial sl
 patient's left-right direction along axis 2 (the layout SimpleITK / data_prep give):
 
 1. binarise: air = ``HU < threshold_hu`` (default -400 HU), or, with ``binarise="clahe_otsu"``, the lung
-   window (:mod:`lungnod_ext.hu_window`) -> 2-D CLAHE (:mod:`lungnod_ext.clahe`) -> below Otsu's threshold;
+   window (:mod:`lungnod_ext.transforms.hu_window`) -> 2-D CLAHE (:mod:`lungnod_ext.transforms.clahe`) -> below Otsu's threshold;
 2. work on a grid coarsened in-plane to about ``analysis_spacing_mm`` (block means; 0.7 mm pixels -> 1.4 mm)
    and, for thin slices, along z; remove noise with a small in-plane opening;
 3. remove the outside air: in each slice, air components touching the image border;
@@ -44,8 +44,8 @@ from monai.utils import TransformBackends, convert_data_type, convert_to_dst_typ
 from scipy import ndimage as ndi
 
 from data_prep.masks import bounding_box
-from lungnod_ext.clahe import clahe_2d_slices
-from lungnod_ext.hu_window import HU_WINDOWS
+from lungnod_ext.transforms.clahe import clahe_2d_slices
+from lungnod_ext.transforms.hu_window import HU_WINDOWS
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from monai.data.meta_tensor import MetaTensor
 from monai.transforms import MapTransform, ResampleToMatch, Transform
 from monai.utils import ensure_tuple_rep
 
-from lungnod_ext.candidates import affine_ras
+from lungnod_ext.data.meta import affine_ras
 
 MODES = ("bilinear", "nearest")
 ALIGNED_TOLERANCE_VOXELS = 1e-3

@@ -9,24 +9,20 @@ inferior -> superior, the centre slice in the middle; outside the volume the edg
 
 * :class:`SlabToChannelsd` (training): a ``(1, H, W, n)`` crop -> image ``(n, H, W)``, label ``(1, H, W)``
   (its centre slice).
-* :class:`SlabSliceInferer` (validation / inference): a ``(B, 1, H, W, D)`` volume -> ``(B, C_out, H, W, D)``,
-  slice by slice with the slab as channels, H and W padded to a multiple of ``divisible`` for the network
-  and cropped back.
+* :func:`slab_channels`: slices k0..k1 of a volume with their slabs as channels, what
+  :class:`lungnod_ext.inference.slab_inferer.SlabSliceInferer` feeds the network at validation / inference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.inferers import Inferer
 from monai.transforms import MapTransform
-from monai.utils import convert_to_dst_type
 
 
-def _check_slab(n: int) -> int:
+def check_slab(n: int) -> int:
     n = int(n)
     if n < 1 or n % 2 == 0:
         raise ValueError(f"slab size must be an odd number >= 1, got {n}")
@@ -41,7 +37,7 @@ class SlabToChannelsd(MapTransform):
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
-        self.slab = _check_slab(slab)
+        self.slab = check_slab(slab)
 
     def _shape_check(self, key, x) -> None:
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[-1] != self.slab:
@@ -72,40 +68,6 @@ def slab_channels(volume: torch.Tensor, k0: int, k1: int, slab: int) -> torch.Te
     return x.permute(0, 3, 4, 1, 2).reshape(-1, slab, volume.shape[2], volume.shape[3])
 
 
-class SlabSliceInferer(Inferer):
-    """Slice-by-slice inference of a 2-D network that takes ``slab`` neighbouring slices as channels.
-
-    inputs: ``(B, 1, H, W, D)`` (D = the slice axis); the network sees ``(N, slab, H', W')`` with H', W'
-    padded to a multiple of ``divisible`` (edge values) and returns ``(N, C_out, H', W')``; output
-    ``(B, C_out, H, W, D)`` on the input's device, float32. ``sw_batch_size`` slices per forward pass.
-    """
-
-    def __init__(self, slab: int = 3, sw_batch_size: int = 16, divisible: int = 32, progress: bool = False) -> None:
-        super().__init__()
-        self.slab = _check_slab(slab)
-        self.sw_batch_size = max(1, int(sw_batch_size))
-        self.divisible = max(1, int(divisible))
-
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
-        if inputs.ndim != 5 or inputs.shape[1] != 1:
-            raise ValueError(f"SlabSliceInferer expects a (B, 1, H, W, D) volume, got {tuple(inputs.shape)}")
-        b, _, h, w, depth = inputs.shape
-        ph, pw = (-h) % self.divisible, (-w) % self.divisible
-        volume = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
-        out = None
-        for k0 in range(0, depth, self.sw_batch_size):
-            k1 = min(depth, k0 + self.sw_batch_size)
-            x = slab_channels(volume, k0, k1, self.slab)
-            if ph or pw:
-                x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-            y = network(x, *args, **kwargs)[..., :h, :w].float()          # (B * n, C, h, w)
-            y = y.reshape(b, k1 - k0, y.shape[1], h, w).permute(0, 2, 3, 4, 1)
-            if out is None:
-                out = torch.empty((b, y.shape[1], h, w, depth), dtype=torch.float32, device=y.device)
-            out[..., k0:k1] = y
-        return convert_to_dst_type(out, inputs, dtype=torch.float32)[0]   # keeps a MetaTensor's metadata
-
-
 def slab_roi(patch_size: Sequence[int], slab: int = 3) -> list[int]:
     """``RandCropByPosNegLabeld`` spatial size for 2-D ``patch_size`` (H, W) and a slab: ``[H, W, slab]``."""
-    return [int(s) for s in patch_size] + [_check_slab(slab)]
+    return [int(s) for s in patch_size] + [check_slab(slab)]

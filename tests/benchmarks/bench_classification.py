@@ -44,8 +44,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--out", default="/tmp/bench_cls")
     a = ap.parse_args()
-    from lungnod_ext.patches import build_patch_dataset
-    from lungnod_ext.pipeline import SEG_BUNDLE, run_bundle_inference
+    from lungnod_ext.apps.patch_dataset import build_patch_dataset
+    from lungnod_ext.apps.pipeline import SEG_BUNDLE, run_bundle_inference
 
     data, out = Path(a.data), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ def _models(spec: str) -> tuple[Path | None, Path | None]:
 
 
 def _stage_tables(detections, refs, marks, subsets, threshold):
-    from lungnod_ext.model_evaluation import score_stage, subset_references
+    from lungnod_ext.metrics.model_evaluation import score_stage, subset_references
 
     out = {}
     for name, keep in subsets.items():
@@ -62,8 +62,8 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions, make_copies, write_tables
-    from lungnod_ext.model_evaluation import per_nodule_dice, read_references, read_small_marks, size_band
-    from lungnod_ext.pipeline import PipelineConfig, detect
+    from lungnod_ext.metrics.model_evaluation import per_nodule_dice, read_references, read_small_marks, size_band
+    from lungnod_ext.apps.pipeline import PipelineConfig, detect
 
     converted = work / "converted"
     if not (converted / "nodules.csv").is_file():

@@ -65,7 +65,7 @@ def stage_profile(image: str, seg_ckpt: str, cls_ckpt: str, work: Path) -> dict:
     import torch
     from monai.bundle import ConfigParser
 
-    from lungnod_ext.pipeline import CLS_BUNDLE, SEG_BUNDLE
+    from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE
 
     torch.set_num_threads(os.cpu_count() or 2)
     p = ConfigParser()
@@ -134,7 +134,7 @@ def main() -> None:
     import torch
     from monai.networks.nets import FlexibleUNet
 
-    from lungnod_ext.classifier import NoduleCNN
+    from lungnod_ext.networks.classifier import NoduleCNN
 
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     seg, cls = a.seg_ckpt, a.cls_ckpt

@@ -5,7 +5,7 @@ with and without caching, on the same synthetic cohort.
 
 Every row is ``python -m monai.bundle run training`` as a user runs it, with one overlay config that swaps
 the training dataset / loader (the rest of train.json unchanged); the numbers come from the bundle's own
-``eval/train_timing.json`` (lungnod_ext.timing.DataWaitTimer: per epoch, seconds between ignite's
+``eval/train_timing.json`` (lungnod_ext.handlers.timing.DataWaitTimer: per epoch, seconds between ignite's
 GET_BATCH_STARTED and GET_BATCH_COMPLETED over the epoch's wall time). Epoch 1 is reported apart (a
 PersistentDataset fills its disk cache then; every loader warms up); "steady" is epochs 2..N.
 
@@ -92,7 +92,7 @@ def main() -> None:
     converted = demo_cohort(out / "data", a.cases)
     patches = out / "patches"
     if not (patches / "datalist.json").is_file():
-        from lungnod_ext.patches import build_patch_dataset
+        from lungnod_ext.apps.patch_dataset import build_patch_dataset
 
         build_patch_dataset(converted, patches)
     dataset_dirs = {"segmentation": converted, "classification": patches}

@@ -29,7 +29,7 @@ def run_bundle(args: list[str], cwd: Path = BUNDLE) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    from lungnod_ext.patches import build_patch_dataset
+    from lungnod_ext.apps.patch_dataset import build_patch_dataset
 
     out = tmp_path_factory.mktemp("cls_demo")
     subprocess.run([sys.executable, "-m", "data_prep", "-q", "demo", "--out", str(out)], check=True, timeout=300)
@@ -64,7 +64,7 @@ def test_training_loss_falls_and_checkpoint_layout(trained):
 
 
 def test_evaluate_trained_auc_beats_untrained(trained, data, tmp_path):
-    from lungnod_ext.network_setup import bundle_network
+    from lungnod_ext.networks.network_setup import bundle_network
 
     torch.manual_seed(0)
     untrained = tmp_path / "untrained.pt"
@@ -120,7 +120,7 @@ def test_inference_on_a_single_patch(trained, data, tmp_path):
 
 
 def test_3d_overlay_trains_and_infers(data, tmp_path):
-    from lungnod_ext.patches import build_patch_dataset
+    from lungnod_ext.apps.patch_dataset import build_patch_dataset
 
     build_patch_dataset(data["converted"], tmp_path / "p3d", spatial_dims=3, positive_copies=2,
                         random_negatives_per_case=4)

@@ -95,7 +95,7 @@ def _evaluate(cohort: Path, ckpt: Path, out: Path) -> dict:
 
 
 def test_evaluate_trained_beats_untrained(trained, tmp_path):
-    from lungnod_ext.network_setup import bundle_network
+    from lungnod_ext.networks.network_setup import bundle_network
 
     torch.manual_seed(0)
     untrained = tmp_path / "untrained.pt"

@@ -25,7 +25,7 @@ def bundle_dataset(cohort) -> Callable[[str], Path]:
 
     def dataset_dir(bundle: str) -> Path:
         if bundle == "lung_nodule_ct_classification":
-            from lungnod_ext.patches import build_patch_dataset
+            from lungnod_ext.apps.patch_dataset import build_patch_dataset
 
             patches = cohort.parent / "patches"
             if not (patches / "datalist.json").is_file():

@@ -4,7 +4,7 @@ A ``mlflow server`` (the venv's MLflow) listens on loopback with an SQLite backe
 artifact storage (``--artifacts-destination``: clients upload through the server's ``mlflow-artifacts:/``
 API, they never write the artifact folder themselves). Each bundle trains for 2-3 tiny epochs with
 ``--tracking mlflow --tracking_uri http://127.0.0.1:<port>``, and the run is read back over HTTP with
-``MlflowClient``: params (``lungnod_ext.tracking.MLflowRunExtras``), the per-iteration ``train_loss`` (whose
+``MlflowClient``: params (``lungnod_ext.handlers.tracking.MLflowRunExtras``), the per-iteration ``train_loss`` (whose
 per-epoch means must equal ``train_history.json``), one validation metric per epoch, the executed config,
 the overlays (segmentation) and the checkpoint, identical to the file training wrote.
 """

@@ -406,7 +406,7 @@ def _check_clean_stop(server: MonaiLabelServer, code: int, work: Path, name: str
 def cls_trained(ml_cohort, tmp_path_factory) -> dict:
     """Candidate patches from the cohort and a classification bundle trained on them for 4 epochs (main venv)."""
     def build(out: Path) -> None:
-        from lungnod_ext.patches import build_patch_dataset
+        from lungnod_ext.apps.patch_dataset import build_patch_dataset
 
         build_patch_dataset(ml_cohort, out / "patches", positive_copies=2, random_negatives_per_case=4)
         bundle = copy_bundle(CLS, out / "app" / "model")

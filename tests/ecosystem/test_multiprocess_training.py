@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node=2 -m monai.bundle run --config_file "['configs/train.json','configs/multi_gpu_train.json']"
 
-Evidence per rank comes from ``lungnod_ext.distributed.BatchCaseRecorder`` (``<output_dir>/rank<r>_cases.json``:
+Evidence per rank comes from ``lungnod_ext.handlers.distributed.BatchCaseRecorder`` (``<output_dir>/rank<r>_cases.json``:
 case ids and sample counts of every batch, parameter checksum after every epoch) and from torchrun's per-rank
 logs (``--log-dir --redirects 3``). Checked: both ranks trained, on disjoint cases covering the training list
 (segmentation, DistributedSampler); weights stayed in sync (equal checksums); rank 0 alone saved
@@ -39,7 +39,7 @@ BUNDLES = [b for b in BUNDLE_ARGS if (REPO / "bundles" / b / "configs" / "multi_
 # for a bundle whose multi_gpu_train.json does not attach the recorder itself: the same handler selection
 # (rank > 0 keeps only the collective ValidationHandler and the no-op-on-rank>0 ResumableTraining) + recorder
 RECORDER_OVERRIDE = {
-    "train#case_recorder": {"_target_": "lungnod_ext.distributed.BatchCaseRecorder", "output_dir": "@output_dir",
+    "train#case_recorder": {"_target_": "lungnod_ext.handlers.distributed.BatchCaseRecorder", "output_dir": "@output_dir",
                             "network": "@network", "case_key": "case"},
     "train#trainer#train_handlers": "$([h for h in @train#handlers if isinstance(h, monai.handlers.ValidationHandler)"
                                     " or type(h).__name__ == 'ResumableTraining'] if dist.get_rank() > 0 else"
@@ -53,7 +53,7 @@ RECORDER_OVERRIDE = {
 def test_batch_case_ids_from_collated_decollated_and_metadata():
     from monai.data import MetaTensor
 
-    from lungnod_ext.distributed import batch_case_ids, batch_size_of
+    from lungnod_ext.handlers.distributed import batch_case_ids, batch_size_of
 
     collated = {"image": torch.zeros(4, 1, 8, 8), "case_id": ["a", "a", "b", "b"]}
     assert batch_case_ids(collated) == ["a", "b"] and batch_size_of(collated) == 4
@@ -66,7 +66,7 @@ def test_batch_case_ids_from_collated_decollated_and_metadata():
 def test_recorder_writes_rank0_file_without_distributed(tmp_path):
     from ignite.engine import Engine
 
-    from lungnod_ext.distributed import BatchCaseRecorder
+    from lungnod_ext.handlers.distributed import BatchCaseRecorder
 
     net = torch.nn.Linear(2, 1)
     torch.nn.init.constant_(net.weight, 0.5)

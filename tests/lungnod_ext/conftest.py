@@ -10,7 +10,7 @@ import torch
 def blob_classifier():
     """A 2D NoduleCNN trained until it separates 32x32 patches with a bright blob in the top-left quadrant
     (label 1) from plain noise (label 0). Returns (net in eval mode, x, y, first loss, last loss)."""
-    from lungnod_ext.classifier import NoduleCNN
+    from lungnod_ext.networks.classifier import NoduleCNN
 
     torch.manual_seed(0)
     net = NoduleCNN(spatial_dims=2, channels=(8, 16), dropout=0.0)

@@ -34,7 +34,7 @@ FIRST, LAST = 80, 100
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from lungnod_ext.network_setup import bundle_network
+    from lungnod_ext.networks.network_setup import bundle_network
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
@@ -249,7 +249,7 @@ BUNDLE_CASES = {
 
 @pytest.fixture(scope="module")
 def cls_ckpt(tmp_path_factory) -> Path:
-    from lungnod_ext.network_setup import bundle_network
+    from lungnod_ext.networks.network_setup import bundle_network
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("cls_ckpt") / "model.pt"

@@ -20,7 +20,7 @@ BUNDLE = REPO / "bundles" / "lung_nodule_ct_classification"
 
 @pytest.fixture(scope="module")
 def patches(tmp_path_factory) -> Path:
-    from lungnod_ext.patches import build_patch_dataset
+    from lungnod_ext.apps.patch_dataset import build_patch_dataset
 
     out = tmp_path_factory.mktemp("faults")
     subprocess.run([sys.executable, "-m", "data_prep", "-q", "demo", "--out", str(out), "--cases", "6"],

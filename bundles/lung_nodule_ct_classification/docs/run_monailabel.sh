@@ -23,7 +23,7 @@
 set -euo pipefail
 
 # the checks, the app and the copy of this bundle in $MONAILABEL_WORK, then `monailabel start_server`:
-# lungnod_ext/monailabel_serve.py (arguments after the port go to start_server as they are)
+# lungnod_ext/apps/monailabel_serve.py (arguments after the port go to start_server as they are)
 BUNDLE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ $# -ge 1 ]] || { echo "usage: bash docs/run_monailabel.sh <studies folder> [port] [start_server options]" >&2; exit 2; }
-exec python -m lungnod_ext.monailabel_serve "$BUNDLE_DIR" "$@" --conf skip_trainers true
+exec python -m lungnod_ext.apps.monailabel_serve "$BUNDLE_DIR" "$@" --conf skip_trainers true

@@ -7,7 +7,7 @@ import sys
 
 SCRIPT = """
 import atexit, sys
-from lungnod_ext import cli
+from lungnod_ext.apps import cli
 atexit.register(lambda: print("exit handler ran", flush=True))
 print("before the command")  # block-buffered into the pipe: lost unless run() flushes
 sys.argv = ["lungnod", "evaluate", "/nonexistent/detect_out", "--reference", "/nonexistent/ref"]

@@ -1,4 +1,4 @@
-"""lungnod_ext.monailabel_serve without MONAI Label (the main venv has none): the checks, the bundle copy
+"""lungnod_ext.apps.monailabel_serve without MONAI Label (the main venv has none): the checks, the bundle copy
 and the start_server command. The real server runs in tests/ecosystem/test_monailabel.py."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lungnod_ext import monailabel_serve as serve
+from lungnod_ext.apps import monailabel_serve as serve
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SEG = REPO / "bundles" / "lung_nodule_ct_segmentation"
 
 

@@ -1,4 +1,4 @@
-"""lungnod_ext.data_loading.ThreadDataLoader: MONAI's batches, and a failing batch fails the loop."""
+"""lungnod_ext.data.data_loading.ThreadDataLoader: MONAI's batches, and a failing batch fails the loop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.data import ThreadDataLoader as MonaiThreadDataLoader
 
-from lungnod_ext.data_loading import ThreadDataLoader
+from lungnod_ext.data.data_loading import ThreadDataLoader
 
 
 class Boom(RuntimeError):
@@ -51,7 +51,7 @@ def test_a_failing_batch_raises_in_the_loop_after_the_good_ones():
 
 def test_monai_own_loader_would_end_the_epoch_silently():
     """Why the class exists: MONAI 1.6's ThreadDataLoader stops early without an error (if this starts
-    failing, MONAI fixed it and lungnod_ext.data_loading can go)."""
+    failing, MONAI fixed it and lungnod_ext.data.data_loading can go)."""
     import warnings
 
     with warnings.catch_warnings():
@@ -69,7 +69,7 @@ def test_the_bundles_train_with_it():
     import json
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2] / "bundles"
+    root = Path(__file__).resolve().parents[3] / "bundles"
     for bundle in ("lung_nodule_ct_segmentation", "lung_nodule_ct_classification"):
         loader = json.loads((root / bundle / "configs" / "train.json").read_text())["train"]["dataloader"]
-        assert loader["_target_"] == "lungnod_ext.data_loading.ThreadDataLoader", bundle
+        assert loader["_target_"] == "lungnod_ext.data.data_loading.ThreadDataLoader", bundle

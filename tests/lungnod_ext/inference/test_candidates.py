@@ -14,8 +14,9 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from data_prep.masks import sphere_mask
 from data_prep.nifti_io import write_nifti
-from lungnod_ext.candidates import (CSV_COLUMNS, ExtractCandidatesd, extract_candidates,
-                                    extract_candidates_and_labels, geometry_from_meta_tensor, write_candidates)
+from lungnod_ext.inference.candidates import (CSV_COLUMNS, ExtractCandidatesd, extract_candidates,
+                                    extract_candidates_and_labels, write_candidates)
+from lungnod_ext.data.meta import geometry_from_meta_tensor
 from data_prep.coords import Geometry
 
 SPACING = (0.7, 0.7, 2.5)  # (i, j, k) mm

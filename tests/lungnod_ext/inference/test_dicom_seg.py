@@ -20,9 +20,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from data_prep.errors import InputNotFoundError, SeriesError
 from data_prep.masks import sphere_mask
 from data_prep.nifti_io import read_nifti
-from lungnod_ext.dicom_seg import NoNoduleToEncodeError, read_dicom_seg, write_dicom_seg
+from lungnod_ext.inference.dicom_seg import NoNoduleToEncodeError, read_dicom_seg, write_dicom_seg
 
-LIDC_ROOT = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "lidc").resolve()
+LIDC_ROOT = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "lidc").resolve()
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lungnod_ext.classifier import NoduleCNN
-from lungnod_ext.explain import evidence_maps, last_conv_layer, write_evidence_png
+from lungnod_ext.networks.classifier import NoduleCNN
+from lungnod_ext.inference.explain import evidence_maps, last_conv_layer, write_evidence_png
 
 
 class TinyCNN(nn.Module):

@@ -10,9 +10,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from data_prep.masks import sphere_mask
-from lungnod_ext.candidates import extract_candidates
+from lungnod_ext.inference.candidates import extract_candidates
 from data_prep.coords import Geometry
-from lungnod_ext.overlays import (CONTOUR_RGB, DisplayOrientation, overlay_slice, window_to_uint8,
+from lungnod_ext.inference.overlays import (CONTOUR_RGB, DisplayOrientation, overlay_slice, window_to_uint8,
                                   write_candidate_overlays)
 
 LUNA16_NODULE_LPS = (56.2084, 86.3434, -115.8676)  # LIDC-IDRI-0001 (luna16_annotations.csv)

@@ -10,8 +10,9 @@ import pytest
 
 from data_prep.nifti_io import write_nifti
 from data_prep.coords import Geometry
-from lungnod_ext.patches import (balance_weights, balanced_sampler, build_patch_dataset, extract_patches,
-                                  patch_channels)
+from lungnod_ext.apps.patch_dataset import build_patch_dataset
+from lungnod_ext.data.samplers import balance_weights, balanced_sampler
+from lungnod_ext.inference.patches import extract_patches, patch_channels
 
 
 def _sphere_volume(spacing, centre_lps=(10.0, -20.0, 30.0), radius=6.0):

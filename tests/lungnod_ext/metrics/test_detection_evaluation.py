@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from data_prep.nifti_io import write_nifti
-from lungnod_ext.candidates import _bbox_lps
+from lungnod_ext.inference.candidates import bbox_lps
 from data_prep.coords import Geometry
-from lungnod_ext.detection_evaluation import evaluate_pipeline, format_table
-from lungnod_ext.cli import main
+from lungnod_ext.metrics.detection_evaluation import evaluate_pipeline, format_table
+from lungnod_ext.apps.cli import main
 
 GEOM = Geometry(origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), shape=(64, 64, 32))
 NODULES = {"A": [((20, 20, 10), 8.0), ((40, 40, 20), 6.0)], "B": [((30, 30, 15), 10.0)], "C": []}
@@ -40,7 +40,7 @@ def _candidate(centre, d, max_prob, cls_prob=None):
     i, j, k = centre
     r = int(d // 2)
     c = {"id": 0, "centre_lps": [float(i), float(j), float(k)], "diameter_mm": d, "max_prob": max_prob,
-         "bbox_lps_mm": _bbox_lps(GEOM, [i - r, j - r, k - r, i + r + 1, j + r + 1, k + r + 1])}
+         "bbox_lps_mm": bbox_lps(GEOM, [i - r, j - r, k - r, i + r + 1, j + r + 1, k + r + 1])}
     if cls_prob is not None:
         c["cls_prob"] = c["probability"] = cls_prob
     return c

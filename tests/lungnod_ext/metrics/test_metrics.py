@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from lungnod_ext.metrics import (average_precision_3d, binary_classification_metrics, box_iou_3d, detection_summary,
-                                 dice, f1, froc, iou, map_50, map_50_95, match_detections, precision, recall,
-                                 roc_auc, specificity, voxel_metrics)
+from lungnod_ext.metrics.classification import binary_classification_metrics, roc_auc
+
+from lungnod_ext.metrics.detection import average_precision_3d, box_iou_3d, detection_summary, froc, map_50, map_50_95, match_detections
+
+from lungnod_ext.metrics.overlap import dice, f1, iou, precision, recall, specificity, voxel_metrics
 
 
 # ------------------------------------------------------------------------------------------------ voxels

@@ -1,10 +1,10 @@
-"""lungnod_ext.model_evaluation: subsets with excluded nodules and small marks, FROC / operating point, Dice."""
+"""lungnod_ext.metrics.model_evaluation: subsets with excluded nodules and small marks, FROC / operating point, Dice."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from lungnod_ext.model_evaluation import per_nodule_dice, score_stage, size_band, subset_references
+from lungnod_ext.metrics.model_evaluation import per_nodule_dice, score_stage, size_band, subset_references
 
 REFS = {"a": [{"nodule_id": 1, "centre_lps": [0, 0, 0], "diameter_mm": 10.0, "n_readers": 4},
               {"nodule_id": 2, "centre_lps": [50, 0, 0], "diameter_mm": 6.0, "n_readers": 1}],

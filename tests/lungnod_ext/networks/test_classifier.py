@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungnod_ext.classifier import NoduleCNN
+from lungnod_ext.networks.classifier import NoduleCNN
 
 
 @pytest.mark.parametrize("dims,shape", [(2, (3, 1, 64, 64)), (3, (2, 1, 32, 32, 32)), (3, (1, 1, 48, 40, 36))])

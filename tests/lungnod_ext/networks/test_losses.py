@@ -1,11 +1,14 @@
-"""lungnod_ext.losses: Dice + BCE blind to the ignore label (LIDC small marks), label binarisation, metrics."""
+"""lungnod_ext.networks.losses: Dice + BCE blind to the ignore label (LIDC small marks), label binarisation, metrics."""
 
 from __future__ import annotations
 
 import torch
 from monai.losses import DiceCELoss
 
-from lungnod_ext.losses import IGNORE_LABEL, BinarizeLabeld, MaskedDiceBCELoss, from_engine_ignoring
+from data_prep.training_cohort import IGNORE_LABEL
+from lungnod_ext.metrics.overlap import from_engine_ignoring
+from lungnod_ext.networks.losses import MaskedDiceBCELoss
+from lungnod_ext.transforms.labels import BinarizeLabeld
 
 
 def _case():

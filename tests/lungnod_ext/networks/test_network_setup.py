@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import FlexibleUNet, UNet
 
-from lungnod_ext.classifier import NoduleCNN
-from lungnod_ext.network_setup import memory_format_for, prepare_for_inference
+from lungnod_ext.networks.classifier import NoduleCNN
+from lungnod_ext.networks.network_setup import memory_format_for, prepare_for_inference
 
 
 def _conv_weight(net: torch.nn.Module) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from monai.data import MetaTensor
 from skimage.exposure import equalize_adapthist
 
-from lungnod_ext.clahe import CLAHE, CLAHEd, clahe_2d_slices
+from lungnod_ext.transforms.clahe import CLAHE, CLAHEd, clahe_2d_slices
 
 
 def _low_contrast(shape=(256, 256), seed=0) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from lungnod_ext.hu_window import HU_WINDOWS, HUWindow, HUWindowd, Window, resolve_window
+from lungnod_ext.transforms.hu_window import HU_WINDOWS, HUWindow, HUWindowd, Window, resolve_window
 
 
 def test_presets_hold_the_documented_windows():

@@ -17,10 +17,10 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from scipy import ndimage as ndi
 
 from data_prep.nifti_io import write_nifti
-from lungnod_ext.clahe import CLAHEd
+from lungnod_ext.transforms.clahe import CLAHEd
 from data_prep.coords import Geometry
-from lungnod_ext.hu_window import HUWindowd
-from lungnod_ext.lung_mask import (LungMask, LungMaskd, LungMaskWarning, compute_lung_mask, dilate_mask_mm,
+from lungnod_ext.transforms.hu_window import HUWindowd
+from lungnod_ext.transforms.lung_mask import (LungMask, LungMaskd, LungMaskWarning, compute_lung_mask, dilate_mask_mm,
                                    fill_holes_per_slice, reverse_axes_3d)
 
 PHANTOM_SPACING_ZYX = (2.5, 0.8, 0.8)
@@ -92,7 +92,7 @@ def test_phantom_lungs_found_trachea_excluded(phantom):
 
 def test_phantom_touching_lungs_are_split_in_two(caplog):
     hu, spacing, lungs, trachea = make_phantom(junction=True)
-    with caplog.at_level(logging.DEBUG, logger="lungnod_ext.lung_mask"):
+    with caplog.at_level(logging.DEBUG, logger="lungnod_ext.transforms.lung_mask"):
         mask = compute_lung_mask(hu, spacing)
     assert "split by erosion" in caplog.text
     assert _dice(mask, lungs) > 0.97 and (mask.astype(bool) & trachea).sum() == 0
@@ -100,7 +100,7 @@ def test_phantom_touching_lungs_are_split_in_two(caplog):
     sizes = np.bincount(labels.ravel())[1:]
     assert n == 2 and sizes.min() > 0.45 * sizes.sum()
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="lungnod_ext.lung_mask"):  # erosion not allowed deep enough
+    with caplog.at_level(logging.DEBUG, logger="lungnod_ext.transforms.lung_mask"):  # erosion not allowed deep enough
         mask = compute_lung_mask(hu, spacing, max_split_mm=1.6)
     assert "at the midline" in caplog.text
     assert _dice(mask, lungs) > 0.97 and ndi.label(mask)[1] == 2

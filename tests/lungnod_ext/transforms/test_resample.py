@@ -10,7 +10,7 @@ from monai.data import MetaTensor
 from monai.transforms import (Compose, CropForegroundd, DivisiblePadd, EnsureChannelFirstd, Invertd, Orientationd,
                               ResampleToMatch, Spacingd)
 
-from lungnod_ext.resample import ResampleToReference, ResampleToReferenced, axis_map
+from lungnod_ext.transforms.resample import ResampleToReference, ResampleToReferenced, axis_map
 
 
 def _affine(linear, translation) -> torch.Tensor:
@@ -123,7 +123,7 @@ def test_bundle_preprocessing_on_lidc_inverted_the_same(lidc_converted):
     crop): a prediction on the network grid comes back identical through Invertd and ResampleToReferenced."""
     from monai.bundle import ConfigParser
 
-    from lungnod_ext.pipeline import SEG_BUNDLE
+    from lungnod_ext.apps.pipeline import SEG_BUNDLE
 
     image = str(next((lidc_converted / "images").glob("*.nii.gz")))
     parser = ConfigParser()

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from monai.transforms import RandCropByPosNegLabeld
 
-from lungnod_ext.sampling import NoduleBalancedIndicesd, nodule_balanced_indices
+from lungnod_ext.transforms.sampling import NoduleBalancedIndicesd, nodule_balanced_indices
 
 
 def _label():

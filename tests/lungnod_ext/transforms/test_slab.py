@@ -1,4 +1,4 @@
-"""lungnod_ext.slab: neighbouring slices as channels for the 2-D U-Net (training crops and inference)."""
+"""lungnod_ext.transforms.slab: neighbouring slices as channels for the 2-D U-Net (training crops and inference)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from lungnod_ext.slab import SlabSliceInferer, SlabToChannelsd, slab_channels
+from lungnod_ext.inference.slab_inferer import SlabSliceInferer
+
+from lungnod_ext.transforms.slab import SlabToChannelsd, slab_channels
 
 
 def test_slab_to_channels_orders_slices_and_keeps_centre_label():

@@ -1,0 +1,19 @@
+"""From network output to what a person reads: candidates, stage-2 patches and scoring, overlays,
+evidence maps, reports, DICOM SEG, the slab inferer. Imports ``networks``, ``transforms``, ``data``.
+"""
+
+from lungnod_ext import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
+    "candidates": ["bbox_lps", "extract_candidates_and_labels", "extract_candidates", "candidates_csv_text",
+                   "write_candidates", "ExtractCandidates", "ExtractCandidatesd"],
+    "classify": ["CandidatePatchesd", "PatchBatchInferer", "WriteClassificationd", "check_candidates_json",
+                 "resolve_classification_inputs"],
+    "dicom_seg": ["NoNoduleToEncodeError", "find_source_series", "source_slice_headers", "segment_label",
+                  "write_dicom_seg", "read_dicom_seg"],
+    "explain": ["last_conv_layer", "evidence_maps", "evidence_overlay", "write_evidence_png"],
+    "overlays": ["DisplayOrientation", "window_to_uint8", "overlay_slice", "write_png", "write_candidate_overlays"],
+    "patches": ["patch_offsets_mm", "patch_channels", "extract_patches"],
+    "report": ["replace_dir", "write_segmentation_report", "WriteSegmentationReportd"],
+    "slab_inferer": ["SlabSliceInferer"],
+})
