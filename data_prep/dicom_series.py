@@ -49,6 +49,7 @@ POSITION_TOL_MM = 1e-3
 SPACING_REL_TOL = 0.05        # slices further apart than 1.5x the spacing are a gap; others must agree to 5%
 TILT_TOL_DEG = 0.2
 MIN_SLICES = 3
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"   # SOP classes of (multi-frame) secondary captures
 
 
 @dataclass
@@ -241,9 +242,43 @@ def _unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _stray_reason(h: DicomHeader, orientation, size) -> str | None:
+    """Why one image is not part of its series' axial stack (``orientation`` / ``size``: the stack's), or None."""
+    if any(w in h.image_type for w in SCOUT_WORDS):
+        return "localizer, ImageType " + "\\".join(h.image_type)
+    if h.sop_class_uid.startswith(SECONDARY_CAPTURE_PREFIX) or any(w in t for t in h.image_type for w in DOSE_WORDS):
+        return "secondary capture / dose report"
+    if h.orientation is None or np.abs(np.asarray(h.orientation) - orientation).max() > 1e-4:
+        return "other orientation"
+    if (h.rows, h.columns) != size:
+        return f"other size {h.rows}x{h.columns}"
+    return None
+
+
+def _drop_strays(folder: Path, headers: list[DicomHeader]) -> tuple[list[DicomHeader], str | None]:
+    """Localizers, secondary captures and images of another orientation or size that share the series UID
+    of an axial stack (some PACS exports do this) -> (the stack, one warning naming the dropped files).
+    Unchanged when the strays are not a clear minority: then the whole series is judged as it is."""
+    voters = [h for h in headers if h.orientation is not None and not any(w in h.image_type for w in SCOUT_WORDS)]
+    if not voters:
+        return headers, None
+    votes = [(tuple(np.round(h.orientation, 3)), (h.rows, h.columns)) for h in voters]
+    stack = voters[votes.index(max(set(votes), key=votes.count))]
+    reasons = {id(h): _stray_reason(h, np.asarray(stack.orientation), (stack.rows, stack.columns)) for h in headers}
+    kept = [h for h in headers if reasons[id(h)] is None]
+    if len(kept) == len(headers) or len(kept) < max(MIN_SLICES, len(headers) // 2 + 1):
+        return headers, None
+    dropped = [f"{h.path.name} ({reasons[id(h)]})" for h in headers if reasons[id(h)] is not None]
+    message = (f"dropped {len(dropped)} image(s) that are not part of the axial stack of {len(kept)}: "
+               + ", ".join(dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""))
+    log.warning("%s: %s", folder, message)
+    return kept, message
+
+
 def plan_series(series_uid: str, headers: list[DicomHeader]) -> SeriesPlan:
     """Select, sort and check one series. Raises SeriesError (or its skip subclass) with the reason."""
     folder = Path(os.path.commonpath([str(h.path.parent) for h in headers]))
+    headers, stray_warning = _drop_strays(folder, headers)
     first = headers[0]
     modalities = sorted({h.modality for h in headers})
     if modalities != ["CT"]:
@@ -251,7 +286,7 @@ def plan_series(series_uid: str, headers: list[DicomHeader]) -> SeriesPlan:
     image_types = {w for h in headers for w in h.image_type}
     if any(w in image_types for w in SCOUT_WORDS):
         raise _NotWanted(folder, "scout / localizer images (ImageType " + "\\".join(first.image_type) + ")")
-    if any(w in t for t in image_types for w in DOSE_WORDS) or first.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.7"):
+    if any(w in t for t in image_types for w in DOSE_WORDS) or first.sop_class_uid.startswith(SECONDARY_CAPTURE_PREFIX):
         raise _NotWanted(folder, "dose report / secondary capture, not an image series")
     if first.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE or any(h.n_frames > 1 for h in headers):
         raise SeriesError(folder, "multi-frame (Enhanced CT) series are not supported; export as classic single-frame CT")
@@ -279,7 +314,7 @@ def plan_series(series_uid: str, headers: list[DicomHeader]) -> SeriesPlan:
     if len(sizes) > 1:
         raise SeriesError(folder, f"slices of different sizes {sorted(sizes)}")
 
-    warnings: list[str] = []
+    warnings: list[str] = [stray_warning] if stray_warning else []
     pos = np.array([h.position for h in headers])
     d = pos @ normal
     order = np.argsort(d, kind="stable")

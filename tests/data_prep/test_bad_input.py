@@ -144,6 +144,51 @@ def test_non_ct_and_scout_are_skipped(sorted_slices, tmp_path):
     assert any("scout / localizer" in s for s in reasons)
 
 
+def _stray(sorted_slices, dest: Path, k: int, name: str, **changes) -> Path:
+    """A copy of slice k inside ``dest``'s series (same SeriesInstanceUID), made into a stray image."""
+    path = Path(shutil.copy(sorted_slices[k], dest / name))
+    _edit(path, SOPInstanceUID=pydicom.uid.generate_uid(), **changes)
+    return path
+
+
+def test_localizer_inside_a_series_is_dropped_and_named(sorted_slices, tmp_path):
+    _copy(sorted_slices, tmp_path / "in")
+    _stray(sorted_slices, tmp_path / "in", 50, "loc.dcm", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+           ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    r = _convert(tmp_path / "in", tmp_path / "out")
+    assert len(r.converted) == 1 and not r.failed and not r.skipped
+    prov = json.loads(next((tmp_path / "out" / "provenance").glob("*.json")).read_text())
+    assert prov["geometry"]["shape_ijk"] == [512, 512, LAST - FIRST]
+    dropped = [w for w in prov["warnings"] if w.startswith("dropped")]
+    assert dropped == ["dropped 1 image(s) that are not part of the axial stack of 20: loc.dcm (localizer, ImageType "
+                       "ORIGINAL\\PRIMARY\\LOCALIZER)"]
+    image, _ = read_nifti(next((tmp_path / "out" / "images").glob("*.nii.gz")))
+    assert image.shape == (LAST - FIRST, 512, 512)
+
+
+def test_secondary_capture_inside_a_series_is_dropped(sorted_slices, tmp_path):
+    _copy(sorted_slices, tmp_path / "in")
+    sc = _stray(sorted_slices, tmp_path / "in", FIRST + 3, "sc.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.7",
+                ImageType=["DERIVED", "SECONDARY"], Rows=256, Columns=256)
+    ds = pydicom.dcmread(sc)
+    ds.PixelData = np.zeros((256, 256), np.int16).tobytes()
+    ds.save_as(sc)
+    r = _convert(tmp_path / "in", tmp_path / "out")
+    assert len(r.converted) == 1 and not r.failed
+    prov = json.loads(next((tmp_path / "out" / "provenance").glob("*.json")).read_text())
+    assert prov["geometry"]["shape_ijk"] == [512, 512, LAST - FIRST]
+    assert any(w.startswith("dropped 1 image(s)") and "sc.dcm (secondary capture / dose report)" in w
+               for w in prov["warnings"])
+
+
+def test_a_series_of_mostly_strays_is_not_cut_down(sorted_slices, tmp_path):
+    files = _copy(sorted_slices, tmp_path / "in", ks=range(FIRST, FIRST + 4))
+    for f in files[:2]:
+        _edit(f, Rows=256, Columns=256)
+    r = _convert(tmp_path / "in", tmp_path / "out")
+    assert not r.converted and len(r.failed) + len(r.skipped) == 1
+
+
 def test_inconsistent_pixel_spacing(sorted_slices, tmp_path):
     files = _copy(sorted_slices, tmp_path / "in")
     _edit(files[3], PixelSpacing=[0.8, 0.8])
