@@ -30,6 +30,7 @@ import numpy as np
 
 from data_prep import __version__
 from data_prep.annotations import SliceIndex, build_case_annotations
+from data_prep.archives import unpacked
 from data_prep.dicom_series import SeriesPlan, discover_series, read_series_hu
 from data_prep.errors import DataPrepError, InputNotFoundError, OutputError
 from data_prep.lidc_xml import parse_lidc_xml, read_series_uid
@@ -197,12 +198,18 @@ def check_output_dir(out_dir) -> Path:
 
 
 def convert_dicom_root(input_root, out_dir, options: ConvertOptions | None = None) -> ConversionReport:
-    """Convert every usable CT series under ``input_root`` into ``out_dir`` (see module doc)."""
+    """Convert every usable CT series under ``input_root`` (a folder, or a .zip / .tar / .tar.gz of one:
+    :mod:`data_prep.archives`) into ``out_dir`` (see module doc)."""
     options = options or ConvertOptions()
     input_root, out_dir = Path(input_root), Path(out_dir)
     if not input_root.exists():
         raise InputNotFoundError(input_root, "no such file or folder")
     check_output_dir(out_dir)
+    with unpacked(input_root, out_dir) as root:
+        return _convert_root(root, out_dir, options)
+
+
+def _convert_root(input_root: Path, out_dir: Path, options: ConvertOptions) -> ConversionReport:
     plans, skipped, unreadable = discover_series(input_root)
     xml_index = index_lidc_xml(input_root)
     report = ConversionReport(out_dir)

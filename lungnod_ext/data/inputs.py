@@ -2,8 +2,9 @@
 
 Accepted: a NIfTI file (.nii / .nii.gz), a folder of NIfTI files, a MONAI datalist JSON (its
 ``testing`` list, else ``validation``), a LUNA16 ``.mhd`` file, or a folder of DICOM files (any
-nesting; every usable CT series is converted by data_prep's convert into ``<work_dir>``, with all of
-its checks, and the converted volumes are used).
+nesting) or a .zip / .tar / .tar.gz of one: every usable CT series is converted by data_prep's convert
+into ``<work_dir>``, with all of its checks (an archive is unpacked there and removed afterwards), and
+the converted volumes are used.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from data_prep.archives import is_archive
 from data_prep.errors import InputNotFoundError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".nrrd")
@@ -48,8 +50,8 @@ def _resolve(path: Path, work_dir) -> list[dict]:
         base = path.parent
         return [{"image": str((base / e["image"]).resolve()) if isinstance(e, dict) else str((base / e).resolve())}
                 for e in data[key]]
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if _is_image_file(p))
+    if path.is_dir() or is_archive(path):
+        images = sorted(p for p in path.iterdir() if _is_image_file(p)) if path.is_dir() else []
         if not images and (path / "images").is_dir():
             images = sorted(p for p in (path / "images").iterdir() if _is_image_file(p))
         if images:
@@ -68,7 +70,8 @@ def _resolve(path: Path, work_dir) -> list[dict]:
                 shutil.rmtree(created, ignore_errors=True)
             raise
         return [{"image": str((Path(work_dir) / "images" / f"{c}.nii.gz").resolve())} for c in sorted(cases)]
-    raise InputNotFoundError(path, "not a NIfTI / MetaImage file, datalist JSON or DICOM folder")
+    raise InputNotFoundError(path, "not a NIfTI / MetaImage file, datalist JSON, DICOM folder or archive of one "
+                                   "(.zip, .tar, .tar.gz)")
 
 
 def _first_missing(path: Path) -> Path | None:
