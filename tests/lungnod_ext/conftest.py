@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,3 +30,21 @@ def blob_classifier():
         for _ in range(20):
             net(x)
     return net.eval(), x, y, first, loss.item()
+
+
+@pytest.fixture
+def sphere_volume():
+    """A factory: spacing (i, j, k) mm -> (HU volume (z, y, x), Geometry) of a 120 mm field of air (-900 HU)
+    holding a 40 HU sphere (by default 6 mm in radius at LPS (10, -20, 30)), whatever the voxel size."""
+    from data_prep.coords import Geometry
+
+    def make(spacing, centre_lps=(10.0, -20.0, 30.0), radius=6.0):
+        shape = tuple(int(round(120 / s)) for s in spacing)
+        g = Geometry(origin=(-50.0, -80.0, -30.0), spacing=spacing, shape=shape)
+        zyx = np.indices(g.shape_zyx).reshape(3, -1).T
+        world = g.voxel_to_world(zyx[:, ::-1].astype(float))
+        inside = np.linalg.norm(world - np.asarray(centre_lps), axis=1) <= radius
+        hu = np.where(inside, 40.0, -900.0).reshape(g.shape_zyx).astype(np.float32)
+        return hu, g
+
+    return make

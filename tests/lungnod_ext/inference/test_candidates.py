@@ -222,12 +222,6 @@ def test_dict_transform_two_channel_softmax_lung_mask_and_empty():
         ExtractCandidatesd(keys="pred", lung_mask_key="lung")(empty)
 
 
-def test_lps_space_meta_is_respected():
-    g = geometry(shape_ijk=(20, 20, 10))
-    pred = MetaTensor(torch.zeros(1, 20, 20, 10), affine=torch.from_numpy(g.affine_lps()), meta={"space": "LPS"})
-    assert np.allclose(geometry_from_meta_tensor(pred).affine_lps(), g.affine_lps())
-
-
 def test_windowed_image_warns_and_grid_mismatch_fails():
     g = geometry(shape_ijk=(20, 20, 10))
     prob = np.zeros((1, 20, 20, 10), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""lungnod_ext.networks.losses: Dice + BCE blind to the ignore label (LIDC small marks), label binarisation, metrics."""
+"""lungnod_ext.networks.losses: Dice + BCE blind to the ignore label (LIDC small marks)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from data_prep.training_cohort import IGNORE_LABEL
-from lungnod_ext.metrics.overlap import from_engine_ignoring
 from lungnod_ext.networks.losses import MaskedDiceBCELoss
-from lungnod_ext.transforms.labels import BinarizeLabeld
 
 
 def _case():
@@ -46,16 +44,3 @@ def test_pos_weight_raises_the_cost_of_missed_nodule_voxels():
     logits, label = _case()
     assert MaskedDiceBCELoss(pos_weight=5.0, dice_weight=0.0)(torch.full_like(logits, -3.0), label) > \
         MaskedDiceBCELoss(pos_weight=1.0, dice_weight=0.0)(torch.full_like(logits, -3.0), label)
-
-
-def test_binarize_keeps_ignore_and_instance_ids_become_nodule():
-    lab = torch.tensor([[0.0, 1.0, 2.0, 7.0, 255.0, 0.4]])
-    out = BinarizeLabeld("label")({"label": lab})["label"]
-    assert out.tolist() == [[0.0, 1.0, 1.0, 1.0, 255.0, 0.0]] and out.dtype == torch.float32
-
-
-def test_metric_transform_treats_ignored_as_background():
-    pred = torch.ones(1, 4)
-    label = torch.tensor([[1.0, 255.0, 0.0, 1.0]])
-    preds, labels = from_engine_ignoring()([{"pred": pred, "label": label}])
-    assert preds[0].tolist() == [[1.0, 0.0, 1.0, 1.0]] and labels[0].tolist() == [[1.0, 0.0, 0.0, 1.0]]

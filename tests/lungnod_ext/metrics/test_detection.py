@@ -1,4 +1,4 @@
-"""Metrics against hand-computed answers (voxel overlap, LUNA16 matching/FROC/CPM, 3D box AP, patch metrics)."""
+"""lungnod_ext.metrics.detection against hand-computed answers (LUNA16 matching/FROC/CPM, 3D box IoU and AP)."""
 
 from __future__ import annotations
 
@@ -7,45 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lungnod_ext.metrics.classification import binary_classification_metrics, roc_auc
-
-from lungnod_ext.metrics.detection import average_precision_3d, box_iou_3d, detection_summary, froc, map_50, map_50_95, match_detections
-
-from lungnod_ext.metrics.overlap import dice, f1, iou, precision, recall, specificity, voxel_metrics
-
-
-# ------------------------------------------------------------------------------------------------ voxels
-def test_voxel_metrics_hand_case():
-    truth = np.zeros((2, 5), dtype=bool)
-    pred = np.zeros((2, 5), dtype=bool)
-    truth[0, :4] = True          # 4 voxels
-    pred[0, 2:5] = True          # 3 voxels, 2 of them in the truth: TP 2, FP 1, FN 2, TN 5
-    assert dice(pred, truth) == pytest.approx(4 / 7)
-    assert iou(pred, truth) == pytest.approx(2 / 5)
-    assert precision(pred, truth) == pytest.approx(2 / 3)
-    assert recall(pred, truth) == pytest.approx(1 / 2)
-    assert specificity(pred, truth) == pytest.approx(5 / 6)
-    assert f1(pred, truth) == pytest.approx(4 / 7)
-    m = voxel_metrics(pred.astype(np.uint8), truth.astype(np.uint8) * 3)  # any non-zero is foreground
-    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 2, 5) and m["dice"] == pytest.approx(4 / 7)
-
-
-def test_voxel_metrics_empty_masks():
-    empty = np.zeros((3, 3, 3), dtype=bool)
-    some = empty.copy()
-    some[1, 1, 1] = True
-    both_empty = voxel_metrics(empty, empty)
-    assert all(both_empty[k] == 1.0 for k in ("dice", "iou", "precision", "recall", "specificity", "f1"))
-    missed = voxel_metrics(empty, some)       # nothing predicted, one voxel of truth
-    assert missed["dice"] == 0.0 and missed["iou"] == 0.0 and missed["precision"] == 0.0 and missed["recall"] == 0.0
-    assert missed["specificity"] == 1.0
-    spurious = voxel_metrics(some, empty)     # one voxel predicted, empty truth
-    assert spurious["dice"] == 0.0 and spurious["precision"] == 0.0 and spurious["recall"] == 0.0
-    assert spurious["specificity"] == pytest.approx(26 / 27)
-    full = np.ones((2, 2), dtype=bool)
-    assert specificity(full, full) == 1.0
-    with pytest.raises(ValueError, match="shape"):
-        dice(empty, np.zeros((2, 2)))
+from lungnod_ext.metrics.detection import (average_precision_3d, box_iou_3d, detection_summary, froc, map_50,
+                                           map_50_95, match_detections)
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -214,26 +177,3 @@ def test_average_precision_known_answers():
     # two predictions on one box: the second is a FP
     assert average_precision_3d([[(CUBE, 0.9), (CUBE, 0.8)]], [[CUBE]]) == pytest.approx(1.0)
     assert average_precision_3d([[(CUBE, 0.8), (CUBE, 0.9)], []], [[CUBE], [far]]) == pytest.approx(51 / 101)
-
-
-# ------------------------------------------------------------------------------------------------ patches
-def test_binary_classification_metrics_hand_case():
-    y = [1, 1, 0, 0, 1, 0]
-    s = [0.9, 0.4, 0.6, 0.2, 0.8, 0.1]  # at 0.5: TP 2 (0.9, 0.8), FN 1 (0.4), FP 1 (0.6), TN 2
-    m = binary_classification_metrics(y, s)
-    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 2)
-    for k in ("sensitivity", "recall", "specificity", "precision", "f1"):
-        assert m[k] == pytest.approx(2 / 3)
-    assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["roc_auc"] == pytest.approx(8 / 9)  # 9 positive/negative pairs, 0.4 loses to 0.6 only
-    assert binary_classification_metrics(y, s, threshold=0.35)["sensitivity"] == 1.0
-
-
-def test_roc_auc_ties_and_degenerate():
-    assert roc_auc([1, 0, 1, 0], [0.5, 0.5, 0.7, 0.3]) == pytest.approx(3.5 / 4)  # the tie counts 1/2
-    assert roc_auc([1, 0], [0.5, 0.5]) == 0.5
-    assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
-    import sklearn.metrics as skl
-    rng = np.random.default_rng(1)
-    y, s = rng.integers(0, 2, 300), np.round(rng.uniform(size=300), 1)  # many ties
-    assert roc_auc(y, s) == pytest.approx(skl.roc_auc_score(y, s), abs=1e-12)

@@ -1,0 +1,55 @@
+"""lungnod_ext.apps.patch_dataset: nodule patches, and hard negatives from the segmenter's false-positive candidates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from data_prep.nifti_io import write_nifti
+from lungnod_ext.apps.patch_dataset import build_patch_dataset
+
+
+def _converted_case(tmp_path, sphere_volume, candidates: list[dict], small_marks: str | None = None):
+    """A one-case convert folder (a 12 mm sphere nodule) and a candidates folder -> (converted, candidates dir)."""
+    hu, g = sphere_volume((1.0, 1.0, 1.0))
+    conv = tmp_path / "converted"
+    (conv / "images").mkdir(parents=True)
+    write_nifti(conv / "images" / "C1.nii.gz", hu.astype(np.int16), g)
+    (conv / "nodules.csv").write_text("case_id,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm,diameter_mm\n"
+                                      "C1,10.0,-20.0,30.0,12.0\n")
+    if small_marks:
+        (conv / "small_marks.csv").write_text(small_marks)
+    (conv / "datalist.json").write_text(json.dumps({"training": [{"image": "images/C1.nii.gz"}], "validation": []}))
+    cands = tmp_path / "cands" / "C1"
+    cands.mkdir(parents=True)
+    (cands / "C1_candidates.json").write_text(json.dumps({"candidates": candidates}))
+    return conv, tmp_path / "cands"
+
+
+def test_build_dataset_uses_false_positive_candidates_as_hard_negatives(tmp_path, sphere_volume):
+    conv, cands = _converted_case(tmp_path, sphere_volume, [
+        {"id": 1, "centre_lps": [11.0, -20.0, 30.0], "max_prob": 0.9},     # hits the nodule
+        {"id": 2, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.8}])     # a false positive
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=3,
+                               random_negatives_per_case=4)
+    d = json.loads(path.read_text())
+    kinds = [e["kind"] for e in d["training"]]
+    assert kinds.count("nodule") == 3 and kinds.count("candidate_hit") == 1 and kinds.count("hard_negative") == 1
+    assert all(e["label"] == [0] for e in d["training"] if e["kind"] in ("hard_negative", "lung"))
+    first = np.load(tmp_path / "patches" / d["training"][0]["image"])
+    assert first.shape == (5, 64, 64) and first.dtype == np.float32  # the default: 2.5D, 5 planes of 64 x 64 at 1 mm
+
+
+def test_build_dataset_slab_vessels_and_small_marks(tmp_path, sphere_volume):
+    conv, cands = _converted_case(tmp_path, sphere_volume, [
+        {"id": 1, "centre_lps": [-31.0, 10.0, 0.0], "max_prob": 0.8},      # at a small mark: left out
+        {"id": 2, "centre_lps": [0.0, 0.0, -20.0], "max_prob": 0.7}],      # at a non-nodule mark: negative
+        "case_id,kind,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm\n"
+        "C1,small_nodule,-30.0,10.0,0.0\nC1,non_nodule,0.0,0.0,-20.0\n")
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=1,
+                               random_negatives_per_case=2, slab_mm=[-2.5, 0.0, 2.5])
+    d = json.loads(path.read_text())
+    kinds = [e["kind"] for e in d["training"]]
+    assert kinds.count("hard_negative") == 1 and d["slab_mm"] == [-2.5, 0.0, 2.5]
+    assert np.load(tmp_path / "patches" / d["training"][0]["image"]).shape == (3, 64, 64)
