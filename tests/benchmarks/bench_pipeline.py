@@ -3,12 +3,10 @@ peak memory, and where the time goes per stage (load, preprocess, segment, candi
 
     python tests/benchmarks/bench_pipeline.py [--reps 3] [--seg-ckpt P --cls-ckpt P] [--no-anchor]
 
-Default models are the bundles' defaults (2D ResNet-50 FlexibleUNet, 2D NoduleCNN) with random weights
-unless checkpoints are given. The networks' time does not depend on the weights' values; the
-post-processing's does: random segmentation weights put about 45 % of the voxels above threshold (one
-lung-sized component), the worst case for the candidate step, where a trained model's sparse map costs
-less. So the foreground fraction and the candidate count (each candidate is classified) are printed
-beside the times.
+Default models are the shipped ones (``bundles/*/models/model.pt``: 2.5D ResNet-18 FlexibleUNet, 2.5D
+NoduleCNN), what ``lungnod detect`` runs with no checkpoint flags. The post-processing's time depends on
+the segmentation map (a random network puts ~45 % of the voxels above threshold, the worst case), so the
+foreground fraction and the candidate count (each candidate is classified) are printed beside the times.
 
 Side by side in the same run (unless ``--no-anchor``): the anchor a user would pick instead, the MONAI model
 zoo's lung_nodule_ct_detection RetinaNet (tests/benchmarks/zoo_retinanet_anchor.py: the zoo's published
@@ -126,25 +124,14 @@ def run_anchor(image: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--seg-ckpt")
-    ap.add_argument("--cls-ckpt")
+    ap.add_argument("--seg-ckpt", help="default: the shipped segmentation model")
+    ap.add_argument("--cls-ckpt", help="default: the shipped classification model")
     ap.add_argument("--threshold", type=float, default=0.5, help="segmentation threshold")
     ap.add_argument("--no-anchor", action="store_true", help="skip the model zoo RetinaNet anchor (~12 min)")
     a = ap.parse_args()
-    import torch
-    from monai.networks.nets import FlexibleUNet
-
-    from lungnod_ext.networks.classifier import NoduleCNN
-
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
-    seg, cls = a.seg_ckpt, a.cls_ckpt
-    if not seg:
-        torch.manual_seed(0)
-        seg = str(work / "seg.pt")
-        torch.save({"model": FlexibleUNet(1, 1, "resnet50", pretrained=False, spatial_dims=2).state_dict()}, seg)
-    if not cls:
-        cls = str(work / "cls.pt")
-        torch.save({"model": NoduleCNN(spatial_dims=2).state_dict()}, cls)
+    seg = a.seg_ckpt or str(REPO / "bundles" / "lung_nodule_ct_segmentation" / "models" / "model.pt")
+    cls = a.cls_ckpt or str(REPO / "bundles" / "lung_nodule_ct_classification" / "models" / "model.pt")
     series = next(LIDC.glob("LIDC-IDRI-0001/*/*/"))
     runs = []
     for r in range(a.reps):
@@ -165,8 +152,8 @@ def main() -> None:
         print(f"model zoo RetinaNet anchor: {anchor['wall_s']:.1f} s, peak {anchor['peak_rss_mb']} MB, "
               f"{anchor['n_windows']} windows over {anchor['resampled_shape']}", flush=True)
     result = {"input": "LIDC-IDRI-0001 DICOM folder (133 slices)", "cpu_count": os.cpu_count(),
-              "models": {"segmentation": "FlexibleUNet resnet50 2D" if not a.seg_ckpt else a.seg_ckpt,
-                         "classification": "NoduleCNN 2D" if not a.cls_ckpt else a.cls_ckpt},
+              "models": {"segmentation": a.seg_ckpt or "shipped (2.5D ResNet-18 FlexibleUNet)",
+                         "classification": a.cls_ckpt or "shipped (2.5D NoduleCNN)"},
               "median_wall_s": statistics.median(walls), "min_wall_s": min(walls), "max_wall_s": max(walls),
               "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs, "stage_profile": profile}
     if anchor:
