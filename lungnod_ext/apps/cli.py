@@ -44,6 +44,7 @@ def _cmd_detect(args) -> int:
 
     cfg = PipelineConfig(use_classifier=not args.no_classifier, probability_threshold=args.threshold,
                          overlays=not args.no_overlays, dicom_seg=args.dicom_seg, explain=not args.no_explain,
+                         assume_hu=args.assume_hu,
                          seg_overrides=_overrides(args.seg), cls_overrides=_overrides(args.cls))
     if args.seg_ckpt:
         cfg.seg_ckpt = Path(args.seg_ckpt)
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
     d.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG referencing the source series")
     d.add_argument("--no-explain", action="store_true", help="skip the classifier evidence maps (occlusion sensitivity)")
+    d.add_argument("--assume-hu", action="store_true",
+                   help="the image's values are Hounsfield units even though they do not look like it")
     d.add_argument("--3d", dest="three_d", action="store_true", help="use the 3D segmentation overlay")
     d.add_argument("--seg-ckpt", help="segmentation checkpoint (default <bundle>/models/model.pt)")
     d.add_argument("--cls-ckpt", help="classification checkpoint (default <bundle>/models/model.pt)")

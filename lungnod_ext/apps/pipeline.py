@@ -63,6 +63,7 @@ class PipelineConfig:
     overlays: bool = True
     dicom_seg: bool = False
     explain: bool = True                  # classifier evidence map (occlusion sensitivity) per reported nodule
+    assume_hu: bool = False               # let images whose values do not look like HU through (--assume-hu)
 
 
 def _peak_rss_mb() -> float:
@@ -230,7 +231,7 @@ def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     converted = out / "converted"
-    datalist = resolve_inputs(input_path, converted)
+    datalist = resolve_inputs(input_path, converted, assume_hu=cfg.assume_hu)
     seconds["inputs"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -4,8 +4,10 @@
 :class:`data_prep.errors.InputNotFoundError` (``<path>: <problem>``) when it is not a single 3D
 scalar volume (4D, RGB / vector pixels), holds NaN or infinite values, is constant, has no body in it
 (all air, nothing above ``-500`` HU), or is smaller than ``MIN_SHAPE`` voxels / ``MIN_EXTENT_MM`` mm
-along an axis. Value checks read the whole array for float data and a 1-in-2 subsample per axis for
-integer data (an int16 CT cannot hold NaN).
+along an axis, or its values do not look like Hounsfield units (:func:`check_hounsfield`: normalised
+[0, 1] floats, no air near -1000 HU, nothing as dense as bone); ``assume_hu=True`` (``--assume-hu``)
+skips that last check for users who know their values are HU. Value checks read the whole array for float
+data and a 1-in-2 subsample per axis for integer data (an int16 CT cannot hold NaN).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ MIN_EXTENT_MM = (40.0, 40.0, 5.0)
 """Smallest field of view (X, Y, Z) in mm: less cannot hold a lung nodule in its context."""
 BODY_HU = -500.0
 """Soft tissue and above; a chest CT always has some."""
+AIR_HU_MAX = -900.0
+"""A chest CT's darkest 0.5 % (outside air, trachea, lungs' airways) lies below this; -1000 HU is air."""
+DENSE_HU_MIN = 100.0
+"""Bone, calcification or contrast: every chest CT has voxels brighter than this."""
+HU_ADVICE = "expected CT Hounsfield units (air near -1000, bone above 100); if they are HU, pass --assume-hu " \
+            "(bundle config: assume_hu=true)"
 
 
 def _load(path: Path):
@@ -41,7 +49,24 @@ def _load(path: Path):
     return arr, shape, arr.dtype, tuple(img.GetSpacing())
 
 
-def check_ct_volume(path) -> None:
+def check_hounsfield(path, values: np.ndarray, is_float: bool) -> None:
+    """Raise InputNotFoundError (one line: what was found, what is expected) when ``values`` (float32, any
+    shape) do not look like CT HU: floats all within [0, 1], 0.5th percentile above ``AIR_HU_MAX``, or a
+    maximum below ``DENSE_HU_MIN``."""
+    lo, hi = float(values.min()), float(values.max())
+    if is_float and lo >= 0.0 and hi <= 1.0:
+        found = f"float values in [{lo:.3g}, {hi:.3g}], an intensity-normalised image"
+    elif hi < DENSE_HU_MIN:
+        found = f"the brightest value is {hi:.4g}"
+    else:
+        dark = float(np.percentile(values, 0.5))
+        if dark <= AIR_HU_MAX:
+            return
+        found = f"the darkest 0.5 % of the values are above {dark:.4g}, no air"
+    raise InputNotFoundError(path, f"values do not look like CT Hounsfield units ({found}); {HU_ADVICE}")
+
+
+def check_ct_volume(path, assume_hu: bool = False) -> None:
     """Raise InputNotFoundError (one line) unless ``path`` is a usable CT volume (see module doc)."""
     path = Path(path)
     try:
@@ -78,3 +103,5 @@ def check_ct_volume(path) -> None:
         raise InputNotFoundError(path, f"constant image (every voxel {lo:g}): not a CT scan")
     if hi < BODY_HU:
         raise InputNotFoundError(path, f"no body in the image (all voxels below {BODY_HU:g} HU, all air)")
+    if not assume_hu:
+        check_hounsfield(path, arr, np.issubdtype(dtype, np.floating))

@@ -23,17 +23,18 @@ def _is_image_file(p: Path) -> bool:
     return p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def resolve_inputs(path, work_dir, check: bool = True) -> list[dict]:
+def resolve_inputs(path, work_dir, check: bool = True, assume_hu: bool = False) -> list[dict]:
     """Inputs for inference (see module doc). Raises InputNotFoundError with a one-line reason.
 
     With ``check`` every image goes through :func:`lungnod_ext.data.input_checks.check_ct_volume` first
-    (4D/RGB, NaN, constant, all-air and too-small volumes are refused before any model runs)."""
+    (4D/RGB, NaN, constant, all-air, too-small and non-HU volumes are refused before any model runs;
+    ``assume_hu`` lets values that do not look like HU through)."""
     items = _resolve(Path(str(path)), work_dir)
     if check:
         from lungnod_ext.data.input_checks import check_ct_volume
 
         for item in items:
-            check_ct_volume(item["image"])
+            check_ct_volume(item["image"], assume_hu=assume_hu)
     return items
 
 

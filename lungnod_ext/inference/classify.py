@@ -166,14 +166,14 @@ def check_candidates_json(path) -> list[dict]:
     return candidates
 
 
-def resolve_classification_inputs(path, candidates=None, check: bool = True) -> list[dict]:
+def resolve_classification_inputs(path, candidates=None, check: bool = True, assume_hu: bool = False) -> list[dict]:
     """Items for the classification bundle's inference.
 
     ``path`` is a CT image (with ``candidates``, a stage-1 candidates JSON) or a single patch image
     (without), or a datalist JSON: a list of items or a dict whose ``testing`` (else ``validation``, else
     ``training``) list is used; relative paths are resolved against the JSON's folder.
     With ``check``, every CT that comes with candidates passes :func:`lungnod_ext.data.input_checks.check_ct_volume`
-    (4D/RGB, NaN, constant, all-air, too small) and its candidates :func:`check_candidates_json`, before any
+    (4D/RGB, NaN, constant, all-air, too small, not HU unless ``assume_hu``) and its candidates :func:`check_candidates_json`, before any
     model runs. Raises InputNotFoundError (one line naming the file) for a missing or unusable file.
     """
     items = _classification_items(path, candidates)
@@ -182,7 +182,7 @@ def resolve_classification_inputs(path, candidates=None, check: bool = True) -> 
 
         for item in items:
             if item.get("candidates") is not None:
-                check_ct_volume(item["image"])
+                check_ct_volume(item["image"], assume_hu=assume_hu)
                 if isinstance(item["candidates"], str):
                     check_candidates_json(item["candidates"])
     return items

@@ -129,7 +129,7 @@ def test_unusable_dicom_series(kind, slices, tmp_path, ckpt):
 
 def _test_volume(kind: str, path: Path) -> Path:
     """Write a NIfTI test volume of ``kind`` to ``path``: "ok" (random HU body, 64 x 64 x 16) or one that
-    inference must refuse (nan, constant, all_air, tiny, four_d, rgb, garbage)."""
+    inference must refuse (nan, constant, all_air, tiny, four_d, rgb, garbage, normalised, no_air)."""
     rng = np.random.default_rng(0)
     body = rng.normal(-300, 300, (64, 64, 16)).astype(np.int16)
     if kind == "nan":
@@ -138,6 +138,10 @@ def _test_volume(kind: str, path: Path) -> Path:
         return _nifti(path, arr)
     if kind == "constant":
         return _nifti(path, np.full((64, 64, 16), 40, np.int16))
+    if kind == "normalised":        # what an intensity-normalised export looks like: floats in [0, 1]
+        return _nifti(path, np.clip((body.astype(np.float32) + 1024) / 2048, 0, 1))
+    if kind == "no_air":            # soft-tissue values only: a body crop, or an MR-like image
+        return _nifti(path, rng.normal(40, 30, (64, 64, 16)).astype(np.int16))
     if kind == "all_air":
         return _nifti(path, rng.normal(-1000, 10, (64, 64, 16)).astype(np.int16))
     if kind == "tiny":
@@ -156,7 +160,9 @@ def _test_volume(kind: str, path: Path) -> Path:
 
 @pytest.mark.parametrize("kind,words", [
     ("nan", ["nan"]), ("constant", ["constant"]), ("all_air", ["air"]), ("tiny", ["too small"]),
-    ("four_d", ["4d"]), ("rgb", ["rgb"]), ("garbage", ["cannot read"])])
+    ("four_d", ["4d"]), ("rgb", ["rgb"]), ("garbage", ["cannot read"]),
+    ("normalised", ["not look like CT Hounsfield units", "float values in [0, 1]", "--assume-hu"]),
+    ("no_air", ["not look like CT Hounsfield units", "no air", "--assume-hu"])])
 def test_bad_volumes(kind, words, tmp_path, ckpt):
     path = _test_volume(kind, tmp_path / f"{kind}.nii.gz")
     before = checksums(path)
@@ -230,6 +236,13 @@ def test_unwritable_output_folder(tmp_path, ckpt, slices):
     assert "not writable" in proc.stderr and str(out) in proc.stderr
 
 
+def test_assume_hu_lets_an_image_through(tmp_path, ckpt):
+    path = _test_volume("no_air", tmp_path / "no_air.nii.gz")
+    proc = detect(path, tmp_path / "out", ckpt, "--assume-hu", "--no-overlays", "--no-explain")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
 def test_missing_checkpoint(tmp_path):
     img = _test_volume("ok", tmp_path / "ok.nii.gz")
     proc = detect(img, tmp_path / "out", tmp_path / "no_model.pt")
@@ -243,6 +256,7 @@ BUNDLE_CASES = {
     "nan": "NaN or infinite",
     "all_air": "all air",
     "tiny": "volume too small",
+    "normalised": "values do not look like CT Hounsfield units",
     "missing_checkpoint": "no_model.pt: checkpoint not found",
 }
 
@@ -266,7 +280,7 @@ def test_bundle_inference_config_reports_the_problem(bundle, kind, tmp_path, ckp
     use_ckpt = ckpt if bundle == "segmentation" else cls_ckpt
     candidates = tmp_path / "candidates.json"
     candidates.write_text(json.dumps({"candidates": [{"id": 1, "centre_lps": [0.0, 0.0, 0.0]}]}))
-    if kind in ("four_d", "nan", "all_air", "tiny", "missing_checkpoint", "bad_candidates_json"):
+    if kind in ("four_d", "nan", "all_air", "tiny", "normalised", "missing_checkpoint", "bad_candidates_json"):
         inp = _test_volume(kind, tmp_path / f"{kind}.nii.gz")
     if kind == "missing_checkpoint":
         use_ckpt = tmp_path / "no_model.pt"
