@@ -67,6 +67,31 @@ def _cmd_insert(args) -> int:
     return EXIT_OK
 
 
+def _color(text: str) -> tuple[int, int, int]:
+    parts = [int(v) for v in text.replace(" ", "").split(",")]
+    if len(parts) != 3 or not all(0 <= v <= 255 for v in parts):
+        raise argparse.ArgumentTypeError(f"expected R,G,B with values 0..255, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _cmd_images2d(args) -> int:
+    from data_prep.images2d import import_images2d
+
+    report = import_images2d(args.images, args.masks, args.out, mask_color=args.mask_color, seed=args.seed)
+    print(f"images2d: {len(report.pairs)} image + mask pair(s) -> {Path(args.out).resolve()}"
+          + (f"; {len(report.problems)} file(s) left out (listed above)" if report.problems else ""))
+    return EXIT_PARTIAL if report.problems else EXIT_OK
+
+
+def _cmd_export2d(args) -> int:
+    from data_prep.images2d import export_images2d
+
+    out = export_images2d(args.converted, args.out, negatives_per_case=args.negatives_per_case, seed=args.seed)
+    n = len(list((out / "images").glob("*.png")))
+    print(f"export2d: {n} slice image(s) + mask(s) -> {out.resolve()}")
+    return EXIT_OK
+
+
 def _cmd_demo(args) -> int:
     """The main job on the built-in data: synthetic cohort -> convert -> datalist (or the user's DICOM)."""
     from data_prep.convert import ConvertOptions, convert_dicom_root
@@ -142,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--workers", type=int, default=2)
     m.set_defaults(func=_cmd_demo)
+
+    g = sub.add_parser("images2d", help="2D CT slice images + nodule mask images (the reference design's form) -> "
+                                        "grey PNG + 0/255 labels + MONAI datalist with patient-grouped splits")
+    g.add_argument("--images", required=True, help="folder of slice images (PNG / JPEG / TIFF / BMP, 8 or 16 bit)")
+    g.add_argument("--masks", required=True, help="folder of masks, paired by file stem (nodule = non-black)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--mask-color", type=_color, metavar="R,G,B", help="only pixels of this colour are nodule")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=_cmd_images2d)
+
+    x = sub.add_parser("export2d", help="a converted folder -> the 2D form (lung-window slice PNGs, red masks)")
+    x.add_argument("converted", help="output folder of data-prep convert")
+    x.add_argument("--out", required=True)
+    x.add_argument("--negatives-per-case", type=int, default=4, help="slices without a nodule per case (4)")
+    x.add_argument("--seed", type=int, default=0)
+    x.set_defaults(func=_cmd_export2d)
 
     i = sub.add_parser("insert", help="insert simulated nodules into a real CT NIfTI")
     i.add_argument("image")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from data_prep.coords import Geometry
 from data_prep.errors import InputNotFoundError
@@ -148,6 +149,62 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
             for n, ((kind, label, _), patch) in enumerate(zip(points, patches)):
                 rel = f"patches/{case}_{kind}_{n:03d}.npy"
                 np.save(out / rel, patch if slab_mm else patch[0])
+                result[split].append({"image": rel, "label": [label], "case": case, "kind": kind})
+    final = out / "datalist.json"
+    write_text_atomic(final, json.dumps(result, indent=1) + "\n")
+    return final
+
+
+def _crop_2d(image: np.ndarray, centre_rc, size: int) -> np.ndarray:
+    """(H, W) -> (size, size) square centred on ``centre_rc`` (row, column); outside the image is 0."""
+    r0, c0 = int(round(centre_rc[0])) - size // 2, int(round(centre_rc[1])) - size // 2
+    out = np.zeros((size, size), np.float32)
+    rs, cs = slice(max(r0, 0), min(r0 + size, image.shape[0])), slice(max(c0, 0), min(c0 + size, image.shape[1]))
+    out[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = image[rs, cs]
+    return out
+
+
+def build_patch_dataset_2d(images2d_dir, out_dir, patch_size: int = 64, positive_copies: int = 4,
+                           jitter_px: float = 3.0, negatives_per_image: int = 4, seed: int = 0) -> Path:
+    """The classifier's patches from a 2D image + mask dataset (``data-prep images2d`` output, its
+    ``datalist.json`` splits kept): ``patch_size`` squares in image pixels, values in [0, 1] (the grey image
+    divided by its type's maximum), float32 (H, W) ``.npy``. Positives: every mask component's centre,
+    ``positive_copies`` times shifted by up to ``jitter_px``; negatives: ``negatives_per_image`` random
+    points inside the body (grey above 10 % of the maximum) at least ``patch_size / 2`` from every mask
+    pixel. Returns the path of ``<out_dir>/datalist.json`` (entries ``{"image", "label": [0|1], "case", "kind"}``)."""
+    from data_prep.images2d import read_image, to_grey
+
+    src, out = Path(images2d_dir), Path(out_dir)
+    datalist_path = src / "datalist.json"
+    if not datalist_path.is_file():
+        raise InputNotFoundError(datalist_path, "no datalist: run `data-prep images2d` first")
+    splits = json.loads(datalist_path.read_text())
+    rng = np.random.default_rng(seed)
+    (out / "patches").mkdir(parents=True, exist_ok=True)
+    result: dict = {"description": "lungnod classification patches from 2D slice images ([0, 1], float32 .npy)",
+                    "spatial_dims": 2, "patch_size": [patch_size, patch_size], "slab_mm": None,
+                    "training": [], "validation": [], "testing": []}
+    for split in ("training", "validation", "testing"):
+        for entry in splits.get(split, []):
+            raw = to_grey(read_image(src / entry["image"]))
+            image = raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
+            mask = read_image(src / entry["label"]) > 0
+            mask = mask if mask.ndim == 2 else mask.any(axis=-1)
+            case = Path(entry["image"]).stem
+            points: list[tuple[str, int, np.ndarray]] = []
+            components, n = ndi.label(mask)
+            for centre in ndi.center_of_mass(mask, components, range(1, n + 1)) if n else []:
+                for copy in range(max(positive_copies, 1)):
+                    shift = rng.uniform(-jitter_px, jitter_px, 2) if copy else np.zeros(2)
+                    points.append(("nodule", 1, np.asarray(centre) + shift))
+            far = ndi.distance_transform_edt(~mask) >= patch_size / 2 if mask.any() else np.ones(mask.shape, bool)
+            allowed = np.argwhere(far & (image > 0.1))
+            if len(allowed):
+                for rc in allowed[rng.choice(len(allowed), size=min(len(allowed), negatives_per_image), replace=False)]:
+                    points.append(("background", 0, rc.astype(float)))
+            for k, (kind, label, centre) in enumerate(points):
+                rel = f"patches/{case}_{kind}_{k:03d}.npy"
+                np.save(out / rel, _crop_2d(image, centre, patch_size))
                 result[split].append({"image": rel, "label": [label], "case": case, "kind": kind})
     final = out / "datalist.json"
     write_text_atomic(final, json.dumps(result, indent=1) + "\n")

@@ -75,6 +75,33 @@ def _resolve(path: Path, work_dir) -> list[dict]:
                                    "(.zip, .tar, .tar.gz)")
 
 
+def resolve_image2d_inputs(path) -> list[dict]:
+    """2D inputs (the images2d overlays) -> ``[{"image": <path>}]``: one PNG / JPEG / TIFF / BMP file, a folder
+    of them (or its ``images/``), or an images2d ``datalist.json`` (its ``testing`` list, else ``validation``).
+    Every file is opened once here, so an unreadable one stops the run with one line naming it."""
+    from data_prep.images2d import IMAGE_SUFFIXES, read_image
+
+    path = Path(str(path))
+    if not path.exists():
+        raise InputNotFoundError(path, "no such file or folder")
+    if path.is_file() and path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        key = next((k for k in ("testing", "validation", "training") if data.get(k)), None)
+        if key is None:
+            raise InputNotFoundError(path, "datalist has no testing/validation/training entries")
+        files = [path.parent / (e["image"] if isinstance(e, dict) else e) for e in data[key]]
+    elif path.is_dir():
+        folder = path / "images" if (path / "images").is_dir() else path
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputNotFoundError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)})")
+    else:
+        files = [path]
+    for f in files:
+        read_image(f)
+    return [{"image": str(f.resolve())} for f in files]
+
+
 def _first_missing(path: Path) -> Path | None:
     """The outermost folder of ``path`` (itself included) that does not exist yet, or None."""
     missing = None
