@@ -42,55 +42,45 @@ def _safe_member_path(archive: Path, name: str) -> PurePosixPath:
     return member
 
 
-def _zip_entries(archive: Path, zf: zipfile.ZipFile):
+def _zip_entries(archive: Path, zf: zipfile.ZipFile) -> list[tuple]:
+    entries = []
     for info in zf.infolist():
         member = _safe_member_path(archive, info.filename)
         mode = info.external_attr >> 16
         if mode and (mode & 0o170000) not in (0, 0o100000, 0o040000):
             raise ArchiveError(archive, f"entry '{info.filename}' is a link or special file: refused")
-        yield info, member
+        entries.append((member, info.is_dir(), lambda info=info: zf.open(info), time.mktime(info.date_time + (0, 0, -1))))
+    return entries
 
 
-def _tar_entries(archive: Path, tf: tarfile.TarFile):
+def _tar_entries(archive: Path, tf: tarfile.TarFile) -> list[tuple]:
+    entries = []
     for info in tf.getmembers():
         member = _safe_member_path(archive, info.name)
         if not (info.isfile() or info.isdir()):
             raise ArchiveError(archive, f"entry '{info.name}' is a link or special file: refused")
-        yield info, member
+        entries.append((member, info.isdir(), lambda info=info: tf.extractfile(info), float(info.mtime)))
+    return entries
 
 
 def extract_archive(archive, dest) -> Path:
     """Unpack ``archive`` into the new folder ``dest`` (checked entry by entry before anything is written);
     returns ``dest``. Raises :class:`ArchiveError` (one line) for a damaged or refused archive."""
     archive, dest = Path(archive), Path(dest)
+    is_zip = archive.name.lower().endswith(".zip")
     try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                entries = list(_zip_entries(archive, zf))
-                dest.mkdir(parents=True)
-                for info, member in entries:
-                    target = dest.joinpath(*member.parts)
-                    if info.is_dir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                    stamp = time.mktime(info.date_time + (0, 0, -1))
-                    os.utime(target, (stamp, stamp))
-        else:
-            with tarfile.open(archive) as tf:
-                entries = list(_tar_entries(archive, tf))
-                dest.mkdir(parents=True)
-                for info, member in entries:
-                    target = dest.joinpath(*member.parts)
-                    if info.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tf.extractfile(info) as src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                    os.utime(target, (info.mtime, info.mtime))
+        with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive)) as handle:
+            entries = _zip_entries(archive, handle) if is_zip else _tar_entries(archive, handle)
+            dest.mkdir(parents=True)
+            for member, is_dir, open_entry, mtime in entries:   # (path inside, folder?, opener, seconds)
+                target = dest.joinpath(*member.parts)
+                if is_dir:
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open_entry() as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                os.utime(target, (mtime, mtime))
     except ArchiveError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
