@@ -1,5 +1,5 @@
 """The networks and their training objective: the nodule CNN, network setup (output prior, inference
-mode), pretrained weights, the ignore-aware segmentation loss. Imports ``data`` and ``data_prep``.
+mode), ONNX export, pretrained weights, the ignore-aware segmentation loss. Imports ``data`` and ``data_prep``.
 """
 
 from lungnod_ext import lazy_exports
@@ -8,5 +8,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
     "classifier": ["NoduleCNN"],
     "losses": ["split_label", "MaskedDiceBCELoss"],
     "network_setup": ["memory_format_for", "prepare_for_inference", "init_output_prior", "bundle_network"],
+    "onnx_export": ["export_onnx", "onnx_session"],
     "weights": ["WeightsError", "load_pretrained"],
 })
