@@ -78,6 +78,7 @@ def test_nothing_found_gives_an_empty_list(ckpts, tmp_path):
     rng = np.random.default_rng(0)
     vol = rng.normal(-800, 50, (96, 96, 24)).astype(np.int16)
     vol[:, :10] = 40  # some body so the input checks accept it
+    vol[:, 10:12] = 700  # and some bone: CT values the HU check expects
     nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 2.5, 1.0])), str(tmp_path / "empty.nii.gz"))
     detect(tmp_path / "empty.nii.gz", tmp_path / "out", ckpts, "--seg", "threshold=1.01")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

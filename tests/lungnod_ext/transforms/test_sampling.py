@@ -1,4 +1,5 @@
-"""Nodule-balanced crop centres: a 4-voxel nodule is drawn as often as a 27,000-voxel one."""
+"""Crop centres per nodule: a 4-voxel nodule drawn as often as a 27,000-voxel one (size_power 0) or 1/6750
+as often (1, per voxel); ignored voxels never."""
 
 import numpy as np
 import torch
@@ -44,3 +45,10 @@ def test_crops_centre_on_the_small_nodule_half_of_the_time():
     small = np.mean([0 < o["label"][o["label"] == 1].sum().item() <= 4 for o in out])
     assert 0.4 < small < 0.6
     assert all(o["label"][0, 8, 8, 1] == 1 for o in out)   # the centre voxel is a nodule voxel
+
+
+def test_size_power_one_draws_per_voxel():
+    fg, _ = nodule_balanced_indices(_label(), per_nodule=100, max_background=10, size_power=1.0)
+    z = np.unravel_index(fg, _label().shape[1:])[0]
+    big, small = int((z < 40).sum()), int((z >= 80).sum())
+    assert small == 1 and abs(big - round(100 * 27000 / ((27000 + 4) / 2))) <= 1   # counts = 100 x size / mean
