@@ -1,6 +1,7 @@
 """Outputs of the 2D overlay (``configs/inference_images2d.json``): per input image ``<stem>_mask.png``
 (uint8 0 / 255, the input's size), ``<stem>_overlay.png`` (the image in grey, the predicted nodule outline
-in green, the nodule fraction written on it) and one ``predictions.json`` line per image, appended.
+in green, its pixel count written on it) and ``predictions.json``, one JSON line per image of this run
+(rewritten atomically after each image, so a rerun into the same folder leaves no stale lines).
 Arrays are (row, column) = (y, x) as image files hold them.
 """
 
@@ -16,6 +17,7 @@ import torch
 from monai.transforms import MapTransform
 
 from data_prep.images2d import write_image_png
+from data_prep.nifti_io import write_text_atomic
 from lungnod_ext.inference.overlays import overlay_slice, write_png
 
 
@@ -34,6 +36,7 @@ class WriteMask2Dd(MapTransform):
         super().__init__(pred_key)
         self.pred_key, self.image_key = pred_key, image_key
         self.output_dir, self.threshold = Path(output_dir), float(threshold)
+        self.rows: list[dict] = []
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -45,8 +48,8 @@ class WriteMask2Dd(MapTransform):
         write_image_png(self.output_dir / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
         text = [f"{stem}: {int(mask.sum())} nodule px"]
         write_png(self.output_dir / f"{stem}_overlay.png", overlay_slice(image, mask, window=(0.0, 1.0), text_lines=text))
-        with open(self.output_dir / "predictions.json", "a") as f:
-            f.write(json.dumps({"image": str(source), "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png",
-                                "nodule_pixels": int(mask.sum()), "max_prob": float(prob.max())}) + "\n")
+        self.rows.append({"image": str(source), "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png",
+                          "nodule_pixels": int(mask.sum()), "max_prob": float(prob.max())})
+        write_text_atomic(self.output_dir / "predictions.json", "".join(json.dumps(r) + "\n" for r in self.rows))
         d["mask_path"] = str(self.output_dir / f"{stem}_mask.png")
         return d

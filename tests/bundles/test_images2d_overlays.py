@@ -48,11 +48,13 @@ def test_segmentation_overlays_train_and_write_masks(images2d, tmp_path):
     assert [v["run"] for v in json.loads((tmp_path / "eval" / "val_history.json").read_text())] == [1, 2]
     assert (tmp_path / "models" / "model.pt").is_file()
     out = tmp_path / "pred"
+    out.mkdir()
+    (out / "predictions.json").write_text('{"stale": "line of an earlier run"}\n')
     _run(SEG, "inference", "--config_file", "['configs/inference.json','configs/inference_images2d.json']",
          "--input", str(images2d / "images"), "--output_dir", str(out), "--ckpt_path", str(tmp_path / "models" / "model.pt"),
          *FAST)
     rows = [json.loads(line) for line in (out / "predictions.json").read_text().splitlines()]
-    assert len(rows) == 12
+    assert len(rows) == 12 and "stale" not in rows[0]
     for row in rows:
         mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED)
         overlay = cv2.imread(str(out / row["overlay"]))
