@@ -38,19 +38,23 @@ def resolve_inputs(path, work_dir, check: bool = True, assume_hu: bool = False) 
     return items
 
 
+def _datalist_images(path: Path) -> list[Path]:
+    """A MONAI datalist JSON -> the image paths of its ``testing`` list (else ``validation``, else
+    ``training``), relative ones resolved against the JSON's folder."""
+    data = json.loads(path.read_text())
+    key = next((k for k in ("testing", "validation", "training") if data.get(k)), None)
+    if key is None:
+        raise InputNotFoundError(path, "datalist has no testing/validation/training entries")
+    return [path.parent / (e["image"] if isinstance(e, dict) else e) for e in data[key]]
+
+
 def _resolve(path: Path, work_dir) -> list[dict]:
     if not path.exists():
         raise InputNotFoundError(path, "no such file or folder")
     if _is_image_file(path):
         return [{"image": str(path.resolve())}]
     if path.is_file() and path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
-        key = next((k for k in ("testing", "validation", "training") if data.get(k)), None)
-        if key is None:
-            raise InputNotFoundError(path, "datalist has no testing/validation/training entries")
-        base = path.parent
-        return [{"image": str((base / e["image"]).resolve()) if isinstance(e, dict) else str((base / e).resolve())}
-                for e in data[key]]
+        return [{"image": str(f.resolve())} for f in _datalist_images(path)]
     if path.is_dir() or is_archive(path):
         images = sorted(p for p in path.iterdir() if _is_image_file(p)) if path.is_dir() else []
         if not images and (path / "images").is_dir():
@@ -85,11 +89,7 @@ def resolve_image2d_inputs(path) -> list[dict]:
     if not path.exists():
         raise InputNotFoundError(path, "no such file or folder")
     if path.is_file() and path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
-        key = next((k for k in ("testing", "validation", "training") if data.get(k)), None)
-        if key is None:
-            raise InputNotFoundError(path, "datalist has no testing/validation/training entries")
-        files = [path.parent / (e["image"] if isinstance(e, dict) else e) for e in data[key]]
+        files = _datalist_images(path)
     elif path.is_dir():
         folder = path / "images" if (path / "images").is_dir() else path
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
