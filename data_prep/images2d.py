@@ -37,6 +37,7 @@ MASK_STEM_SUFFIXES = ("", "_mask", "-mask", "_seg", "_label")
 BLACK_LEVEL = 32          # 8-bit scale: JPEG masks leave near-black noise around the drawing
 COLOR_TOLERANCE = 60      # max per-channel distance (8-bit) from ``mask_color``
 LUNG_WINDOW_HU = (-1350.0, 150.0)
+"""The lung window (min, max HU) of exported slices and of every overlay picture."""
 _SLICE_NUMBER = re.compile(r"^(?P<patient>.*?)[_\-. ]*(?:slice|slc|img|image|s)?[_\-. ]*\d+$", re.IGNORECASE)
 
 
@@ -175,9 +176,12 @@ def import_images2d(images_dir, masks_dir, out_dir, mask_color: tuple[int, int, 
 
 
 def window_to_uint8(hu: np.ndarray, window=LUNG_WINDOW_HU) -> np.ndarray:
-    """HU -> uint8 grey through ``window`` (low, high) HU."""
-    lo, hi = window
-    return np.round(np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    """HU -> 0..255 grey through a (min, max) HU window, clipped."""
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"window must be (min, max) HU with max > min, got {window}")
+    grey = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
 def export_images2d(converted_dir, out_dir, negatives_per_case: int = 4, seed: int = 0) -> Path:

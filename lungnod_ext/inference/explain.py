@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 import torch
 
-from lungnod_ext.inference.overlays import LUNG_WINDOW_HU, window_to_uint8, write_png
+from data_prep.images2d import LUNG_WINDOW_HU, window_to_uint8
+from lungnod_ext.inference.overlays import write_png
 
 METHODS = ("occlusion", "gradcam")
 HEAT_OPACITY = 0.4

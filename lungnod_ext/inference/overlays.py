@@ -21,8 +21,8 @@ import numpy as np
 
 from data_prep.nifti_io import atomic_path
 from data_prep.coords import Geometry
+from data_prep.images2d import LUNG_WINDOW_HU, window_to_uint8
 
-LUNG_WINDOW_HU = (-1350.0, 150.0)
 """(min, max) HU of the lung window (level -600, width 1500)."""
 CONTOUR_RGB = (0, 255, 0)
 BOX_RGB = (255, 255, 0)
@@ -84,15 +84,6 @@ class DisplayOrientation:
 
 
 # ------------------------------------------------------------------------------------------------ drawing
-def window_to_uint8(hu: np.ndarray, window=LUNG_WINDOW_HU) -> np.ndarray:
-    """HU -> 0..255 grey through a (min, max) HU window, clipped."""
-    lo, hi = float(window[0]), float(window[1])
-    if not hi > lo:
-        raise ValueError(f"window must be (min, max) HU with max > min, got {window}")
-    grey = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-
-
 def _font_scale(image: np.ndarray) -> float:
     return max(0.35, min(image.shape[:2]) / 720.0)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data_prep.errors import InputNotFoundError
-from data_prep.images2d import export_images2d, import_images2d, patient_of
+from data_prep.images2d import export_images2d, import_images2d, patient_of, window_to_uint8
 
 
 def _png(path: Path, arr) -> Path:
@@ -111,6 +111,12 @@ def test_cli_exit_codes(seed_form, tmp_path):
                                            ("p12-034", "p12"), ("case7_img12", "case7"), ("single", "single")])
 def test_patient_from_name(stem, patient):
     assert patient_of(stem) == patient
+
+
+def test_window_to_uint8():
+    assert window_to_uint8(np.array([-2000, -1350, -600, 150, 900])).tolist() == [0, 0, 128, 255, 255]
+    with pytest.raises(ValueError, match="window"):
+        window_to_uint8(np.zeros(3), (100, -100))
 
 
 def test_export_from_real_lidc_round_trips(lidc_converted, tmp_path):

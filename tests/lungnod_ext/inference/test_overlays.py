@@ -12,8 +12,7 @@ from scipy import ndimage as ndi
 from data_prep.masks import sphere_mask
 from lungnod_ext.inference.candidates import extract_candidates
 from data_prep.coords import Geometry
-from lungnod_ext.inference.overlays import (CONTOUR_RGB, DisplayOrientation, overlay_slice, window_to_uint8,
-                                  write_candidate_overlays)
+from lungnod_ext.inference.overlays import CONTOUR_RGB, DisplayOrientation, overlay_slice, write_candidate_overlays
 
 LUNA16_NODULE_LPS = (56.2084, 86.3434, -115.8676)  # LIDC-IDRI-0001 (luna16_annotations.csv)
 LUNA16_NODULE_DIAMETER_MM = 23.35
@@ -35,12 +34,6 @@ def disk(shape, centre, radius) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ drawing
-def test_window_to_uint8():
-    assert window_to_uint8(np.array([-2000, -1350, -600, 150, 900])).tolist() == [0, 0, 128, 255, 255]
-    with pytest.raises(ValueError, match="window"):
-        window_to_uint8(np.zeros(3), (100, -100))
-
-
 def test_overlay_slice_draws_a_contour_not_a_blob():
     hu = np.full((100, 120), -800.0)
     mask = disk(hu.shape, (50, 60), 15)
