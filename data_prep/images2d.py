@@ -98,15 +98,16 @@ def mask_from_drawing(arr: np.ndarray, mask_color: tuple[int, int, int] | None =
     return (np.abs(rgb - np.asarray(mask_color, np.float32)).max(axis=-1) <= COLOR_TOLERANCE)
 
 
-def write_image_png(path: Path, arr: np.ndarray) -> None:
-    """(H, W) grey (uint8 / uint16) or (H, W, 3) BGR uint8 -> PNG, atomically."""
+def write_image_png(path, arr: np.ndarray) -> Path:
+    """(H, W) grey (uint8 / uint16) or (H, W, 3) BGR uint8 -> PNG at ``path``, atomically; returns ``path``."""
     import cv2
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
     if not ok:
-        raise OSError(f"{path}: could not encode as PNG")
+        raise ValueError(f"could not encode {path} as PNG")
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
+    return Path(path)
 
 
 def _splits(stems: list[str], positive: dict[str, bool], seed: int) -> dict[str, int]:

@@ -19,9 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_prep.nifti_io import atomic_path
 from data_prep.coords import Geometry
-from data_prep.images2d import LUNG_WINDOW_HU, window_to_uint8
+from data_prep.images2d import LUNG_WINDOW_HU, window_to_uint8, write_image_png
 
 """(min, max) HU of the lung window (level -600, width 1500)."""
 CONTOUR_RGB = (0, 255, 0)
@@ -186,12 +185,7 @@ def overlay_slice(hu_slice: np.ndarray, mask_slice: np.ndarray | None = None, wi
 
 def write_png(path, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG, atomically."""
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
-    if not ok:
-        raise ValueError(f"could not encode {path} as PNG")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-    return Path(path)
+    return write_image_png(path, rgb[:, :, ::-1])
 
 
 # ------------------------------------------------------------------------------------------------ candidates
