@@ -194,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _OneLine(logging.Formatter):
+class OneLineFormatter(logging.Formatter):
+    """``warning: <message>``, like the ``error:`` line (also used by the ``lungnod`` command)."""
+
     def format(self, record):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
@@ -202,7 +204,7 @@ class _OneLine(logging.Formatter):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
+    handler.setFormatter(OneLineFormatter())
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, handlers=[handler], force=True)
     try:
         return args.func(args)

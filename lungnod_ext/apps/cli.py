@@ -20,6 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from data_prep.cli import OneLineFormatter
 from data_prep.errors import DataPrepError
 
 EXIT_OK, EXIT_ERROR = 0, 2
@@ -177,19 +178,12 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-class _OneLine(logging.Formatter):
-    """``warning: <message>``, like the ``error:`` line (data_prep's skipped-series notes, ...)."""
-
-    def format(self, record):
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         warnings.filterwarnings("ignore")
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_OneLine())
+        handler.setFormatter(OneLineFormatter())
         logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
         import monai.bundle.workflows  # noqa: F401  (creates MONAI's loggers, which we then quieten)
 
