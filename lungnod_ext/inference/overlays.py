@@ -22,7 +22,6 @@ import numpy as np
 from data_prep.coords import Geometry
 from data_prep.images2d import LUNG_WINDOW_HU, window_to_uint8, write_image_png
 
-"""(min, max) HU of the lung window (level -600, width 1500)."""
 CONTOUR_RGB = (0, 255, 0)
 BOX_RGB = (255, 255, 0)
 TEXT_RGB = (255, 255, 255)

@@ -7,21 +7,16 @@ import torch
 from monai.bundle import ConfigParser
 
 from lungnod_ext.data.bundle_paths import REPO_ROOT
+from lungnod_ext.networks.network_setup import bundle_network
 
 BUNDLE = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
 
 
-def _parser(config: str, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / config)
-    parser["bundle_root"] = str(BUNDLE)
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
-
-
 def _zoom(**overrides):
-    transforms = _parser("train.json", **overrides).get_parsed_content("train#random_transforms")
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "train.json")
+    parser.update({"bundle_root": str(BUNDLE), **overrides})
+    transforms = parser.get_parsed_content("train#random_transforms")
     return next(t for t in transforms if type(t).__name__ == "RandZoomd")
 
 
@@ -57,10 +52,10 @@ def test_zoom_when_asked_rescales_image_and_label_together_and_keeps_label_value
 
 
 def test_default_decoder_is_the_shipped_network_and_the_width_is_a_config_id():
-    default = _parser("inference.json").get_parsed_content("network_def")
+    default = bundle_network(BUNDLE)
     state = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     default.load_state_dict(state)          # strict: the shipped checkpoint fits the default exactly
     for config in ("train.json", "inference.json"):
-        light = _parser(config, decoder_channels=[128, 64, 32, 16, 8]).get_parsed_content("network_def")
+        light = bundle_network(BUNDLE, [f"configs/{config}"], {"decoder_channels": [128, 64, 32, 16, 8]})
         n_light = sum(p.numel() for p in light.parameters())
         assert n_light == 12_083_097 < sum(p.numel() for p in default.parameters()) == 13_545_585
