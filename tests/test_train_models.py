@@ -1,6 +1,7 @@
 """`lungnod train-models`: the recipe of the shipped models runs end to end (tiny settings: one training
 series, one epoch each; nothing useful is learned, every stage runs), resumes, and its models load in the
-bundles' default inference configs."""
+bundles' inference configs; ``--seg`` config overrides reach both the segmentation training and its
+candidate run."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from lungnod_ext.networks.network_setup import bundle_network
 from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE
 
+NARROW = "[64,32,16,8,4]"   # a segmentation decoder narrower than the bundle default
+
 
 def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     out = tmp_path / "recipe"
     args = [sys.executable, "-m", "lungnod_ext", "train-models", "--out", str(out), "--lidc", str(lidc_root),
-            "--tiny", "--hold-out", "LIDC-IDRI-0001", "--hold-out", "LIDC-IDRI-0002"]
+            "--tiny", "--hold-out", "LIDC-IDRI-0001", "--hold-out", "LIDC-IDRI-0002",
+            "--seg", f"decoder_channels={NARROW}", "--seg", "inference_scales=[1.0]"]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -29,9 +34,15 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     cohort = json.loads((out / "cohort" / "datalist.json").read_text())
     assert len(cohort["training"]) == 2 and len(cohort["validation"]) == 1
     assert all("LIDC-IDRI-0006" in e["image"] for e in cohort["training"] + cohort["validation"])
-    for name, bundle in (("segmentation", SEG_BUNDLE), ("classification", CLS_BUNDLE)):
-        state = torch.load(out / "export" / name / "model.pt", map_location="cpu", weights_only=True)["model"]
-        bundle_network(bundle).load_state_dict(state, strict=True)
+    assert recipe["settings"]["seg_overrides"] == {"decoder_channels": json.loads(NARROW), "inference_scales": [1.0]}
+    # the candidate run built the narrow network too (its strict checkpoint load would have failed otherwise)
+    assert (out / "stages" / "candidates.done").is_file()
+    seg_state = torch.load(out / "export" / "segmentation" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    bundle_network(SEG_BUNDLE, overrides={"decoder_channels": json.loads(NARROW)}).load_state_dict(seg_state, strict=True)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        bundle_network(SEG_BUNDLE).load_state_dict(seg_state, strict=True)
+    cls_state = torch.load(out / "export" / "classification" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    bundle_network(CLS_BUNDLE).load_state_dict(cls_state, strict=True)
     with sqlite3.connect(out / "mlruns.db") as db:
         runs = {r[0] for r in db.execute("select name from runs")}
     assert {"segmentation", "classification"} <= runs

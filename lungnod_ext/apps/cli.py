@@ -89,6 +89,7 @@ def _cmd_train_models(args) -> int:
     for key in ("copies", "seg_epochs", "cls_epochs"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
+    settings.seg_overrides = _overrides(args.seg)
     train_models(args.lidc or DEFAULT_LIDC, args.out, settings, install=args.install)
     return EXIT_OK
 
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--copies", type=int, help="cohort volumes per training series (10)")
     t.add_argument("--seg-epochs", type=int, help="segmentation epochs (140)")
     t.add_argument("--cls-epochs", type=int, help="classification epochs (20)")
+    t.add_argument("--seg", action="append", metavar="KEY=VALUE",
+                   help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.set_defaults(func=_cmd_train_models)
 
     m = sub.add_parser("demo", help="the shipped models on the built-in real example scan (or --input); --train trains first")

@@ -56,6 +56,7 @@ class RecipeSettings:
     random_negatives_per_case: int = 24
     seed: int = 0
     workers: int = 2
+    seg_overrides: dict = field(default_factory=dict)   # segmentation config ids for training and candidates
 
     @classmethod
     def tiny(cls, hold_out: list[str]) -> "RecipeSettings":
@@ -143,7 +144,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         **tracking, "run_name": "segmentation", "dataset_dir": str(cohort),
         "output_dir": str(out / "runs" / "segmentation"), "ckpt_dir": str(seg_models), "epochs": s.seg_epochs,
         "val_interval": s.seg_val_interval, "patch_size": list(s.seg_patch_size),
-        "learning_rate": s.seg_learning_rate, "num_workers": 0}, logs / "segmentation_train.log"))
+        "learning_rate": s.seg_learning_rate, "num_workers": 0, **s.seg_overrides}, logs / "segmentation_train.log"))
 
     cand_dir = out / "runs" / "train_candidates"
 
@@ -151,7 +152,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         items = json.loads((cohort / "datalist.json").read_text())
         images = [{"image": str(cohort / e["image"])} for e in items["training"] + items["validation"]]
         run_bundle_inference(SEG, ["configs/inference.json"], images, cand_dir, seg_models / "model.pt",
-                             {"write_overlays": False})
+                             {"write_overlays": False, **s.seg_overrides})
         return {"images": len(images)}
 
     stage("candidates", candidates)

@@ -58,7 +58,8 @@ def _stage_tables(detections, refs, marks, subsets, threshold):
     return out
 
 
-def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float) -> dict:
+def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float,
+             seg_overrides: dict | None = None) -> dict:
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions, make_copies, write_tables
@@ -83,7 +84,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     t = time.perf_counter()
     summary = detect(work / "test_datalist.json", work / "detect",
                      PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
-                                    probability_threshold=threshold))
+                                    probability_threshold=threshold, seg_overrides=dict(seg_overrides or {})))
     seconds = time.perf_counter() - t
 
     result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,
@@ -147,11 +148,14 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--work", default="/tmp/bench_models")
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--seg", action="append", metavar="KEY=VALUE",
+                    help="segmentation inference config override, e.g. inference_scales=[1,1.5]")
     a = ap.parse_args()
+    from lungnod_ext.apps.cli import _overrides
     results = {"command": " ".join(sys.argv), "folds": []}
     for fold in a.fold:
         patient, _, models = fold.partition("=")
-        r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold)
+        r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, _overrides(a.seg))
         _print(r)
         results["folds"].append(r)
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from monai.data import MetaTensor
 
@@ -25,3 +26,31 @@ def test_inferer_is_slice_by_slice_with_neighbours_and_keeps_metadata():
     expected = torch.cat([vol[..., 1:2] - vol[..., 0:1], vol[..., 2:] - vol[..., :-2], vol[..., 8:9] - vol[..., 7:8]], -1)
     torch.testing.assert_close(out.as_tensor(), expected)
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, affine)
+
+
+def test_inference_scales_merge_a_zoomed_pass_by_maximum():
+    """A network that answers only blobs at least 6 px wide: at scale 1 a 4 px blob gets nothing; with
+    scales (1, 1.5) the zoomed pass (6 px) finds it, mapped back onto the blob's pixels; a 10 px blob is
+    found either way; the zoomed pass saw 1.5x the slice size, padded to 32."""
+    vol = torch.zeros(1, 1, 48, 64, 3)
+    vol[0, 0, 10:14, 10:14, 1] = 1.0          # 4 x 4 px
+    vol[0, 0, 30:40, 40:50, 1] = 1.0          # 10 x 10 px
+    seen = []
+
+    def wide_blobs(x):
+        """Logit 1 where a 6 x 6 box is all > 0.5 (centre-aligned), else -1."""
+        seen.append(tuple(x.shape[-2:]))
+        full = torch.nn.functional.avg_pool2d((x[:, 1:2] > 0.5).float(), 6, stride=1, padding=3)[..., 1:, 1:]
+        return torch.where(full > 0.99, 1.0, -1.0)
+
+    plain = SlabSliceInferer(slab=3, sw_batch_size=8)(vol, wide_blobs)
+    assert plain[0, 0, 10:14, 10:14, 1].max() == -1.0 and plain[0, 0, 30:40, 40:50, 1].max() == 1.0
+    seen.clear()
+    both = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5))(vol, wide_blobs)
+    assert seen == [(64, 64), (96, 96)]                 # 48 x 64 as is, and 72 x 96 padded to 96 x 96
+    assert both.shape == (1, 1, 48, 64, 3)
+    assert both[0, 0, 10:14, 10:14, 1].max() > 0.0      # the small blob, found by the zoomed pass
+    assert both[0, 0, 30:40, 40:50, 1].max() == 1.0
+    assert both[0, 0, :5, :, :].max() == -1.0 and both[..., 0].max() == -1.0   # nothing where nothing is
+    with pytest.raises(ValueError, match="positive"):
+        SlabSliceInferer(scales=(0.0,))
