@@ -233,6 +233,22 @@ def test_compressed_transfer_syntax(sorted_slices, tmp_path, syntax):
     assert np.array_equal(a, b)
 
 
+def test_corrupt_rle_slice_fails_its_series_naming_the_file(sorted_slices, tmp_path):
+    from pydicom.encaps import encapsulate
+
+    comp = _copy(sorted_slices, tmp_path / "comp", ks=range(FIRST, FIRST + 6))
+    for f in comp:
+        ds = pydicom.dcmread(f)
+        ds.compress(pydicom.uid.RLELossless)
+        if f == comp[3]:
+            ds.PixelData = encapsulate([b"\x01\x00\x00\x00" + b"\x40\x00\x00\x00" + b"\x00" * 56 + b"\x7f" * 8])
+        ds.save_as(f)
+    r = _convert(tmp_path / "comp", tmp_path / "out")
+    assert not r.converted and len(r.failed) == 1, r.failed
+    assert "cannot decode pixel data" in r.failed[0]["reason"] and comp[3].name in r.failed[0]["reason"], r.failed
+    assert not list((tmp_path / "out").rglob("*.nii.gz")) and not list((tmp_path / "out").rglob("*.part"))
+
+
 def test_xml_with_unknown_sop_uids(sorted_slices, lidc_series_dir, tmp_path):
     _copy(sorted_slices, tmp_path / "in")
     text = next(lidc_series_dir.glob("*.xml")).read_text()

@@ -117,3 +117,19 @@ def test_rerun_reuses_and_force_redoes(lidc_root, tmp_path):
     assert r3.converted == r1.converted
     assert img.read_bytes() == before  # deterministic output
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_rle_lossless_series_decodes_as_simpleitk_does(lidc_root):
+    """LIDC-IDRI-0006 is RLE Lossless: read_series_hu decodes it with pydicom (pylibjpeg-rle), the same
+    int16 HU voxel for voxel as SimpleITK's GDCM (the pipeline-speed section of the README has the timing)."""
+    from data_prep import dicom_series
+
+    plans, _, _ = dicom_series.discover_series(lidc_root / "LIDC-IDRI-0006")
+    plan = plans[0]
+    assert {h.transfer_syntax for h in plan.headers} == {dicom_series.RLE_LOSSLESS}
+    hu = dicom_series.read_series_hu(plan)
+    image, view = dicom_series._read_series_sitk(plan)
+    reference = np.clip(view, dicom_series.HU_AIR, dicom_series.HU_MAX).astype(np.int16)
+    assert hu.dtype == np.int16 and hu.shape == (133, 512, 512)
+    assert np.array_equal(hu, reference)
+    assert hu.min() == -1024 and hu.max() > 1000            # air and bone in HU
