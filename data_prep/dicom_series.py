@@ -36,7 +36,7 @@ HU_MAX = 32767
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 UNCOMPRESSED_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"   # decoded by pydicom (pylibjpeg-rle): ~10x faster than SimpleITK's GDCM here
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"   # decoded by pydicom (pylibjpeg-rle): 6-8x faster than SimpleITK's GDCM on LIDC
 HEADER_TAGS = [
     "Modality", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID",
     "FrameOfReferenceUID", "ImageType", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
@@ -384,7 +384,8 @@ def read_series_hu(plan: SeriesPlan) -> np.ndarray:
     """Decode the sorted files of ``plan`` -> (z, y, x) int16 HU, padding clipped to -1024 (air).
 
     Gantry tilt, if any, is undone by shifting each slice in-plane (linear interpolation).
-    Raises DicomReadError naming the series folder if GDCM cannot decode the pixels.
+    RLE Lossless series are decoded by pydicom, every other syntax by SimpleITK's GDCM. Raises DicomReadError
+    naming the series folder (and, for RLE, the file) if the pixels cannot be decoded.
     """
     if all(h.transfer_syntax == RLE_LOSSLESS for h in plan.headers):
         image, arr = None, _read_rle_series(plan)

@@ -26,7 +26,7 @@ from data_prep.errors import DataPrepError
 EXIT_OK, EXIT_ERROR = 0, 2
 
 
-def _overrides(pairs: list[str] | None) -> dict:
+def parse_overrides(pairs: list[str] | None) -> dict:
     """``key=value`` strings -> dict; values parsed as JSON when they are JSON (numbers, lists), else strings."""
     out = {}
     for pair in pairs or []:
@@ -46,7 +46,7 @@ def _cmd_detect(args) -> int:
     cfg = PipelineConfig(use_classifier=not args.no_classifier, probability_threshold=args.threshold,
                          overlays=not args.no_overlays, dicom_seg=args.dicom_seg, explain=not args.no_explain,
                          assume_hu=args.assume_hu,
-                         seg_overrides=_overrides(args.seg), cls_overrides=_overrides(args.cls))
+                         seg_overrides=parse_overrides(args.seg), cls_overrides=parse_overrides(args.cls))
     if args.seg_ckpt:
         cfg.seg_ckpt = Path(args.seg_ckpt)
     if args.cls_ckpt:
@@ -89,7 +89,7 @@ def _cmd_train_models(args) -> int:
     for key in ("copies", "seg_epochs", "cls_epochs"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
-    settings.seg_overrides = _overrides(args.seg)
+    settings.seg_overrides = parse_overrides(args.seg)
     train_models(args.lidc or DEFAULT_LIDC, args.out, settings, install=args.install)
     return EXIT_OK
 

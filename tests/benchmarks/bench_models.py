@@ -151,11 +151,11 @@ def main() -> None:
     ap.add_argument("--seg", action="append", metavar="KEY=VALUE",
                     help="segmentation inference config override, e.g. inference_scales=[1,1.5]")
     a = ap.parse_args()
-    from lungnod_ext.apps.cli import _overrides
+    from lungnod_ext.apps.cli import parse_overrides
     results = {"command": " ".join(sys.argv), "folds": []}
     for fold in a.fold:
         patient, _, models = fold.partition("=")
-        r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, _overrides(a.seg))
+        r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, parse_overrides(a.seg))
         _print(r)
         results["folds"].append(r)
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
