@@ -54,3 +54,60 @@ def test_inference_scales_merge_a_zoomed_pass_by_maximum():
     assert both[0, 0, :5, :, :].max() == -1.0 and both[..., 0].max() == -1.0   # nothing where nothing is
     with pytest.raises(ValueError, match="positive"):
         SlabSliceInferer(scales=(0.0,))
+
+
+def test_roi_runs_each_batch_on_the_box_around_its_region_only():
+    """A region in slices 2-3 of a 10-slice volume (rows 40-49, columns 70-79 of 100 x 120): with
+    sw_batch_size 2 and slab 3, batches 0-1 .. 4-5 see it (neighbours count), batches 6-9 do not and are
+    never run; the boxes are the region grown by roi_margin 8, then to 32 px; inside them the output is
+    that of the plain run (the network here is pixel-wise), outside it is outside_logit. An empty region
+    runs everything."""
+    torch.manual_seed(0)
+    vol = torch.rand(1, 1, 100, 120, 10)
+    roi = torch.zeros_like(vol, dtype=torch.bool)
+    roi[0, 0, 40:50, 70:80, 2:4] = True
+    seen = []
+
+    def pixelwise(x):
+        seen.append(tuple(x.shape))
+        return 2.0 * x[:, 1:2] - 1.0
+
+    inferer = SlabSliceInferer(slab=3, sw_batch_size=2, roi_margin=8, outside_logit=-30.0)
+    plain = inferer(vol, pixelwise)
+    seen.clear()
+    boxed = inferer(vol, pixelwise, roi=roi)
+    assert seen == [(2, 3, 32, 32)] * 3            # 26 x 26 px (10 + 2 x 8) grown to 32, slices 0-5
+    rows, cols = slice(29, 61), slice(59, 91)      # centred on the grown region: 32 - 26 = 6 more, 3 a side
+    torch.testing.assert_close(boxed[0, 0, rows, cols, :6], plain[0, 0, rows, cols, :6])
+    outside = torch.ones_like(boxed, dtype=torch.bool)
+    outside[0, 0, rows, cols, :6] = False
+    assert torch.all(boxed[outside] == -30.0)
+    seen.clear()
+    torch.testing.assert_close(inferer(vol, pixelwise, roi=torch.zeros_like(roi)), plain)
+    assert len(seen) == 5 and seen[0] == (2, 3, 128, 128)
+    with pytest.raises(ValueError, match="grid"):
+        inferer(vol, pixelwise, roi=roi[..., :5])
+
+
+def test_segmentation_inference_config_passes_the_lung_mask_to_the_inferer():
+    """inference.json: the evaluator's prepare_batch hands the grown lung mask to the inferer as ``roi``
+    (``infer_lung_boxes``); the mask is cropped and padded with the image, so both share a grid."""
+    import json
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+    from monai.engines import PrepareBatchExtraInput, default_prepare_batch
+
+    bundle = Path(__file__).resolve().parents[3] / "bundles" / "lung_nodule_ct_segmentation"
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(bundle)})
+    prepare = parser.get_parsed_content("prepare_batch")
+    assert isinstance(prepare, PrepareBatchExtraInput) and prepare.extra_keys == {"roi": "lung_roi"}
+    assert parser.get_parsed_content("inferer").roi_margin == 16
+    assert parser["evaluator"]["prepare_batch"] == "@prepare_batch"
+    transforms = {t["_target_"]: t for t in json.loads((bundle / "configs" / "inference.json").read_text())
+                  ["preprocessing"]["transforms"]}
+    assert "lung_roi" in transforms["CropForegroundd"]["keys"] and "lung_roi" in transforms["DivisiblePadd"]["keys"]
+    parser.update({"infer_lung_boxes": False})
+    assert parser.get_parsed_content("prepare_batch", lazy=False) is default_prepare_batch
