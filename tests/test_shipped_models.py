@@ -31,15 +31,18 @@ def run(args, timeout=600, **kw):
                           timeout=timeout, env=env, **kw)
 
 
-@pytest.mark.parametrize("name", list(BUNDLES))
-def test_shipped_checkpoint_loads_strictly_and_is_small(name):
-    path = BUNDLES[name] / "models" / "model.pt"
+@pytest.mark.parametrize("name,weights,configs", [
+    (name, weights, configs) for name in BUNDLES for weights, configs in [
+        ("model.pt", ("configs/inference.json",)),
+        ("model_fast.pt", ("configs/inference.json", "configs/inference_fast.json"))]])
+def test_shipped_checkpoint_loads_strictly_and_is_small(name, weights, configs):
+    path = BUNDLES[name] / "models" / weights
     assert path.is_file(), f"{path} is not shipped"
     assert path.stat().st_size < 50 * 2 ** 20
     state = torch.load(path, map_location="cpu", weights_only=True)["model"]
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())   # fp16 storage
-    net = bundle_network(BUNDLES[name])
-    net.load_state_dict(state, strict=True)                  # the default inference.json matches the network
+    net = bundle_network(BUNDLES[name], configs)
+    net.load_state_dict(state, strict=True)                  # the inference configs match the network
     meta = json.loads((BUNDLES[name] / "configs" / "metadata.json").read_text())
     assert meta["version"] >= "0.2.0" and "shipped model" in meta["changelog"][meta["version"]]
     card = (BUNDLES[name] / "docs" / "README.md").read_text()
@@ -68,6 +71,19 @@ def test_detect_with_no_flags_finds_the_unseen_lidc_nodule(detected):
     assert 12.0 < best["diameter_mm"] < 35.0, best["diameter_mm"]               # readers: 24.6 mm
     assert len(nodules) - len(hits) <= MAX_FALSE_POSITIVES, [(round(d), round(n["probability"], 2)) for n, d in zip(nodules, dist)]
     assert detected["seconds"] < 120
+
+
+def test_detect_fast_finds_the_unseen_lidc_nodule(lidc_series_dir, tmp_path):
+    """``--fast``: the shipped fast pair (models/model_fast.pt of both bundles) finds it too."""
+    proc = run(["detect", str(lidc_series_dir), "--out", str(tmp_path / "out"), "--fast", "--no-explain"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    case = json.loads((tmp_path / "out" / "summary.json").read_text())["cases"][0]
+    nodules = json.loads((tmp_path / "out" / case["case"] / f"{case['case']}_nodules.json").read_text())["candidates"]
+    dist = [float(np.linalg.norm(np.asarray(n["centre_lps"]) - NODULE_LPS)) for n in nodules]
+    hits = [n for n, d in zip(nodules, dist) if d < NODULE_DIAMETER_MM / 2]
+    assert hits and max(n["probability"] for n in hits) >= 0.5, [round(d) for d in dist]
+    assert len(nodules) - len(hits) <= MAX_FALSE_POSITIVES
+    assert 12.0 < hits[0]["diameter_mm"] < 35.0, hits[0]["diameter_mm"]
 
 
 def test_demo_reports_the_example_nodule(tmp_path):

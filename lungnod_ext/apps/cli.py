@@ -53,6 +53,8 @@ def _cmd_detect(args) -> int:
         cfg.cls_ckpt = Path(args.cls_ckpt)
     if args.three_d:
         cfg.seg_config = ["configs/inference.json", "configs/inference_3d.json"]
+    if args.fast:
+        cfg.use_fast_models()
     summary = detect(args.input, args.out, cfg)
     for case in summary["cases"]:
         print(f"{case['case']}: {case['n_nodules']} nodule(s) from {case['n_candidates']} candidate(s)")
@@ -109,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-explain", action="store_true", help="skip the classifier evidence maps (occlusion sensitivity)")
     d.add_argument("--assume-hu", action="store_true",
                    help="the image's values are Hounsfield units even though they do not look like it")
-    d.add_argument("--3d", dest="three_d", action="store_true", help="use the 3D segmentation overlay")
+    mode = d.add_mutually_exclusive_group()
+    mode.add_argument("--3d", dest="three_d", action="store_true", help="use the 3D segmentation overlay")
+    mode.add_argument("--fast", action="store_true",
+                      help="the shipped fast models (models/model_fast.pt: half-width decoder, about 1.3x faster, a little less accurate)")
     d.add_argument("--seg-ckpt", help="segmentation checkpoint (default <bundle>/models/model.pt)")
     d.add_argument("--cls-ckpt", help="classification checkpoint (default <bundle>/models/model.pt)")
     d.add_argument("--seg", action="append", metavar="KEY=VALUE", help="segmentation bundle config override")

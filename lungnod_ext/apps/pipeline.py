@@ -44,6 +44,7 @@ MAX_EXPLAINED = 10
 """Evidence maps are drawn for the most probable nodules of a case only (about 1 s each on a CPU)."""
 SEG_BUNDLE = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
 CLS_BUNDLE = REPO_ROOT / "bundles" / "lung_nodule_ct_classification"
+FAST_OVERLAY = "configs/inference_fast.json"
 
 
 @dataclass
@@ -52,8 +53,8 @@ class PipelineConfig:
 
     seg_bundle: Path = SEG_BUNDLE
     cls_bundle: Path = CLS_BUNDLE
-    seg_ckpt: Path | None = None          # default <seg_bundle>/models/model.pt
-    cls_ckpt: Path | None = None          # default <cls_bundle>/models/model.pt
+    seg_ckpt: Path | None = None          # default: the configs' ckpt_path (<seg_bundle>/models/model.pt)
+    cls_ckpt: Path | None = None          # default: the configs' ckpt_path (<cls_bundle>/models/model.pt)
     seg_config: list[str] = field(default_factory=lambda: ["configs/inference.json"])
     cls_config: list[str] = field(default_factory=lambda: ["configs/inference.json"])
     seg_overrides: dict = field(default_factory=dict)
@@ -65,6 +66,13 @@ class PipelineConfig:
     explain: bool = True                  # classifier evidence map (occlusion sensitivity) per reported nodule
     assume_hu: bool = False               # let images whose values do not look like HU through (--assume-hu)
 
+    def use_fast_models(self) -> "PipelineConfig":
+        """Both bundles' ``configs/inference_fast.json`` overlays: the shipped fast pair (``models/model_fast.pt``,
+        a segmentation decoder of half the width and the classifier trained on its candidates). Returns self."""
+        self.seg_config = [*self.seg_config, FAST_OVERLAY]
+        self.cls_config = [*self.cls_config, FAST_OVERLAY]
+        return self
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -72,13 +80,15 @@ def _peak_rss_mb() -> float:
 
 def run_bundle_inference(bundle: Path, config_files: list[str], datalist: list[dict], output_dir: Path,
                          ckpt: Path | None, overrides: dict) -> None:
-    """Run a bundle's inference workflow in this process (MONAI ConfigWorkflow, run id ``run``) on ``datalist``."""
+    """Run a bundle's inference workflow in this process (MONAI ConfigWorkflow, run id ``run``) on ``datalist``;
+    ``ckpt`` None: the configs' ``ckpt_path``."""
     from monai.bundle import ConfigWorkflow
 
     bundle = Path(bundle)
     files = [str(bundle / c) for c in config_files]
-    args = {"bundle_root": str(bundle), "output_dir": str(output_dir), "datalist": datalist,
-            "ckpt_path": str(ckpt or bundle / "models" / "model.pt"), **overrides}
+    args = {"bundle_root": str(bundle), "output_dir": str(output_dir), "datalist": datalist, **overrides}
+    if ckpt is not None:
+        args["ckpt_path"] = str(ckpt)
     workflow = ConfigWorkflow(config_file=files, meta_file=str(bundle / "configs" / "metadata.json"),
                               logging_file=False, workflow_type=None, **args)
     workflow.initialize()
@@ -95,7 +105,7 @@ def _classifier(cfg: PipelineConfig):
     parser.read_config([str(Path(cfg.cls_bundle) / c) for c in cfg.cls_config])
     parser.update({"bundle_root": str(cfg.cls_bundle), **cfg.cls_overrides})
     net = parser.get_parsed_content("network_def")
-    ckpt = cfg.cls_ckpt or Path(cfg.cls_bundle) / "models" / "model.pt"
+    ckpt = cfg.cls_ckpt or parser.get_parsed_content("ckpt_path")
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     settings = {k: parser.get_parsed_content(k) for k in ("spatial_dims", "patch_size", "spacing_mm", "hu_window")}
     settings["slab_mm"] = parser.get_parsed_content("slab_mm") if "slab_mm" in parser else None

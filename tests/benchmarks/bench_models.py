@@ -2,7 +2,8 @@
 
     python tests/benchmarks/bench_models.py --fold LIDC-IDRI-0001=bundles [--fold LIDC-IDRI-0002=/runs/B/export ...]
 
-A fold is ``<held-out patient>=<models>``: ``bundles`` (the shipped ``bundles/*/models/model.pt``) or a
+A fold is ``<held-out patient>=<models>``: ``bundles`` (the shipped ``bundles/*/models/model.pt``),
+``bundles-fast`` (the shipped fast pair, ``model_fast.pt`` with the ``inference_fast.json`` overlays) or a
 ``lungnod train-models`` output / its ``export`` folder (``segmentation/model.pt`` +
 ``classification/model.pt``). The models must have been trained without that patient (the recipe's
 ``--hold-out``). For each fold, ``lungnod detect`` (both bundles' default inference configs, as a user
@@ -37,7 +38,7 @@ TEST_SEED = 1000
 
 
 def _models(spec: str) -> tuple[Path | None, Path | None]:
-    if spec == "bundles":
+    if spec in ("bundles", "bundles-fast"):
         return None, None
     root = Path(spec)
     if (root / "export").is_dir():
@@ -82,9 +83,9 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     items += [{"image": str(inserted / "images" / f"{n}.nii.gz"), "group": "inserted"} for n in names]
     (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": i["image"]} for i in items]}))
     t = time.perf_counter()
-    summary = detect(work / "test_datalist.json", work / "detect",
-                     PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
-                                    probability_threshold=threshold, seg_overrides=dict(seg_overrides or {})))
+    cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
+                         probability_threshold=threshold, seg_overrides=dict(seg_overrides or {}))
+    summary = detect(work / "test_datalist.json", work / "detect", cfg.use_fast_models() if models == "bundles-fast" else cfg)
     seconds = time.perf_counter() - t
 
     result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,

@@ -2,9 +2,9 @@
 
     python tests/benchmarks/bench_realtime.py [--threads 2] [--batches 1,16] [--reps 5] [--min-s 2] [--note TEXT]
 
-Networks: the shipped 2.5D U-Net (bundles/lung_nodule_ct_segmentation, ResNet-18, 3 slices in) and the
-reference design's 2D ResNet-50 FlexibleUNet (1 channel, random weights, seed 0). Runtimes: torch eager fp32
-(``torch.inference_mode``), torch channels-last (weights and input), ONNX Runtime (CPU, ``export_onnx``).
+Networks: the shipped 2.5D U-Net (bundles/lung_nodule_ct_segmentation, ResNet-18, 3 slices in, models/model.pt),
+the shipped fast one (models/model_fast.pt: the same encoder, a decoder of half the width) and the reference
+design's 2D ResNet-50 FlexibleUNet (1 channel, random weights, seed 0). Runtimes: torch eager fp32 (``torch.inference_mode``), torch channels-last (weights and input), ONNX Runtime (CPU, ``export_onnx``).
 Each (network, runtime, batch): warm-up, then ``--reps`` timings of at least ``--min-s`` seconds each
 (repeated calls on one random batch); slices/s = slices done / seconds, median over the timings. Outputs
 are compared with torch eager on the same batch (max |sigmoid difference|, and of the logits).
@@ -38,11 +38,16 @@ def networks() -> dict[str, tuple[torch.nn.Module, int]]:
 
     from lungnod_ext.networks.network_setup import bundle_network
 
-    shipped = bundle_network(BUNDLE)
-    shipped.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)["model"])
+    shipped = {}
+    for name, configs, weights in [("shipped 2.5D ResNet-18 U-Net", ["configs/inference.json"], "model.pt"),
+                                   ("shipped fast 2.5D U-Net (half-width decoder)",
+                                    ["configs/inference.json", "configs/inference_fast.json"], "model_fast.pt")]:
+        net = bundle_network(BUNDLE, configs)
+        net.load_state_dict(torch.load(BUNDLE / "models" / weights, map_location="cpu", weights_only=True)["model"])
+        shipped[name] = (net.eval(), 3)
     torch.manual_seed(0)
     reference = FlexibleUNet(in_channels=1, out_channels=1, backbone="resnet50", pretrained=False, spatial_dims=2)
-    return {"shipped 2.5D ResNet-18 U-Net": (shipped.eval(), 3), "reference 2D ResNet-50 U-Net": (reference.eval(), 1)}
+    return {**shipped, "reference 2D ResNet-50 U-Net": (reference.eval(), 1)}
 
 
 def cpu_model() -> str:

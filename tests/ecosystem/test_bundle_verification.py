@@ -52,12 +52,13 @@ def load_metadata(bundle: Path) -> dict:
     return json.loads((bundle / "configs" / "metadata.json").read_text())
 
 
-def network_from_inference(bundle: Path) -> torch.nn.Module:
-    """``network_def`` of ``configs/inference.json`` (with the metadata), built as MONAI's scripts build it."""
+def network_from_inference(bundle: Path, configs=("configs/inference.json",)) -> torch.nn.Module:
+    """``network_def`` of ``configs`` (inference.json and overlays; with the metadata), built as MONAI's
+    scripts build it."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_config([str(bundle / c) for c in configs])
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     return parser.get_parsed_content("network_def", instantiate=True)
 
@@ -227,23 +228,38 @@ def test_ckpt_export_torchscript_matches_checkpoint(bundle, tmp_path):
         ts_path.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("bundle", BUNDLES, ids=BUNDLE_IDS)
-def test_ckpt_export_of_the_shipped_model(bundle, tmp_path):
-    """The shipped ``models/model.pt`` (fp16 storage) exports to TorchScript with MONAI's own command, no flags
-    beyond the zoo's, and the export computes what the checkpoint-loaded network computes."""
+SHIPPED = [(b, w, c) for b in BUNDLES for w, c in [
+    ("model.pt", ("configs/inference.json",)),
+    ("model_fast.pt", ("configs/inference.json", "configs/inference_fast.json"))]]
+
+
+@pytest.mark.parametrize("bundle,weights,configs", SHIPPED, ids=[f"{b.name}-{w}" for b, w, _ in SHIPPED])
+def test_ckpt_export_of_the_shipped_model(bundle, weights, configs, tmp_path):
+    """The shipped ``models/model.pt`` and ``model_fast.pt`` (fp16 storage) export to TorchScript with MONAI's
+    own command (the fast one with its overlay), no flags beyond the zoo's, and the export computes what the
+    checkpoint-loaded network computes."""
     torch.set_num_threads(1)
     meta = load_metadata(bundle)
     ts_path = tmp_path / "model.ts"
     try:
-        monai_bundle(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", "models/model.pt",
-                      "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
+        monai_bundle(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", f"models/{weights}",
+                      "--meta_file", "configs/metadata.json", "--config_file", json.dumps(list(configs)),
                       "--key_in_ckpt", "model", *export_args(meta)], cwd=bundle)
-        _check_export(bundle, meta, bundle / "models" / "model.pt", ts_path)
+        _check_export(bundle, meta, bundle / "models" / weights, ts_path, configs)
     finally:
         ts_path.unlink(missing_ok=True)
 
 
-def _check_export(bundle: Path, meta: dict, ckpt: Path, ts_path: Path) -> None:
+@pytest.mark.parametrize("bundle", BUNDLES, ids=BUNDLE_IDS)
+def test_verify_net_in_out_cli_with_the_fast_overlay(bundle):
+    proc = monai_bundle(["verify_net_in_out", "--net_id", "network_def", "--meta_file", "configs/metadata.json",
+                         "--config_file", json.dumps(["configs/inference.json", "configs/inference_fast.json"]),
+                         "--device", "cpu"], cwd=bundle)
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+def _check_export(bundle: Path, meta: dict, ckpt: Path, ts_path: Path,
+                  configs=("configs/inference.json",)) -> None:
     from monai.data import load_net_with_metadata
 
     scripted, ts_meta, extras = load_net_with_metadata(str(ts_path), more_extra_files=("inference.json",))
@@ -251,14 +267,14 @@ def _check_export(bundle: Path, meta: dict, ckpt: Path, ts_path: Path) -> None:
     assert json.loads(extras["inference.json"])["network_def"] == json.loads(
         (bundle / "configs" / "inference.json").read_text())["network_def"]
 
-    loaded = network_from_inference(bundle).eval()
+    loaded = network_from_inference(bundle, configs).eval()
     loaded.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     x = sample_input(meta)
     scripted.eval()
     with torch.no_grad():
         expected, got = loaded(x), scripted(x)
         torch.manual_seed(2)
-        other = network_from_inference(bundle).eval()(x)
+        other = network_from_inference(bundle, configs).eval()(x)
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert got.shape == expected.shape and got.shape[1] == pred["num_channels"]
     if pred["type"] == "image":  # verify_net_in_out checks channels and dtype only, not the spatial shape
