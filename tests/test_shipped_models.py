@@ -49,11 +49,10 @@ def test_shipped_checkpoint_loads_strictly_and_is_small(name, weights, configs):
     assert "Model card" in card and "LIDC-IDRI-0001" in card and "CC BY 3.0" in card
 
 
-@pytest.fixture(scope="module")
-def detected(lidc_series_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("shipped") / "out"
+def detect(series, out, *flags) -> dict:
+    """``lungnod detect <series> --out <out> [flags]`` in a fresh process; its first case's nodules."""
     t = time.perf_counter()
-    proc = run(["detect", str(lidc_series_dir), "--out", str(out)])    # no checkpoint flags
+    proc = run(["detect", str(series), "--out", str(out), *flags])
     seconds = time.perf_counter() - t
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     case = json.loads((out / "summary.json").read_text())["cases"][0]
@@ -61,10 +60,21 @@ def detected(lidc_series_dir, tmp_path_factory):
     return {"out": out, "case": case, "nodules": nodules, "seconds": seconds, "stdout": proc.stdout}
 
 
+def hits_and_distances(nodules) -> tuple[list[dict], list[float]]:
+    """The reported nodules whose centre is within the readers' nodule radius (LUNA16 rule), and every
+    reported centre's distance (mm) from the readers' centre."""
+    dist = [float(np.linalg.norm(np.asarray(n["centre_lps"]) - NODULE_LPS)) for n in nodules]
+    return [n for n, d in zip(nodules, dist) if d < NODULE_DIAMETER_MM / 2], dist
+
+
+@pytest.fixture(scope="module")
+def detected(lidc_series_dir, tmp_path_factory):
+    return detect(lidc_series_dir, tmp_path_factory.mktemp("shipped") / "out")    # no checkpoint flags
+
+
 def test_detect_with_no_flags_finds_the_unseen_lidc_nodule(detected):
     nodules = detected["nodules"]
-    dist = [float(np.linalg.norm(np.asarray(n["centre_lps"]) - NODULE_LPS)) for n in nodules]
-    hits = [n for n, d in zip(nodules, dist) if d < NODULE_DIAMETER_MM / 2]     # LUNA16 rule
+    hits, dist = hits_and_distances(nodules)
     assert hits, f"the nodule was not reported; nodules at {[round(d) for d in dist]} mm"
     best = max(hits, key=lambda n: n["probability"])
     assert best["probability"] >= 0.5 and nodules[0]["probability"] >= best["probability"] - 0.2
@@ -75,12 +85,8 @@ def test_detect_with_no_flags_finds_the_unseen_lidc_nodule(detected):
 
 def test_detect_fast_finds_the_unseen_lidc_nodule(lidc_series_dir, tmp_path):
     """``--fast``: the shipped fast pair (models/model_fast.pt of both bundles) finds it too."""
-    proc = run(["detect", str(lidc_series_dir), "--out", str(tmp_path / "out"), "--fast", "--no-explain"])
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    case = json.loads((tmp_path / "out" / "summary.json").read_text())["cases"][0]
-    nodules = json.loads((tmp_path / "out" / case["case"] / f"{case['case']}_nodules.json").read_text())["candidates"]
-    dist = [float(np.linalg.norm(np.asarray(n["centre_lps"]) - NODULE_LPS)) for n in nodules]
-    hits = [n for n, d in zip(nodules, dist) if d < NODULE_DIAMETER_MM / 2]
+    nodules = detect(lidc_series_dir, tmp_path / "out", "--fast", "--no-explain")["nodules"]
+    hits, dist = hits_and_distances(nodules)
     assert hits and max(n["probability"] for n in hits) >= 0.5, [round(d) for d in dist]
     assert len(nodules) - len(hits) <= MAX_FALSE_POSITIVES
     assert 12.0 < hits[0]["diameter_mm"] < 35.0, hits[0]["diameter_mm"]

@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--3d", dest="three_d", action="store_true", help="use the 3D segmentation overlay")
     mode.add_argument("--fast", action="store_true",
                       help="the shipped fast models (models/model_fast.pt: half-width decoder, about 1.3x faster, a little less accurate)")
-    d.add_argument("--seg-ckpt", help="segmentation checkpoint (default <bundle>/models/model.pt)")
-    d.add_argument("--cls-ckpt", help="classification checkpoint (default <bundle>/models/model.pt)")
+    d.add_argument("--seg-ckpt", help="segmentation checkpoint (default <bundle>/models/model.pt; model_fast.pt with --fast)")
+    d.add_argument("--cls-ckpt", help="classification checkpoint (default <bundle>/models/model.pt; model_fast.pt with --fast)")
     d.add_argument("--seg", action="append", metavar="KEY=VALUE", help="segmentation bundle config override")
     d.add_argument("--cls", action="append", metavar="KEY=VALUE", help="classification bundle config override")
     d.set_defaults(func=_cmd_detect)

@@ -36,12 +36,13 @@ def networks() -> dict[str, tuple[torch.nn.Module, int]]:
     """name -> (network in eval mode, input channels)."""
     from monai.networks.nets import FlexibleUNet
 
+    from lungnod_ext.apps.pipeline import FAST_OVERLAY
     from lungnod_ext.networks.network_setup import bundle_network
 
     shipped = {}
     for name, configs, weights in [("shipped 2.5D ResNet-18 U-Net", ["configs/inference.json"], "model.pt"),
                                    ("shipped fast 2.5D U-Net (half-width decoder)",
-                                    ["configs/inference.json", "configs/inference_fast.json"], "model_fast.pt")]:
+                                    ["configs/inference.json", FAST_OVERLAY], "model_fast.pt")]:
         net = bundle_network(BUNDLE, configs)
         net.load_state_dict(torch.load(BUNDLE / "models" / weights, map_location="cpu", weights_only=True)["model"])
         shipped[name] = (net.eval(), 3)
