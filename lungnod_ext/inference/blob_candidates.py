@@ -1,0 +1,277 @@
+"""Small-nodule candidates from a 3D dot-enhancement filter, added to the segmenter's candidates.
+
+The 2.5D U-Net learned a size: it gives no voxel above 0.5 to most 3-6 mm nodules (bundle docs). The
+classic CAD answer is a blob filter on the Hessian of the CT (Li, Sone & Doi, Med. Phys. 30(8), 2003):
+at a nodule all three second derivatives are strongly negative, at a vessel one is about 0, at a wall
+two are. :func:`find_blob_candidates` finds its local maxima in the lung; the stage-2 classifier, trained
+on them (``lungnod train-models``), tells the nodules from the vessel crossings and branch points.
+
+Conventions (see :mod:`data_prep.coords`): arrays are ``(z, y, x)``; voxel indices ``(i, j, k)``; world
+positions LPS mm; HU. Each blob becomes a candidate dict with the segmenter's keys
+(:mod:`lungnod_ext.inference.candidates`) plus ``detector`` ("blob"), ``blob_response`` (the filter's
+scale-normalised response, HU) and ``blob_rank`` (0 = strongest); its label-map voxels are a local
+region grown from the peak (a threshold half-way between the peak and the lung around it, within 1.5x
+the filter's radius), so the report can outline it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data.meta_tensor import MetaTensor
+from monai.transforms import MapTransform
+from scipy import ndimage as ndi
+
+from data_prep.coords import Geometry
+from data_prep.masks import bounding_box, equivalent_diameter_mm
+from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
+from lungnod_ext.inference.candidates import bbox_lps
+
+DEFAULT_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8)
+"""Filter scales: a solid sphere of diameter d answers best at sigma = d / (2 sqrt 3), so 3.5-10 mm."""
+HU_CLIP = (-1000.0, 200.0)          # bone and contrast would otherwise dominate the second derivatives
+
+
+def _sym3_eigenvalues(a, b, c, d, e, f):
+    """Eigenvalues of the symmetric matrices [[a, d, e], [d, b, f], [e, f, c]] (arrays), ascending."""
+    q = (a + b + c) / 3.0
+    p1 = d * d + e * e + f * f
+    p = np.sqrt(((a - q) ** 2 + (b - q) ** 2 + (c - q) ** 2 + 2.0 * p1) / 6.0) + 1e-12
+    ba, bb, bc, bd, be, bf = (a - q) / p, (b - q) / p, (c - q) / p, d / p, e / p, f / p
+    r = np.clip((ba * (bb * bc - bf * bf) - bd * (bd * bc - bf * be) + be * (bd * bf - bb * be)) / 2.0, -1.0, 1.0)
+    phi = np.arccos(r) / 3.0
+    high = q + 2.0 * p * np.cos(phi)
+    low = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    return low, 3.0 * q - high - low, high
+
+
+def dot_enhancement(volume_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
+                    mask_zyx: np.ndarray | None = None, min_value: float = -800.0,
+                    floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-scale dot filter of a (z, y, x) HU volume -> (response, best sigma in mm), both float32 (z, y, x).
+
+    At each scale sigma (mm) the volume is Gaussian-smoothed and its Hessian taken by central differences
+    (in HU / mm^2, times sigma^2); where all three eigenvalues are negative the response is
+    ``lambda_small^2 / |lambda_large|`` (HU), else 0; the maximum over scales is kept. Only voxels in
+    ``mask_zyx`` whose smoothed value exceeds ``min_value`` are evaluated (others are 0). Responses that
+    cannot exceed ``floor`` (a diagonal entry >= 0, or a trace above -3 ``floor``: the response is at most
+    a third of -trace) are left 0 without the eigenvalues (what makes the filter fast)."""
+    vol = np.asarray(volume_zyx, dtype=np.float32)
+    sp = np.asarray(spacing_zyx_mm, dtype=np.float64)
+    response = np.zeros(vol.shape, np.float32)
+    best = np.zeros(vol.shape, np.float32)
+    inner = np.zeros(vol.shape, bool)
+    inner[1:-1, 1:-1, 1:-1] = True
+    if mask_zyx is not None:
+        inner &= np.asarray(mask_zyx, dtype=bool)
+    strides = np.array(vol.shape[1] * vol.shape[2], dtype=np.int64), np.int64(vol.shape[2]), np.int64(1)
+    for sigma in sigmas_mm:
+        smooth = ndi.gaussian_filter(vol, sigma=[sigma / s for s in sp], mode="nearest")
+        flat = smooth.ravel()
+        idx = np.flatnonzero(inner & (smooth > min_value))
+        if idx.size == 0:
+            continue
+        norm = sigma * sigma
+        v0 = flat[idx]
+        h = {}
+        for a in range(3):
+            h[(a, a)] = (flat[idx + strides[a]] + flat[idx - strides[a]] - 2.0 * v0) * (norm / sp[a] ** 2)
+        keep = ((h[(0, 0)] < 0) & (h[(1, 1)] < 0) & (h[(2, 2)] < 0)
+                & (h[(0, 0)] + h[(1, 1)] + h[(2, 2)] < -3.0 * floor))
+        idx = idx[keep]
+        if idx.size == 0:
+            continue
+        for a in range(3):
+            h[(a, a)] = h[(a, a)][keep]
+            for b in range(a + 1, 3):
+                sa, sb = strides[a], strides[b]
+                h[(a, b)] = (flat[idx + sa + sb] - flat[idx + sa - sb] - flat[idx - sa + sb] + flat[idx - sa - sb]) * (
+                    norm / (4.0 * sp[a] * sp[b]))
+        low, _, high = _sym3_eigenvalues(*(h[k] for k in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))))
+        # low <= mid <= high; all negative <=> high < 0; |high| is the smallest magnitude, |low| the largest
+        value = np.where(high < 0, high * high / np.maximum(-low, 1e-6), 0.0).astype(np.float32)
+        better = value > response.ravel()[idx]
+        response.ravel()[idx[better]] = value[better]
+        best.ravel()[idx[better]] = sigma
+    return response, best
+
+
+def _local_peaks(response: np.ndarray, spacing_zyx_mm, min_separation_mm: float, min_response: float,
+                 max_peaks: int) -> np.ndarray:
+    """(n, 3) (z, y, x) indices of local maxima above ``min_response``, strongest first, at most ``max_peaks``."""
+    size = [max(3, int(round(2 * min_separation_mm / s)) | 1) for s in spacing_zyx_mm]
+    peak = (response == ndi.maximum_filter(response, size=size, mode="constant")) & (response > min_response)
+    zyx = np.argwhere(peak)
+    order = np.argsort(-response[tuple(zyx.T)], kind="stable")[:max_peaks]
+    return zyx[order]
+
+
+def _grow_region(hu_zyx: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.ndarray, radius_mm: float,
+                 taken: np.ndarray | None) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """The blob around ``centre_zyx`` (original-grid voxel): voxels above half-way between the peak's HU and
+    the lung around it, connected to the peak, within 1.5 ``radius_mm``. -> (box, bool mask in the box)."""
+    reach = 1.5 * radius_mm
+    half = np.ceil((reach + 2.0) / spacing_zyx).astype(int)
+    c = np.rint(centre_zyx).astype(int)
+    box = tuple(slice(max(int(ci - hi), 0), min(int(ci + hi + 1), n)) for ci, hi, n in zip(c, half, hu_zyx.shape))
+    crop = ndi.gaussian_filter(np.asarray(hu_zyx[box], dtype=np.float32), sigma=list(0.5 / spacing_zyx))
+    grids = np.meshgrid(*[(np.arange(s.start, s.stop) - ci) * sp for s, ci, sp in zip(box, centre_zyx, spacing_zyx)],
+                        indexing="ij")
+    dist = np.sqrt(sum(g * g for g in grids))
+    core = dist <= max(radius_mm * 0.5, float(spacing_zyx.max()))
+    if not core.any():
+        return None
+    peak_hu = float(crop[core].max())
+    lung = crop[(dist > reach) & (crop < -500)]
+    background = float(np.median(lung)) if lung.size >= 10 else -850.0
+    if peak_hu <= background + 100.0:
+        return None
+    inside = (crop >= 0.5 * (peak_hu + background)) & (dist <= reach)
+    if taken is not None:
+        inside &= ~taken[box]
+    labels, _ = ndi.label(inside)
+    seed = np.unravel_index(np.argmax(np.where(core & inside, crop, -np.inf)), crop.shape)
+    if not inside[seed]:
+        return None
+    return box, labels == labels[seed]
+
+
+def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray | None = None,
+                         grid_mm: float = 1.0, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
+                         max_candidates: int = 100, min_response: float = 5.0, min_separation_mm: float = 4.0,
+                         taken_zyx: np.ndarray | None = None) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
+    """Dot-filter candidates of a (z, y, x) HU volume on ``geometry``.
+
+    The filter runs on the lung box resampled to ``grid_mm`` along every axis finer than that (coarser axes,
+    usually z, are kept),
+    over ``lung_zyx`` (bool, same grid as ``hu_zyx``; None: everywhere). Peaks at least
+    ``min_separation_mm`` apart with response > ``min_response`` (HU), strongest first, ``max_candidates``
+    at most; a peak whose grown region is empty or only overlaps ``taken_zyx`` (voxels already another
+    candidate's) is skipped. Returns ``[(candidate dict without id / probabilities, box, region mask)]``:
+    the region is ``mask`` inside ``hu_zyx[box]``."""
+    hu = np.asarray(hu_zyx)
+    spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
+    if lung_zyx is not None:
+        lung = np.asarray(lung_zyx, dtype=bool)
+        if not lung.any():
+            return []
+        box = bounding_box(lung, [1, 1, 1])
+    else:
+        lung, box = None, tuple(slice(0, n) for n in hu.shape)
+    zoom = np.minimum(spacing / grid_mm, 1.0)          # never upsample
+    work = np.clip(np.asarray(hu[box], dtype=np.float32), *HU_CLIP)
+    if np.allclose(zoom, 1.0):
+        vol, work_mask, work_spacing = work, (lung[box] if lung is not None else None), spacing
+    else:
+        vol = ndi.zoom(work, zoom, order=1, mode="nearest", grid_mode=False)
+        work_spacing = spacing * np.asarray(work.shape) / np.asarray(vol.shape)
+        work_mask = None
+        if lung is not None:
+            work_mask = ndi.zoom(lung[box].astype(np.uint8), zoom, order=0, mode="nearest", grid_mode=False).astype(bool)
+            if work_mask.shape != vol.shape:
+                work_mask = np.resize(work_mask, vol.shape)
+    response, best_sigma = dot_enhancement(vol, work_spacing, sigmas_mm, work_mask, floor=min_response)
+    peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response, max_candidates)
+    scale = (np.asarray(work.shape) - 1) / np.maximum(np.asarray(vol.shape) - 1, 1)
+    offset = np.array([s.start for s in box], dtype=float)
+    taken = np.zeros(hu.shape, bool) if taken_zyx is None else np.asarray(taken_zyx, dtype=bool).copy()
+    voxel_mm3 = geometry.voxel_volume_mm3
+    found = []
+    for rank, p in enumerate(peaks):
+        centre = p * scale + offset
+        sigma = float(best_sigma[tuple(p)])
+        radius = float(np.sqrt(3.0) * sigma)
+        grown = _grow_region(hu, spacing, centre, radius, taken)
+        if grown is None:
+            continue
+        rbox, region = grown
+        if not region.any():
+            continue
+        taken[rbox] |= region
+        zyx = np.argwhere(region) + np.array([s.start for s in rbox])
+        centre_ijk = zyx.mean(axis=0)[::-1]
+        lo, hi = zyx.min(axis=0), zyx.max(axis=0) + 1
+        bbox = [int(lo[2]), int(lo[1]), int(lo[0]), int(hi[2]), int(hi[1]), int(hi[0])]
+        volume = float(len(zyx) * voxel_mm3)
+        found.append(({
+            "centre_voxel": [float(v) for v in centre_ijk],
+            "centre_lps": [float(v) for v in geometry.voxel_to_world(centre_ijk)],
+            "bbox_voxel": bbox,
+            "bbox_lps_mm": bbox_lps(geometry, bbox),
+            "diameter_mm": equivalent_diameter_mm(volume),
+            "volume_mm3": volume,
+            "mean_hu": float(np.asarray(hu[rbox], dtype=np.float64)[region].mean()),
+            "n_voxels": int(len(zyx)),
+            "detector": "blob",
+            "blob_response": float(response[tuple(p)]),
+            "blob_rank": int(rank),
+        }, rbox, region))
+    return found
+
+
+def add_blob_candidates(candidates: list[dict], label_map_zyx: np.ndarray, prob_zyx: np.ndarray | None,
+                        hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray | None = None,
+                        **options) -> list[dict]:
+    """``candidates`` (the segmenter's, ids 1..n, their voxels in ``label_map_zyx``) + the blobs of
+    :func:`find_blob_candidates` that do not overlap them, ids n+1.., written into ``label_map_zyx`` (in
+    place). A blob's ``max_prob`` / ``mean_prob`` are the segmenter's probabilities over its region
+    (``prob_zyx``; 0 without one). The segmenter's candidates get ``detector`` "segmentation"."""
+    out = [{**c, "detector": c.get("detector", "segmentation")} for c in candidates]
+    next_id = max((int(c["id"]) for c in candidates), default=0) + 1
+    for cand, box, region in find_blob_candidates(hu_zyx, geometry, lung_zyx, taken_zyx=label_map_zyx > 0, **options):
+        values = np.asarray(prob_zyx[box])[region] if prob_zyx is not None else np.zeros(1)
+        label_map_zyx[box][region] = next_id
+        out.append({"id": next_id, **cand, "max_prob": float(values.max()), "mean_prob": float(values.mean())})
+        next_id += 1
+    return out
+
+
+class AddBlobCandidatesd(MapTransform):
+    """Post-processing for the segmentation bundle, after ``ExtractCandidatesd``: appends dot-filter
+    candidates (:func:`add_blob_candidates`) to ``data[candidates_key]`` and their regions to
+    ``data[labels_key]``.
+
+    ``image_key``: the CT in HU on the prediction's grid, ``(1, X, Y, Z)``; ``lung_mask_key``: the lung
+    mask on it (the filter runs only there); ``keys``: the prediction (for the blobs' probabilities).
+    ``enabled`` False passes data through (a config switch)."""
+
+    def __init__(self, keys: KeysCollection = "pred", image_key: str = "ct_hu", lung_mask_key: str | None = "lung_roi",
+                 candidates_key: str = "candidates", labels_key: str = "candidate_labels", enabled: bool = True,
+                 lung_erode_mm: float = 0.0, allow_missing_keys: bool = False, **options) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key, self.lung_mask_key = image_key, lung_mask_key
+        self.candidates_key, self.labels_key = candidates_key, labels_key
+        self.enabled, self.lung_erode_mm, self.options = enabled, float(lung_erode_mm), options
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        if not self.enabled:
+            return d
+        for key in self.key_iterator(d):
+            if d.get(self.image_key) is None or d.get(self.labels_key) is None:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"AddBlobCandidatesd needs {self.image_key!r} and {self.labels_key!r}")
+            image = d[self.image_key]
+            geometry = geometry_from_meta_tensor(image)
+            hu = channel_view_zyx(image)
+            lung = None
+            if self.lung_mask_key is not None and d.get(self.lung_mask_key) is not None:
+                lung = channel_view_zyx(d[self.lung_mask_key]) > 0
+                if self.lung_erode_mm > 0 and lung.any():
+                    box = bounding_box(lung, [1, 1, 1])
+                    spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
+                    inner = np.zeros(lung.shape, bool)
+                    inner[box] = ndi.distance_transform_edt(lung[box], sampling=spacing) > self.lung_erode_mm
+                    lung = inner
+            labels = d[self.labels_key]
+            label_zyx = channel_view_zyx(labels)
+            if not label_zyx.flags.writeable or not isinstance(labels, torch.Tensor):
+                raise ValueError(f"{self.labels_key!r} must be a writable (1, X, Y, Z) tensor")
+            prob = channel_view_zyx(d[key], -1)
+            d[self.candidates_key] = add_blob_candidates(list(d.get(self.candidates_key) or []), label_zyx, prob, hu,
+                                                         geometry, lung, **self.options)
+        return d

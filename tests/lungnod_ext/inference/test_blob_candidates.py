@@ -1,0 +1,99 @@
+"""lungnod_ext.inference.blob_candidates: the dot filter's small-nodule candidates beside the segmenter's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from data_prep.coords import Geometry
+from lungnod_ext.inference.blob_candidates import AddBlobCandidatesd, add_blob_candidates, dot_enhancement, find_blob_candidates
+
+SPACING_XYZ = (0.7, 0.7, 1.25)          # mm, a thin-slice chest CT's
+
+
+def _phantom():
+    """(z, y, x) HU: lung (-850) with a 5 mm solid nodule (0 HU) at (z 20, y 40, x 40), a 4 mm vessel along z
+    at (y 40, x 90) and a 12 mm solid nodule at (z 20, y 90, x 40); its geometry (LPS, origin 0)."""
+    shape = (40, 130, 130)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, SPACING_XYZ[::-1])], indexing="ij")
+    hu = np.full(shape, -850.0, np.float32)
+    hu[(z - 25.0) ** 2 + (y - 28.0) ** 2 + (x - 28.0) ** 2 <= 2.5 ** 2] = 0.0
+    hu[(y - 28.0) ** 2 + (x - 63.0) ** 2 <= 2.0 ** 2] = 0.0
+    hu[(z - 25.0) ** 2 + (y - 63.0) ** 2 + (x - 28.0) ** 2 <= 6.0 ** 2] = 0.0
+    hu = np.rint(hu + np.random.default_rng(0).normal(0, 10, shape)).astype(np.int16)
+    geometry = Geometry(origin=(0.0, 0.0, 0.0), spacing=SPACING_XYZ, shape=shape[::-1])
+    return hu, geometry
+
+
+def test_dot_filter_answers_a_sphere_and_not_a_vessel():
+    """At the sphere's centre the response is large; along the vessel (one eigenvalue about 0) it is under
+    a tenth of that; in flat lung it is 0. The best scale of the 5 mm sphere is about d / (2 sqrt 3)."""
+    hu, g = _phantom()
+    spacing_zyx = SPACING_XYZ[::-1]
+    response, sigma = dot_enhancement(hu.astype(np.float32), spacing_zyx)
+    sphere = (20, 40, 40)             # 25 mm, 28 mm, 28 mm
+    vessel_max = response[5:35, 37:44, 87:94].max()
+    assert response[sphere] > 50.0
+    assert vessel_max < 0.1 * response[sphere]
+    assert response[:, 110:, 100:].max() == 0.0
+    assert 1.0 <= sigma[sphere] <= 2.0
+
+
+def test_blob_candidates_find_both_nodules_first_and_outline_them():
+    """Strongest first: the two nodules are the top two candidates; their regions' equivalent diameters are
+    within 1 mm of the truth and their centres within 1 mm; the vessel is not among the top two."""
+    hu, g = _phantom()
+    found = find_blob_candidates(hu, g, max_candidates=10)
+    top = {round(c["centre_lps"][1]): c for c, _, _ in found[:2]}
+    assert sorted(top) == [28, 63]
+    for y, d in ((28, 5.0), (63, 12.0)):
+        c = top[y]
+        assert np.linalg.norm(np.subtract(c["centre_lps"], [28.0, y, 25.0])) < 1.0
+        assert abs(c["diameter_mm"] - d) < 1.0
+        assert c["detector"] == "blob" and c["blob_rank"] in (0, 1)
+    assert all(abs(c["centre_lps"][0] - 63.0) > 3.0 for c, _, _ in found[:2])
+
+
+def test_add_blob_candidates_skips_what_the_segmenter_has_and_continues_ids():
+    """The 12 mm nodule is already the segmenter's candidate 1 (its voxels in the label map): only the 5 mm
+    one is added, as id 2 with its region written into the label map and its probability from prob."""
+    hu, g = _phantom()
+    spacing = np.asarray(SPACING_XYZ[::-1])
+    zz, yy, xx = np.meshgrid(*[np.arange(n) * s for n, s in zip(hu.shape, spacing)], indexing="ij")
+    big = (zz - 25.0) ** 2 + (yy - 63.0) ** 2 + (xx - 28.0) ** 2 <= 6.5 ** 2
+    labels = big.astype(np.int32)
+    prob = np.where(big, 0.9, 0.02).astype(np.float32)
+    seg = [{"id": 1, "centre_lps": [28.0, 63.0, 25.0], "max_prob": 0.9}]
+    out = add_blob_candidates(seg, labels, prob, hu, g, max_candidates=1)
+    assert [c["id"] for c in out] == [1, 2]
+    assert out[0]["detector"] == "segmentation"
+    new = out[1]
+    assert new["detector"] == "blob" and round(new["centre_lps"][1]) == 28
+    assert new["max_prob"] == pytest.approx(0.02)
+    assert (labels == 2).sum() == new["n_voxels"] and 30 < new["n_voxels"] < 300
+    assert labels[big].min() == 1
+
+
+def test_transform_works_on_monai_tensors_and_can_be_switched_off():
+    """AddBlobCandidatesd on (1, X, Y, Z) MetaTensors: the label tensor is written in place; with
+    ``enabled`` False, or without the HU image under allow_missing_keys, the data pass unchanged."""
+    hu, g = _phantom()
+    affine = torch.as_tensor(np.diag([-SPACING_XYZ[0], -SPACING_XYZ[1], SPACING_XYZ[2], 1.0]))   # RAS of LPS origin 0
+
+    def tensor(zyx, dtype):
+        return MetaTensor(torch.as_tensor(np.ascontiguousarray(zyx.transpose(2, 1, 0))[None], dtype=dtype), affine=affine)
+
+    data = {"pred": tensor(np.zeros(hu.shape), torch.float32), "ct_hu": tensor(hu, torch.float32),
+            "candidate_labels": tensor(np.zeros(hu.shape), torch.int32), "candidates": []}
+    out = AddBlobCandidatesd(lung_mask_key=None, max_candidates=3)(data)
+    assert [c["id"] for c in out["candidates"]][:2] == [1, 2]
+    assert int(out["candidate_labels"].max()) == len(out["candidates"])
+    off = AddBlobCandidatesd(lung_mask_key=None, enabled=False)({**data, "candidates": []})
+    assert off["candidates"] == []
+    missing = AddBlobCandidatesd(lung_mask_key=None, allow_missing_keys=True)(
+        {"pred": data["pred"], "candidates": [], "candidate_labels": data["candidate_labels"]})
+    assert missing["candidates"] == []
+    with pytest.raises(KeyError):
+        AddBlobCandidatesd(lung_mask_key=None)({"pred": data["pred"], "candidates": []})
