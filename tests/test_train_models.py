@@ -37,6 +37,15 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     assert recipe["settings"]["seg_overrides"] == {"decoder_channels": json.loads(NARROW), "inference_scales": [1.0]}
     # the candidate run built the narrow network too (its strict checkpoint load would have failed otherwise)
     assert (out / "stages" / "candidates.done").is_file()
+    # the candidate run added the dot filter's peaks (at most train_blob_candidates per volume); the classifier
+    # learned from them (kinds blob_hit / blob_negative) and the recipe reports their share of nodules
+    cand_docs = [json.loads(p.read_text())["candidates"] for p in (out / "runs" / "train_candidates").glob("*/*_candidates.json")]
+    assert len(cand_docs) == 3
+    blob_counts = [sum(c.get("detector") == "blob" for c in doc) for doc in cand_docs]
+    assert all(0 < n <= 100 for n in blob_counts), blob_counts
+    kinds = [e["kind"] for e in json.loads((out / "patches" / "datalist.json").read_text())["training"]]
+    assert kinds.count("blob_negative") > 0
+    assert 0.0 <= recipe["detector_priors"]["blob"] < 1.0
     seg_state = torch.load(out / "export" / "segmentation" / "model.pt", map_location="cpu", weights_only=True)["model"]
     bundle_network(SEG_BUNDLE, overrides={"decoder_channels": json.loads(NARROW)}).load_state_dict(seg_state, strict=True)
     with pytest.raises(RuntimeError, match="size mismatch"):

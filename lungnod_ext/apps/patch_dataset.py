@@ -2,7 +2,9 @@
 
 * positives: every reference nodule (``nodules.csv``), ``positive_copies`` times with a random shift of
   up to ``jitter_mm``, plus every stage-1 candidate that hits a nodule (LUNA16 rule);
-* hard negatives: the segmentation bundle's false-positive candidates (the most useful negatives);
+* hard negatives: the segmentation bundle's false-positive candidates (the most useful negatives); its
+  dot-filter candidates (``detector`` "blob") are kinds ``blob_hit`` / ``blob_negative``, so their share of
+  nodules (:func:`detector_prior`) can be read back;
 * random negatives: points in the lung (classic lung mask) away from every nodule, and as many again on
   vessels (lung voxels of -300..200 HU: cross-sections, crossings and branch points, what a 2-D segmenter
   mistakes for nodules).
@@ -54,6 +56,21 @@ def _ignored_marks(converted: Path) -> dict[str, np.ndarray]:
                 if row.get("kind") == "small_nodule":
                     out.setdefault(row["case_id"], []).append([float(row[f"centre_{a}_lps_mm"]) for a in "xyz"])
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
+
+
+BLOB_HIT, BLOB_NEGATIVE = "blob_hit", "blob_negative"
+
+
+def detector_prior(datalist_path, split: str = "training", max_rank: int | None = None) -> float | None:
+    """The fraction of nodules among the dot-filter candidates of a patch datalist's ``split``
+    (``blob_hit`` / (``blob_hit`` + ``blob_negative``)), only those of ``blob_rank`` < ``max_rank`` when
+    given (inference keeping fewer peaks than training saw); None without any. The classification bundle's
+    ``detector_priors`` {"blob": ...} turns the balanced classifier's probability into a posterior with it."""
+    items = [e for e in json.loads(Path(datalist_path).read_text()).get(split, [])
+             if max_rank is None or e.get("blob_rank", 0) < max_rank]
+    hits = sum(e.get("kind") == BLOB_HIT for e in items)
+    total = hits + sum(e.get("kind") == BLOB_NEGATIVE for e in items)
+    return hits / total if total else None
 
 
 def _candidates(candidates_dir: Path | None, case: str) -> list[dict]:
@@ -122,6 +139,7 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
             hu, geometry = read_nifti(image)
             refs = refs_all.get(case, [])
             points: list[tuple[str, int, np.ndarray]] = []
+            ranks: dict[int, int] = {}          # point index -> blob_rank of a dot-filter candidate
             for r in refs:
                 c = np.asarray(r["centre_lps"])
                 points.append(("nodule", 1, c))
@@ -136,8 +154,11 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
                 for i, c in enumerate(cands):
                     if len(marks) and np.linalg.norm(marks - np.asarray(c["centre_lps"]), axis=1).min() <= ignore_radius_mm:
                         continue
-                    points.append(("hard_negative", 0, np.asarray(c["centre_lps"])) if i in fp
-                                  else ("candidate_hit", 1, np.asarray(c["centre_lps"])))
+                    blob = c.get("detector") == "blob"
+                    if blob:
+                        ranks[len(points)] = int(c.get("blob_rank", 0))
+                    points.append(((BLOB_NEGATIVE if blob else "hard_negative"), 0, np.asarray(c["centre_lps"])) if i in fp
+                                  else ((BLOB_HIT if blob else "candidate_hit"), 1, np.asarray(c["centre_lps"])))
             lung = compute_lung_mask(hu, tuple(float(v) for v in geometry.spacing[::-1]))
             for p in _random_lung_points(hu, geometry, refs, random_negatives_per_case, rng, lung):
                 points.append(("lung", 0, p))
@@ -149,7 +170,8 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
             for n, ((kind, label, _), patch) in enumerate(zip(points, patches)):
                 rel = f"patches/{case}_{kind}_{n:03d}.npy"
                 np.save(out / rel, patch if slab_mm else patch[0])
-                result[split].append({"image": rel, "label": [label], "case": case, "kind": kind})
+                result[split].append({"image": rel, "label": [label], "case": case, "kind": kind,
+                                      **({"blob_rank": ranks[n]} if n in ranks else {})})
     final = out / "datalist.json"
     write_text_atomic(final, json.dumps(result, indent=1) + "\n")
     return final
@@ -205,7 +227,8 @@ def build_patch_dataset_2d(images2d_dir, out_dir, patch_size: int = 64, positive
             for k, (kind, label, centre) in enumerate(points):
                 rel = f"patches/{case}_{kind}_{k:03d}.npy"
                 np.save(out / rel, _crop_2d(image, centre, patch_size))
-                result[split].append({"image": rel, "label": [label], "case": case, "kind": kind})
+                result[split].append({"image": rel, "label": [label], "case": case, "kind": kind,
+                                      **({"blob_rank": ranks[n]} if n in ranks else {})})
     final = out / "datalist.json"
     write_text_atomic(final, json.dumps(result, indent=1) + "\n")
     return final

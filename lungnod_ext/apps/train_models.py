@@ -7,12 +7,15 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
 2. ``cohort/``: every training series (all but ``--hold-out``) as ``copies`` volumes with simulated nodules
    imaged into its real lungs and scanner variety (:mod:`data_prep.training_cohort`);
 3. ``models/segmentation``: the segmentation bundle's ``train.json`` (2.5D ResNet-18 U-Net) on the cohort;
-4. ``runs/train_candidates``: the trained segmenter over the cohort -> its false positives (vessel
-   crossings, bronchial walls, pleura) become the classifier's hard negatives;
+4. ``runs/train_candidates``: the trained segmenter over the cohort, with the top ``train_blob_candidates``
+   dot-filter peaks per volume (:mod:`lungnod_ext.inference.blob_candidates`) -> their false positives
+   (vessel crossings and branch points, bronchial walls, pleura) become the classifier's hard negatives;
 5. ``patches/`` + ``models/classification``: the classification bundle's ``train.json`` on 2.5D patches
    (real + inserted nodules, the segmenter's hits; its false positives and random lung);
 6. ``export/``: both checkpoints stored fp16 as ``{"model": state_dict}`` (``install=True`` copies them to
-   ``bundles/*/models/model.pt``) and ``recipe.json`` (settings, series, seconds per stage).
+   ``bundles/*/models/model.pt``) and ``recipe.json`` (settings, series, seconds per stage, and
+   ``detector_priors``: the share of nodules among the top ``blob_candidates`` dot-filter peaks of the
+   training volumes, the value of the classification bundle's ``detector_priors`` for these models).
 
 Both trainings are logged to MLflow (``<out>/mlruns.db``, experiment ``lungnod_train_models``). The held-out
 series is never read after conversion: score it with ``tests/benchmarks/bench_models.py``.
@@ -56,6 +59,8 @@ class RecipeSettings:
     random_negatives_per_case: int = 24
     seed: int = 0
     workers: int = 2
+    train_blob_candidates: int = 100   # dot-filter peaks per cohort volume the classifier learns from
+    blob_candidates: int = 50          # ... and per scan at inference (segmentation blob_max_candidates)
     seg_overrides: dict = field(default_factory=dict)   # segmentation config ids for training and candidates
 
     @classmethod
@@ -97,7 +102,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     """Run the recipe (module doc); returns the ``recipe.json`` content."""
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.training_cohort import CohortOptions, build_training_cohort
-    from lungnod_ext.apps.patch_dataset import build_patch_dataset
+    from lungnod_ext.apps.patch_dataset import build_patch_dataset, detector_prior
     from lungnod_ext.apps.pipeline import run_bundle_inference
 
     s = settings or RecipeSettings()
@@ -152,7 +157,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         items = json.loads((cohort / "datalist.json").read_text())
         images = [{"image": str(cohort / e["image"])} for e in items["training"] + items["validation"]]
         run_bundle_inference(SEG, ["configs/inference.json"], images, cand_dir, seg_models / "model.pt",
-                             {"write_overlays": False, **s.seg_overrides})
+                             {"write_overlays": False, "blob_max_candidates": s.train_blob_candidates,
+                              **s.seg_overrides})
         return {"images": len(images)}
 
     stage("candidates", candidates)
@@ -165,11 +171,13 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         "output_dir": str(out / "runs" / "classification"), "ckpt_dir": str(cls_models), "epochs": s.cls_epochs,
         "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0}, logs / "classification_train.log"))
 
+    prior = detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates)
     export = out / "export"
     seg_out = export_fp16(seg_models / "model.pt", export / "segmentation" / "model.pt")
     cls_out = export_fp16(cls_models / "model.pt", export / "classification" / "model.pt")
     recipe = {"settings": asdict(s), "lidc_dir": str(lidc), "train_series": train_cases, "held_out_series": held_out,
               "seconds": seconds, "models": {"segmentation": str(seg_out), "classification": str(cls_out)},
+              "detector_priors": {"blob": round(prior, 4)} if prior is not None else {},
               "mlflow": f"mlflow ui --backend-store-uri sqlite:///{out / 'mlruns.db'}"}
     recipe_path.write_text(json.dumps(recipe, indent=1) + "\n")
     if install:
@@ -177,6 +185,10 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
             with atomic_path(bundle / "models" / "model.pt") as tmp:
                 shutil.copyfile(src, tmp)
         log(f"[train-models] installed into {SEG / 'models'} and {CLS / 'models'}")
+    if prior is not None:
+        log(f"[train-models] classification detector_priors: {{\"blob\": {prior:.4f}}} (nodules among the top "
+            f"{s.blob_candidates} dot-filter candidates of the training volumes; the classification bundle's "
+            "inference config takes it)")
     log(f"[train-models] models: {seg_out}, {cls_out}; recipe: {recipe_path}")
     log(f"[train-models] MLflow: {recipe['mlflow']}")
     return recipe

@@ -117,14 +117,32 @@ class PatchBatchInferer(Inferer):
         return logits.reshape(inputs.shape[0], -1)
 
 
+def posterior_probability(p: float, prior: float) -> float:
+    """A probability of a classifier trained on balanced classes (its odds = the likelihood ratio) -> the
+    probability for candidates of which a fraction ``prior`` are nodules (Bayes: odds x prior odds)."""
+    p = min(max(float(p), 1e-7), 1.0 - 1e-7)
+    odds = p / (1.0 - p) * prior / (1.0 - prior)
+    return odds / (1.0 + odds)
+
+
 class WriteClassificationd(MapTransform):
     """Write ``<output_dir>/<case>_classified.json`` / ``.csv`` from ``pred`` ((N,) probabilities) and the
-    item's candidates; adds ``probability`` to each candidate dict."""
+    item's candidates; adds ``probability`` to each candidate dict.
 
-    def __init__(self, keys="pred", candidates_key: str = "candidates", output_dir: str = "./eval") -> None:
+    ``detector_priors`` ({detector: fraction}): the classifier was trained on balanced classes; a candidate
+    whose ``detector`` is listed (e.g. "blob", :mod:`lungnod_ext.inference.blob_candidates`, of which about
+    one in ten is a nodule) gets ``probability`` = :func:`posterior_probability` with that prior and keeps
+    the network's own value as ``classifier_probability``; other candidates get the network's value."""
+
+    def __init__(self, keys="pred", candidates_key: str = "candidates", output_dir: str = "./eval",
+                 detector_priors: Mapping[str, float] | None = None) -> None:
         super().__init__(keys)
         self.candidates_key = candidates_key
         self.output_dir = Path(output_dir)
+        self.detector_priors = {str(k): float(v) for k, v in (detector_priors or {}).items()}
+        for k, v in self.detector_priors.items():
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"detector_priors[{k!r}] = {v}: a prior must lie strictly between 0 and 1")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -135,7 +153,12 @@ class WriteClassificationd(MapTransform):
             if len(probs) != len(candidates):
                 raise ValueError(f"{len(probs)} probabilities for {len(candidates)} candidates")
             for c, p in zip(candidates, probs):
-                c["probability"] = float(p)
+                prior = self.detector_priors.get(str(c.get("detector")))
+                if prior is None:
+                    c["probability"] = float(p)
+                else:
+                    c["classifier_probability"] = float(p)
+                    c["probability"] = posterior_probability(p, prior)
             case = str(d.get("case", "case"))
             write_candidates(candidates, self.output_dir / f"{case}_classified.json",
                              self.output_dir / f"{case}_classified.csv", {"case": case, "score": "probability"})

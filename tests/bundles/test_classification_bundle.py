@@ -97,11 +97,20 @@ def test_inference_on_ct_and_candidates(trained, data, tmp_path):
     image = data["converted"] / "images" / f"{row['case_id']}.nii.gz"
     nodule = [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"]
     cands = _candidates_json(tmp_path / "c.json", [nodule, [nodule[0] + 60, nodule[1], nodule[2]]])
+    doc_in = json.loads(cands.read_text())
+    doc_in["candidates"][1]["detector"] = "blob"      # a dot-filter candidate: the config's prior applies
+    cands.write_text(json.dumps(doc_in))
     run_bundle(["inference", "--config_file", "configs/inference.json", "--input", str(image), "--candidates",
                 str(cands), "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(trained["ckpt"])])
     doc = json.loads((tmp_path / "out" / f"{row['case_id']}_classified.json").read_text())
     probs = [c["probability"] for c in doc["candidates"]]
     assert [c["id"] for c in doc["candidates"]] == [1, 2] and all(0.0 <= p <= 1.0 for p in probs)
+    from lungnod_ext.inference.classify import posterior_probability
+
+    prior = json.loads((BUNDLE / "configs" / "inference.json").read_text())["detector_priors"]["blob"]
+    assert "classifier_probability" not in doc["candidates"][0]
+    blob = doc["candidates"][1]
+    assert blob["probability"] == pytest.approx(posterior_probability(blob["classifier_probability"], prior))
     assert (tmp_path / "out" / f"{row['case_id']}_classified.csv").read_text().count("\n") == 3
 
     empty = _candidates_json(tmp_path / "e.json", [])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from data_prep.nifti_io import write_nifti
-from lungnod_ext.apps.patch_dataset import build_patch_dataset
+from lungnod_ext.apps.patch_dataset import build_patch_dataset, detector_prior
 
 
 def _converted_case(tmp_path, sphere_volume, candidates: list[dict], small_marks: str | None = None):
@@ -53,3 +53,22 @@ def test_build_dataset_slab_vessels_and_small_marks(tmp_path, sphere_volume):
     kinds = [e["kind"] for e in d["training"]]
     assert kinds.count("hard_negative") == 1 and d["slab_mm"] == [-2.5, 0.0, 2.5]
     assert np.load(tmp_path / "patches" / d["training"][0]["image"]).shape == (3, 64, 64)
+
+
+def test_dot_filter_candidates_get_their_own_kinds_and_prior(tmp_path, sphere_volume):
+    """Candidates with ``detector`` "blob" become ``blob_hit`` / ``blob_negative`` with their rank; the prior is
+    their share of hits (1 of 3), or of those ranked below ``max_rank`` (1 of 2); the segmenter's keep theirs."""
+    conv, cands = _converted_case(tmp_path, sphere_volume, [
+        {"id": 1, "centre_lps": [11.0, -20.0, 30.0], "max_prob": 0.9},
+        {"id": 2, "centre_lps": [10.0, -21.0, 30.0], "max_prob": 0.0, "detector": "blob", "blob_rank": 0},
+        {"id": 3, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.0, "detector": "blob", "blob_rank": 1},
+        {"id": 4, "centre_lps": [0.0, 10.0, 0.0], "max_prob": 0.0, "detector": "blob", "blob_rank": 7}])
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=1,
+                               random_negatives_per_case=1)
+    entries = json.loads(path.read_text())["training"]
+    blob = sorted((e["blob_rank"], e["kind"], e["label"]) for e in entries if "blob_rank" in e)
+    assert blob == [(0, "blob_hit", [1]), (1, "blob_negative", [0]), (7, "blob_negative", [0])]
+    assert [e["kind"] for e in entries].count("candidate_hit") == 1
+    assert detector_prior(path) == 1 / 3
+    assert detector_prior(path, max_rank=5) == 1 / 2
+    assert detector_prior(path, split="validation") is None
