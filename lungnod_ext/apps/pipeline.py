@@ -246,7 +246,9 @@ def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
 
     t0 = time.perf_counter()
     seg_out = work / "segmentation"
-    run_bundle_inference(cfg.seg_bundle, cfg.seg_config, datalist, seg_out, cfg.seg_ckpt, cfg.seg_overrides)
+    # the report draws the reported nodules itself: the bundle's overlay of every candidate would be thrown away
+    run_bundle_inference(cfg.seg_bundle, cfg.seg_config, datalist, seg_out, cfg.seg_ckpt,
+                         {"write_overlays": False, **cfg.seg_overrides})
     seconds["segment"] = time.perf_counter() - t0
 
     per_case = {}

@@ -71,21 +71,23 @@ def dot_enhancement(volume_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], sig
     for sigma in sigmas_mm:
         smooth = ndi.gaussian_filter(vol, sigma=[sigma / s for s in sp], mode="nearest")
         flat = smooth.ravel()
-        idx = np.flatnonzero(inner & (smooth > min_value))
-        if idx.size == 0:
-            continue
         norm = sigma * sigma
-        v0 = flat[idx]
-        h = {}
+        # the diagonal of the Hessian over the whole volume by slicing (cheap), then the candidates' voxels
+        diag = []
         for a in range(3):
-            h[(a, a)] = (flat[idx + strides[a]] + flat[idx - strides[a]] - 2.0 * v0) * (norm / sp[a] ** 2)
-        keep = ((h[(0, 0)] < 0) & (h[(1, 1)] < 0) & (h[(2, 2)] < 0)
-                & (h[(0, 0)] + h[(1, 1)] + h[(2, 2)] < -3.0 * floor))
-        idx = idx[keep]
+            d2 = np.zeros(vol.shape, np.float32)
+            lo, mid, hi = ([slice(None)] * 3 for _ in range(3))
+            lo[a], mid[a], hi[a] = slice(None, -2), slice(1, -1), slice(2, None)
+            d2[tuple(mid)] = (smooth[tuple(hi)] + smooth[tuple(lo)] - 2.0 * smooth[tuple(mid)]) * np.float32(norm / sp[a] ** 2)
+            diag.append(d2)
+        keep = inner & (smooth > min_value) & (diag[0] < 0) & (diag[1] < 0) & (diag[2] < 0)
+        keep &= diag[0] + diag[1] + diag[2] < -3.0 * floor
+        idx = np.flatnonzero(keep)
         if idx.size == 0:
             continue
+        h = {(a, a): diag[a].ravel()[idx].astype(np.float64) for a in range(3)}
+        del diag, keep
         for a in range(3):
-            h[(a, a)] = h[(a, a)][keep]
             for b in range(a + 1, 3):
                 sa, sb = strides[a], strides[b]
                 h[(a, b)] = (flat[idx + sa + sb] - flat[idx + sa - sb] - flat[idx - sa + sb] + flat[idx - sa - sb]) * (
@@ -130,13 +132,14 @@ def _grow_region(hu_zyx: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.nda
     if peak_hu <= background + 100.0:
         return None
     inside = (crop >= 0.5 * (peak_hu + background)) & (dist <= reach)
-    if taken is not None:
-        inside &= ~taken[box]
     labels, _ = ndi.label(inside)
     seed = np.unravel_index(np.argmax(np.where(core & inside, crop, -np.inf)), crop.shape)
     if not inside[seed]:
         return None
-    return box, labels == labels[seed]
+    region = labels == labels[seed]
+    if taken is not None and (region & taken[box]).any():
+        return None                     # connected to another candidate: part of that object
+    return box, region
 
 
 def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray | None = None,
@@ -147,55 +150,59 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
 
     The filter runs on the lung box resampled to ``grid_mm`` along every axis finer than that (coarser axes,
     usually z, are kept),
-    over ``lung_zyx`` (bool, same grid as ``hu_zyx``; None: everywhere). Peaks at least
+    over ``lung_zyx`` (non-zero = lung, same grid as ``hu_zyx``; None: everywhere). Peaks at least
     ``min_separation_mm`` apart with response > ``min_response`` (HU), strongest first, ``max_candidates``
     at most; a peak whose grown region is empty or only overlaps ``taken_zyx`` (voxels already another
     candidate's) is skipped. Returns ``[(candidate dict without id / probabilities, box, region mask)]``:
-    the region is ``mask`` inside ``hu_zyx[box]``."""
+    the region is ``mask`` inside ``hu_zyx[box]``. A region that touches ``taken_zyx`` (non-zero: another
+    candidate's voxels, e.g. a label map) or an earlier blob
+    (e.g. a lobulation at the edge of the U-Net's segment of a nodule) is that object, not a new candidate."""
     hu = np.asarray(hu_zyx)
     spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
     if lung_zyx is not None:
-        lung = np.asarray(lung_zyx, dtype=bool)
-        if not lung.any():
+        lung = np.asarray(lung_zyx)
+        box = bounding_box(lung != 0, [1, 1, 1])
+        if box is None:
             return []
-        box = bounding_box(lung, [1, 1, 1])
     else:
         lung, box = None, tuple(slice(0, n) for n in hu.shape)
+    # everything below works on contiguous copies of the lung box (the inputs are often transposed views)
+    offset = np.array([s.start for s in box])
+    hu_box = np.ascontiguousarray(hu[box], dtype=np.float32)
+    lung_box = np.ascontiguousarray(lung[box]) != 0 if lung is not None else None
+    taken = (np.ascontiguousarray(taken_zyx[box]) != 0 if taken_zyx is not None
+             else np.zeros(hu_box.shape, bool))
     zoom = np.minimum(spacing / grid_mm, 1.0)          # never upsample
-    work = np.clip(np.asarray(hu[box], dtype=np.float32), *HU_CLIP)
+    work = np.clip(hu_box, *HU_CLIP)
     if np.allclose(zoom, 1.0):
-        vol, work_mask, work_spacing = work, (lung[box] if lung is not None else None), spacing
+        vol, work_mask, work_spacing = work, lung_box, spacing
     else:
         vol = ndi.zoom(work, zoom, order=1, mode="nearest", grid_mode=False)
         work_spacing = spacing * np.asarray(work.shape) / np.asarray(vol.shape)
         work_mask = None
-        if lung is not None:
-            work_mask = ndi.zoom(lung[box].astype(np.uint8), zoom, order=0, mode="nearest", grid_mode=False).astype(bool)
+        if lung_box is not None:
+            work_mask = ndi.zoom(lung_box.astype(np.uint8), zoom, order=0, mode="nearest", grid_mode=False).astype(bool)
             if work_mask.shape != vol.shape:
                 work_mask = np.resize(work_mask, vol.shape)
     response, best_sigma = dot_enhancement(vol, work_spacing, sigmas_mm, work_mask, floor=min_response)
     peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response, max_candidates)
     scale = (np.asarray(work.shape) - 1) / np.maximum(np.asarray(vol.shape) - 1, 1)
-    offset = np.array([s.start for s in box], dtype=float)
-    taken = np.zeros(hu.shape, bool) if taken_zyx is None else np.asarray(taken_zyx, dtype=bool).copy()
     voxel_mm3 = geometry.voxel_volume_mm3
     found = []
     for rank, p in enumerate(peaks):
-        centre = p * scale + offset
         sigma = float(best_sigma[tuple(p)])
-        radius = float(np.sqrt(3.0) * sigma)
-        grown = _grow_region(hu, spacing, centre, radius, taken)
+        grown = _grow_region(hu_box, spacing, p * scale, float(np.sqrt(3.0) * sigma), taken)
         if grown is None:
             continue
-        rbox, region = grown
-        if not region.any():
-            continue
-        taken[rbox] |= region
+        local_box, region = grown
+        taken[local_box] |= region
+        rbox = tuple(slice(b.start + o, b.stop + o) for b, o in zip(local_box, offset))
         zyx = np.argwhere(region) + np.array([s.start for s in rbox])
         centre_ijk = zyx.mean(axis=0)[::-1]
         lo, hi = zyx.min(axis=0), zyx.max(axis=0) + 1
         bbox = [int(lo[2]), int(lo[1]), int(lo[0]), int(hi[2]), int(hi[1]), int(hi[0])]
         volume = float(len(zyx) * voxel_mm3)
+        mean_hu = float(hu_box[local_box][region].mean(dtype=np.float64))
         found.append(({
             "centre_voxel": [float(v) for v in centre_ijk],
             "centre_lps": [float(v) for v in geometry.voxel_to_world(centre_ijk)],
@@ -203,7 +210,7 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
             "bbox_lps_mm": bbox_lps(geometry, bbox),
             "diameter_mm": equivalent_diameter_mm(volume),
             "volume_mm3": volume,
-            "mean_hu": float(np.asarray(hu[rbox], dtype=np.float64)[region].mean()),
+            "mean_hu": mean_hu,
             "n_voxels": int(len(zyx)),
             "detector": "blob",
             "blob_response": float(response[tuple(p)]),
@@ -221,7 +228,7 @@ def add_blob_candidates(candidates: list[dict], label_map_zyx: np.ndarray, prob_
     (``prob_zyx``; 0 without one). The segmenter's candidates get ``detector`` "segmentation"."""
     out = [{**c, "detector": c.get("detector", "segmentation")} for c in candidates]
     next_id = max((int(c["id"]) for c in candidates), default=0) + 1
-    for cand, box, region in find_blob_candidates(hu_zyx, geometry, lung_zyx, taken_zyx=label_map_zyx > 0, **options):
+    for cand, box, region in find_blob_candidates(hu_zyx, geometry, lung_zyx, taken_zyx=label_map_zyx, **options):
         values = np.asarray(prob_zyx[box])[region] if prob_zyx is not None else np.zeros(1)
         label_map_zyx[box][region] = next_id
         out.append({"id": next_id, **cand, "max_prob": float(values.max()), "mean_prob": float(values.mean())})

@@ -97,3 +97,18 @@ def test_transform_works_on_monai_tensors_and_can_be_switched_off():
     assert missing["candidates"] == []
     with pytest.raises(KeyError):
         AddBlobCandidatesd(lung_mask_key=None)({"pred": data["pred"], "candidates": []})
+
+
+def test_a_blob_connected_to_a_candidate_is_that_candidate():
+    """The U-Net's segment covers only half of the 12 mm nodule: the dot filter's peak on the other half
+    grows into that segment, so it is not a second candidate; the 5 mm nodule still is one."""
+    hu, g = _phantom()
+    spacing = np.asarray(SPACING_XYZ[::-1])
+    zz, yy, xx = np.meshgrid(*[np.arange(n) * s for n, s in zip(hu.shape, spacing)], indexing="ij")
+    half = ((zz - 25.0) ** 2 + (yy - 63.0) ** 2 + (xx - 28.0) ** 2 <= 6.0 ** 2) & (xx < 28.0)
+    labels = half.astype(np.int32)
+    out = add_blob_candidates([{"id": 1, "centre_lps": [25.0, 63.0, 25.0]}], labels, None, hu, g, max_candidates=10)
+    blobs = [c for c in out if c["detector"] == "blob"]
+    assert blobs and all(abs(c["centre_lps"][1] - 63.0) > 8.0 for c in blobs)
+    assert any(np.linalg.norm(np.subtract(c["centre_lps"], [28.0, 28.0, 25.0])) < 1.0 for c in blobs)
+    assert labels[half].min() == 1 and set(np.unique(labels[~half])) <= {0} | {c["id"] for c in blobs}
