@@ -67,7 +67,7 @@ def detector_prior(datalist_path, split: str = "training", max_rank: int | None 
     given (inference keeping fewer peaks than training saw); None without any. The classification bundle's
     ``detector_priors`` {"blob": ...} turns the balanced classifier's probability into a posterior with it."""
     items = [e for e in json.loads(Path(datalist_path).read_text()).get(split, [])
-             if max_rank is None or e.get("blob_rank", 0) < max_rank]
+             if max_rank is None or e.get("blob_rank", -1) < max_rank]
     hits = sum(e.get("kind") == BLOB_HIT for e in items)
     total = hits + sum(e.get("kind") == BLOB_NEGATIVE for e in items)
     return hits / total if total else None
@@ -170,8 +170,9 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
             for n, ((kind, label, _), patch) in enumerate(zip(points, patches)):
                 rel = f"patches/{case}_{kind}_{n:03d}.npy"
                 np.save(out / rel, patch if slab_mm else patch[0])
+                # every entry carries blob_rank (-1: not a dot-filter candidate): a training batch needs one set of keys
                 result[split].append({"image": rel, "label": [label], "case": case, "kind": kind,
-                                      **({"blob_rank": ranks[n]} if n in ranks else {})})
+                                      "blob_rank": ranks.get(n, -1)})
     final = out / "datalist.json"
     write_text_atomic(final, json.dumps(result, indent=1) + "\n")
     return final
@@ -227,8 +228,9 @@ def build_patch_dataset_2d(images2d_dir, out_dir, patch_size: int = 64, positive
             for k, (kind, label, centre) in enumerate(points):
                 rel = f"patches/{case}_{kind}_{k:03d}.npy"
                 np.save(out / rel, _crop_2d(image, centre, patch_size))
+                # every entry carries blob_rank (-1: not a dot-filter candidate): a training batch needs one set of keys
                 result[split].append({"image": rel, "label": [label], "case": case, "kind": kind,
-                                      **({"blob_rank": ranks[n]} if n in ranks else {})})
+                                      "blob_rank": ranks.get(n, -1)})
     final = out / "datalist.json"
     write_text_atomic(final, json.dumps(result, indent=1) + "\n")
     return final

@@ -243,15 +243,16 @@ class AddBlobCandidatesd(MapTransform):
 
     ``image_key``: the CT in HU on the prediction's grid, ``(1, X, Y, Z)``; ``lung_mask_key``: the lung
     mask on it (the filter runs only there); ``keys``: the prediction (for the blobs' probabilities).
-    ``enabled`` False passes data through (a config switch)."""
+    ``enabled`` False passes data through (a config switch); other keyword arguments go to
+    :func:`find_blob_candidates` (e.g. ``max_candidates``)."""
 
     def __init__(self, keys: KeysCollection = "pred", image_key: str = "ct_hu", lung_mask_key: str | None = "lung_roi",
                  candidates_key: str = "candidates", labels_key: str = "candidate_labels", enabled: bool = True,
-                 lung_erode_mm: float = 0.0, allow_missing_keys: bool = False, **options) -> None:
+                 allow_missing_keys: bool = False, **options) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key, self.lung_mask_key = image_key, lung_mask_key
         self.candidates_key, self.labels_key = candidates_key, labels_key
-        self.enabled, self.lung_erode_mm, self.options = enabled, float(lung_erode_mm), options
+        self.enabled, self.options = enabled, options
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
@@ -267,13 +268,7 @@ class AddBlobCandidatesd(MapTransform):
             hu = channel_view_zyx(image)
             lung = None
             if self.lung_mask_key is not None and d.get(self.lung_mask_key) is not None:
-                lung = channel_view_zyx(d[self.lung_mask_key]) > 0
-                if self.lung_erode_mm > 0 and lung.any():
-                    box = bounding_box(lung, [1, 1, 1])
-                    spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
-                    inner = np.zeros(lung.shape, bool)
-                    inner[box] = ndi.distance_transform_edt(lung[box], sampling=spacing) > self.lung_erode_mm
-                    lung = inner
+                lung = channel_view_zyx(d[self.lung_mask_key])          # non-zero = lung
             labels = d[self.labels_key]
             label_zyx = channel_view_zyx(labels)
             if not label_zyx.flags.writeable or not isinstance(labels, torch.Tensor):

@@ -66,8 +66,9 @@ def test_dot_filter_candidates_get_their_own_kinds_and_prior(tmp_path, sphere_vo
     path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=1,
                                random_negatives_per_case=1)
     entries = json.loads(path.read_text())["training"]
-    blob = sorted((e["blob_rank"], e["kind"], e["label"]) for e in entries if "blob_rank" in e)
+    blob = sorted((e["blob_rank"], e["kind"], e["label"]) for e in entries if e["blob_rank"] >= 0)
     assert blob == [(0, "blob_hit", [1]), (1, "blob_negative", [0]), (7, "blob_negative", [0])]
+    assert {e["blob_rank"] for e in entries if not e["kind"].startswith("blob")} == {-1}   # one key set for batching
     assert [e["kind"] for e in entries].count("candidate_hit") == 1
     assert detector_prior(path) == 1 / 3
     assert detector_prior(path, max_rank=5) == 1 / 2
