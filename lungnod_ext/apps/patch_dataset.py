@@ -228,9 +228,7 @@ def build_patch_dataset_2d(images2d_dir, out_dir, patch_size: int = 64, positive
             for k, (kind, label, centre) in enumerate(points):
                 rel = f"patches/{case}_{kind}_{k:03d}.npy"
                 np.save(out / rel, _crop_2d(image, centre, patch_size))
-                # every entry carries blob_rank (-1: not a dot-filter candidate): a training batch needs one set of keys
-                result[split].append({"image": rel, "label": [label], "case": case, "kind": kind,
-                                      "blob_rank": ranks.get(n, -1)})
+                result[split].append({"image": rel, "label": [label], "case": case, "kind": kind})
     final = out / "datalist.json"
     write_text_atomic(final, json.dumps(result, indent=1) + "\n")
     return final

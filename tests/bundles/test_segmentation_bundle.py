@@ -139,14 +139,24 @@ def test_inference_from_bundle_folder_writes_report_in_original_geometry(trained
 
 
 def test_inference_with_nothing_found_gives_empty_list(trained, tmp_path):
+    """Threshold above 1: the U-Net finds nothing and the mask is empty; the dot filter's candidates (on by
+    default) are all that is listed, each with its own outline; with it off the list is empty."""
     image = sorted((trained["cohort"] / "images").glob("*.nii.gz"))[0]
-    run_bundle(["inference", "--config_file", "configs/inference.json", "--input", str(image),
-                "--output_dir", str(tmp_path), "--ckpt_path", str(trained["ckpt"]), "--threshold", "1.01", *TINY],
-               cwd=BUNDLE)
     case = image.name[:-7]
-    report = _check_report(tmp_path / case, image)
-    assert report["candidates"] == []
-    assert int(np.asarray(nib.load(str(tmp_path / case / f"{case}_mask.nii.gz")).dataobj).sum()) == 0
+    for blobs in ("$True", "$False"):      # bundle CLI values: "$" makes them Python booleans
+        out = tmp_path / blobs[1:]
+        run_bundle(["inference", "--config_file", "configs/inference.json", "--input", str(image),
+                    "--output_dir", str(out), "--ckpt_path", str(trained["ckpt"]), "--threshold", "1.01",
+                    "--blob_candidates", blobs, *TINY], cwd=BUNDLE)
+        report = _check_report(out / case, image)
+        assert int(np.asarray(nib.load(str(out / case / f"{case}_mask.nii.gz")).dataobj).sum()) == 0
+        if blobs == "$True":
+            assert 0 < len(report["candidates"]) <= 50
+            assert {c["detector"] for c in report["candidates"]} == {"blob"}
+            labels = np.asarray(nib.load(str(out / case / f"{case}_labels.nii.gz")).dataobj)
+            assert int(labels.max()) == len(report["candidates"])
+        else:
+            assert report["candidates"] == []
 
 
 def test_inference_on_real_lidc_dicom_folder(trained, lidc_series_dir, lidc_converted, tmp_path):
