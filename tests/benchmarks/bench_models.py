@@ -6,7 +6,7 @@ A fold is ``<held-out patient>=<models>``: ``bundles`` (the shipped ``bundles/*/
 ``bundles-fast`` (the shipped fast pair, ``model_fast.pt`` with the ``inference_fast.json`` overlays) or a
 ``lungnod train-models`` output / its ``export`` folder (``segmentation/model.pt`` +
 ``classification/model.pt``). The models must have been trained without that patient (the recipe's
-``--hold-out``). For each fold, ``lungnod detect`` (both bundles' default inference configs, as a user
+``--hold-out``); its ``recipe.json`` ``detector_priors`` go to the classification bundle with them. For each fold, ``lungnod detect`` (both bundles' default inference configs, as a user
 runs them) on:
 
 * the held-out real series, whole (the readers' nodules; LIDC small marks ignored);
@@ -46,6 +46,18 @@ def _models(spec: str) -> tuple[Path | None, Path | None]:
     return root / "segmentation" / "model.pt", root / "classification" / "model.pt"
 
 
+def _recipe_priors(spec: str) -> dict:
+    """The ``detector_priors`` a ``lungnod train-models`` output's ``recipe.json`` gives its classifier ({}
+    for the shipped models: the classification bundle's config has theirs)."""
+    if spec in ("bundles", "bundles-fast"):
+        return {}
+    root = Path(spec)
+    for recipe in (root / "recipe.json", root.parent / "recipe.json"):
+        if recipe.is_file():
+            return json.loads(recipe.read_text()).get("detector_priors") or {}
+    return {}
+
+
 def _stage_tables(detections, refs, marks, subsets, threshold):
     from lungnod_ext.metrics.model_evaluation import score_stage, subset_references
 
@@ -83,12 +95,15 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     items += [{"image": str(inserted / "images" / f"{n}.nii.gz"), "group": "inserted"} for n in names]
     (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": i["image"]} for i in items]}))
     t = time.perf_counter()
+    priors = _recipe_priors(models)
     cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
-                         probability_threshold=threshold, seg_overrides=dict(seg_overrides or {}))
+                         probability_threshold=threshold, seg_overrides=dict(seg_overrides or {}),
+                         cls_overrides={"detector_priors": priors} if priors else {})
     summary = detect(work / "test_datalist.json", work / "detect", cfg.use_fast_models() if models == "bundles-fast" else cfg)
     seconds = time.perf_counter() - t
 
     result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,
+                    "detector_priors": priors or "the classification bundle's",
                     "detect_seconds": round(seconds, 1), "pipeline_seconds": summary["seconds"]}
     for group, table_dir, cases in (("real", converted, [case]), ("inserted", inserted, names)):
         if not cases:
