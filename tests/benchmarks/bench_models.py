@@ -46,13 +46,14 @@ def _models(spec: str) -> tuple[Path | None, Path | None]:
     return root / "segmentation" / "model.pt", root / "classification" / "model.pt"
 
 
-def _recipe_priors(spec: str) -> dict:
-    """The ``detector_priors`` a ``lungnod train-models`` output's ``recipe.json`` gives its classifier ({}
-    for the shipped models: the classification bundle's config has theirs)."""
-    if spec in ("bundles", "bundles-fast"):
+def _recipe_priors(cls_ckpt: Path | None) -> dict:
+    """The ``detector_priors`` of the ``lungnod train-models`` output holding ``cls_ckpt`` (its
+    ``recipe.json``, beside the ``export`` folder); {} for the shipped models (``cls_ckpt`` None: the
+    classification bundle's config has theirs)."""
+    if cls_ckpt is None:
         return {}
-    root = Path(spec)
-    for recipe in (root / "recipe.json", root.parent / "recipe.json"):
+    export = cls_ckpt.parents[1]
+    for recipe in (export / "recipe.json", export.parent / "recipe.json"):
         if recipe.is_file():
             return json.loads(recipe.read_text()).get("detector_priors") or {}
     return {}
@@ -95,7 +96,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     items += [{"image": str(inserted / "images" / f"{n}.nii.gz"), "group": "inserted"} for n in names]
     (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": i["image"]} for i in items]}))
     t = time.perf_counter()
-    priors = _recipe_priors(models)
+    priors = _recipe_priors(cls_ckpt)
     cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
                          probability_threshold=threshold, seg_overrides=dict(seg_overrides or {}),
                          cls_overrides={"detector_priors": priors} if priors else {})
