@@ -17,4 +17,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
     "patches": ["patch_offsets_mm", "patch_channels", "extract_patches"],
     "report": ["replace_dir", "write_segmentation_report", "WriteSegmentationReportd"],
     "slab_inferer": ["SlabSliceInferer"],
+    "zoom_points": ["ZOOM_POINTS_KEY", "blob_peaks", "zoom_points_mask", "AddZoomPointsd"],
 })

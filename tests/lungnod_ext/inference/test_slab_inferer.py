@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -56,6 +58,80 @@ def test_inference_scales_merge_a_zoomed_pass_by_maximum():
         SlabSliceInferer(scales=(0.0,))
 
 
+def test_zoom_threshold_runs_the_zoomed_pass_only_around_what_the_first_pass_flags():
+    """Two blobs in a 96 x 128 slice, the network answering blobs at least 6 px wide with their
+    brightness: a faint 10 px blob (logit -1.5, p 0.18) and a bright 5 px one (first pass: nothing). With
+    zoom_threshold 0.1 only the faint blob's box is zoomed (its flagged 5 x 5 px with roi_margin 8 of
+    context, ends on even pixels: 22 x 22 px, run at 1.5 as 33, padded to 64); on the flagged pixels grown
+    by zoom_merge_margin 4 the output equals the full two-scale run's exactly; the small blob, which the
+    first pass did not flag, stays as the first pass saw it; elsewhere nothing changes. A threshold outside
+    (0, 1) is refused."""
+    vol = torch.zeros(1, 1, 96, 128, 3)
+    vol[0, 0, 20:30, 20:30, 1] = 0.6           # faint, 10 x 10 px
+    vol[0, 0, 60:65, 90:95, 1] = 1.0           # bright, 5 x 5 px
+    seen = []
+
+    def wide_blobs(x):
+        """Logit 5 * brightness - 4.5 where a 6 x 6 box is all > 0.5 (centre-aligned), else -10."""
+        seen.append(tuple(x.shape[-2:]))
+        centre = x[:, 1:2]
+        full = torch.nn.functional.avg_pool2d((centre > 0.5).float(), 6, stride=1, padding=3)[..., 1:, 1:]
+        return torch.where(full > 0.99, 5.0 * centre - 4.5, -10.0)
+
+    both = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8)(vol, wide_blobs)
+    seen.clear()
+    zoomed = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8,
+                              zoom_threshold=0.1)(vol, wide_blobs)
+    assert seen == [(96, 128), (64, 64)]                # the whole slice, then the faint blob's box only
+    plain = SlabSliceInferer(slab=3, sw_batch_size=8)(vol, wide_blobs)
+    assert both[0, 0, 60:65, 90:95, 1].max() > plain[0, 0, 60:65, 90:95, 1].max() + 1.0   # the full run sees it ...
+    torch.testing.assert_close(zoomed[0, 0, 60:65, 90:95], plain[0, 0, 60:65, 90:95])   # ... this one does not
+    torch.testing.assert_close(zoomed[0, 0, 18:31, 18:31], both[0, 0, 18:31, 18:31], rtol=0, atol=0)
+    assert (zoomed - plain)[0, 0, 18:31, 18:31, 1].max() > 1.0     # ... which differs from the first pass
+    outside = torch.ones(96, 128, dtype=torch.bool)
+    outside[18:31, 18:31] = False
+    assert zoomed[0, 0][outside].sub(plain[0, 0][outside]).abs().max() == 0.0
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="zoom_threshold"):
+            SlabSliceInferer(scales=(1.0, 1.5), zoom_threshold=bad)
+
+
+def test_zoom_roi_adds_places_to_zoom_that_the_first_pass_did_not_flag():
+    """The two blobs of the test above: a zoom_roi box around the bright 5 px blob (which the first pass
+    does not flag) has the zoomed pass run there too, so both blobs now get what the full two-scale run
+    gives them; without zoom_threshold the zoom_roi changes nothing (the whole box is zoomed anyway)."""
+    vol = torch.zeros(1, 1, 96, 128, 3)
+    vol[0, 0, 20:30, 20:30, 1] = 0.6
+    vol[0, 0, 60:65, 90:95, 1] = 1.0
+    zoom_roi = torch.zeros_like(vol, dtype=torch.uint8)
+    zoom_roi[0, 0, 58:67, 88:97, 1] = 1
+
+    def wide_blobs(x):
+        centre = x[:, 1:2]
+        full = torch.nn.functional.avg_pool2d((centre > 0.5).float(), 6, stride=1, padding=3)[..., 1:, 1:]
+        return torch.where(full > 0.99, 5.0 * centre - 4.5, -10.0)
+
+    both = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8)(vol, wide_blobs)
+    guided = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8,
+                              zoom_threshold=0.1)(vol, wide_blobs, zoom_roi=zoom_roi)
+    torch.testing.assert_close(guided[0, 0, 60:65, 90:95], both[0, 0, 60:65, 90:95], rtol=0, atol=0)
+    torch.testing.assert_close(guided[0, 0, 18:31, 18:31], both[0, 0, 18:31, 18:31], rtol=0, atol=0)
+    full = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8)(vol, wide_blobs, zoom_roi=zoom_roi)
+    torch.testing.assert_close(full, both, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="zoom_roi"):
+        SlabSliceInferer(scales=(1.0, 1.5), zoom_threshold=0.1)(vol, wide_blobs, zoom_roi=zoom_roi[..., :2])
+    # the same place as a world point in a MetaTensor's metadata (1.5 mm pixels, origin 10 mm): the box of
+    # +-6 mm around pixel (62, 92) is 9 x 9 px as above, so the output is the same
+    affine = torch.diag(torch.tensor([1.5, 1.5, 2.0, 1.0], dtype=torch.float64))
+    affine[:3, 3] = 10.0
+    points = torch.full((3, 3), float("nan"), dtype=torch.float64)
+    points[0] = torch.tensor([10.0 + 62 * 1.5, 10.0 + 92 * 1.5, 10.0 + 1 * 2.0])
+    meta_vol = MetaTensor(vol, affine=affine, meta={"zoom_points_ras": points})
+    from_points = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8, zoom_threshold=0.1,
+                                   zoom_point_half_mm=6.0)(meta_vol, wide_blobs)
+    torch.testing.assert_close(from_points.as_tensor(), guided, rtol=0, atol=0)
+
+
 def test_roi_runs_each_batch_on_the_box_around_its_region_only():
     """A region in slices 2-3 of a 10-slice volume (rows 40-49, columns 70-79 of 100 x 120): with
     sw_batch_size 2 and slab 3, batches 0-1 .. 4-5 see it (neighbours count), batches 6-9 do not and are
@@ -91,7 +167,8 @@ def test_roi_runs_each_batch_on_the_box_around_its_region_only():
 
 def test_segmentation_inference_config_passes_the_lung_mask_to_the_inferer():
     """inference.json: the evaluator's prepare_batch hands the grown lung mask to the inferer as ``roi``
-    (``infer_lung_boxes``); the mask is cropped and padded with the image, so both share a grid."""
+    (``infer_lung_boxes``); the mask is cropped and padded with the image, so both share a grid. The
+    dot-filter peaks ride in the image's metadata (AddZoomPointsd, before the crop) for the zoomed pass."""
     import json
     from pathlib import Path
 
@@ -104,10 +181,16 @@ def test_segmentation_inference_config_passes_the_lung_mask_to_the_inferer():
     parser.update({"bundle_root": str(bundle)})
     prepare = parser.get_parsed_content("prepare_batch")
     assert isinstance(prepare, PrepareBatchExtraInput) and prepare.extra_keys == {"roi": "lung_roi"}
+    inferer = parser.get_parsed_content("inferer")
+    assert inferer.zoom_logit is not None and abs(1.0 / (1.0 + math.exp(-inferer.zoom_logit)) - 0.1) < 1e-9
     assert parser.get_parsed_content("inferer").roi_margin == 16
     assert parser["evaluator"]["prepare_batch"] == "@prepare_batch"
     transforms = {t["_target_"]: t for t in json.loads((bundle / "configs" / "inference.json").read_text())
                   ["preprocessing"]["transforms"]}
     assert "lung_roi" in transforms["CropForegroundd"]["keys"] and "lung_roi" in transforms["DivisiblePadd"]["keys"]
+    order = list(transforms)
+    assert order.index("lungnod_ext.transforms.lung_mask.LungMaskd") \
+        < order.index("lungnod_ext.inference.zoom_points.AddZoomPointsd") \
+        < order.index("lungnod_ext.transforms.hu_window.HUWindowd")            # on the resampled CT, in HU
     parser.update({"infer_lung_boxes": False})
     assert parser.get_parsed_content("prepare_batch", lazy=False) is default_prepare_batch
