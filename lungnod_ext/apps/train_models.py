@@ -158,7 +158,9 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         images = [{"image": str(cohort / e["image"])} for e in items["training"] + items["validation"]]
         run_bundle_inference(SEG, ["configs/inference.json"], images, cand_dir, seg_models / "model.pt",
                              {"write_overlays": False, "blob_max_candidates": s.train_blob_candidates,
-                              **s.seg_overrides})
+                              # the zoomed pass over whole slices, as the shipped classifier learned (a
+                              # superset of the candidates inference zooms around since segmentation 0.7.0)
+                              "zoom_threshold": None, **s.seg_overrides})
         return {"images": len(images)}
 
     stage("candidates", candidates)
