@@ -17,6 +17,7 @@ the filter's radius), so the report can outline it.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -138,37 +139,41 @@ def _grow_region(hu_zyx: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.nda
     return box, region
 
 
-def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray | None = None,
-                         grid_mm: float = 1.0, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
-                         max_candidates: int = 100, min_response: float = 5.0, min_separation_mm: float = 4.0,
-                         taken_zyx: np.ndarray | None = None) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
-    """Dot-filter candidates of a (z, y, x) HU volume on ``geometry``.
+class DotPeaks(NamedTuple):
+    """What :func:`dot_filter_peaks` found: the peaks of the lung box ``box`` of the input (``hu_box``: its
+    HU, a contiguous float32 copy), as positions ``centres_zyx`` (n, 3) in voxels of ``hu_box`` (float:
+    mapped back from the filter's grid), their ``response`` (HU) and best filter scale ``sigma_mm``,
+    strongest first."""
 
-    The filter runs on the lung box resampled to ``grid_mm`` along every axis finer than that (coarser axes,
-    usually z, are kept),
-    over ``lung_zyx`` (non-zero = lung, same grid as ``hu_zyx``; None: everywhere). Peaks at least
-    ``min_separation_mm`` apart with response > ``min_response`` (HU), strongest first, ``max_candidates``
-    at most; a peak whose grown region is empty or only overlaps ``taken_zyx`` (voxels already another
-    candidate's) is skipped. Returns ``[(candidate dict without id / probabilities, box, region mask)]``:
-    the region is ``mask`` inside ``hu_zyx[box]``. A region that touches ``taken_zyx`` (non-zero: another
-    candidate's voxels, e.g. a label map) or an earlier blob
-    (e.g. a lobulation at the edge of the U-Net's segment of a nodule) is that object, not a new candidate."""
+    box: tuple[slice, ...]
+    hu_box: np.ndarray
+    centres_zyx: np.ndarray
+    response: np.ndarray
+    sigma_mm: np.ndarray
+
+
+def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_zyx: np.ndarray | None = None,
+                     grid_mm: float | None = None, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
+                     max_peaks: int = 100, min_response: float = 5.0,
+                     min_separation_mm: float = 4.0) -> DotPeaks | None:
+    """The strongest local maxima of :func:`dot_enhancement` in a (z, y, x) HU volume, over ``lung_zyx``
+    (non-zero = lung, same grid; None: everywhere; None is returned when it is empty): peaks at least
+    ``min_separation_mm`` apart with response > ``min_response`` (HU), ``max_peaks`` at most. The filter runs
+    on the lung box (HU clipped to ``HU_CLIP``), resampled to ``grid_mm`` along every axis finer than that
+    (coarser axes, usually z, are kept; None: the volume's own grid)."""
     hu = np.asarray(hu_zyx)
-    spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
+    spacing = np.asarray(spacing_zyx_mm, dtype=float)
     if lung_zyx is not None:
         lung = np.asarray(lung_zyx)
         box = bounding_box(lung != 0, [1, 1, 1])
         if box is None:
-            return []
+            return None
     else:
         lung, box = None, tuple(slice(0, n) for n in hu.shape)
     # everything below works on contiguous copies of the lung box (the inputs are often transposed views)
-    offset = np.array([s.start for s in box])
     hu_box = np.ascontiguousarray(hu[box], dtype=np.float32)
     lung_box = np.ascontiguousarray(lung[box]) != 0 if lung is not None else None
-    taken = (np.ascontiguousarray(taken_zyx[box]) != 0 if taken_zyx is not None
-             else np.zeros(hu_box.shape, bool))
-    zoom = np.minimum(spacing / grid_mm, 1.0)          # never upsample
+    zoom = np.ones(3) if grid_mm is None else np.minimum(spacing / grid_mm, 1.0)          # never upsample
     work = np.clip(hu_box, *HU_CLIP)
     if np.allclose(zoom, 1.0):
         vol, work_mask, work_spacing = work, lung_box, spacing
@@ -181,13 +186,36 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
             if work_mask.shape != vol.shape:
                 work_mask = np.resize(work_mask, vol.shape)
     response, best_sigma = dot_enhancement(vol, work_spacing, sigmas_mm, work_mask, floor=min_response)
-    peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response, max_candidates)
+    peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response, max_peaks)
     scale = (np.asarray(work.shape) - 1) / np.maximum(np.asarray(vol.shape) - 1, 1)
+    at = tuple(peaks.T)
+    return DotPeaks(box, hu_box, peaks * scale, response[at], best_sigma[at])
+
+
+def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray | None = None,
+                         grid_mm: float = 1.0, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
+                         max_candidates: int = 100, min_response: float = 5.0, min_separation_mm: float = 4.0,
+                         taken_zyx: np.ndarray | None = None) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
+    """Dot-filter candidates of a (z, y, x) HU volume on ``geometry``: the peaks of :func:`dot_filter_peaks`
+    (``lung_zyx``, ``grid_mm`` and the filter options as there; ``max_candidates`` peaks at most), each
+    outlined by region growing; a peak whose grown region is empty is skipped. Returns ``[(candidate dict
+    without id / probabilities, box, region mask)]``: the region is ``mask`` inside ``hu_zyx[box]``. A
+    region that touches ``taken_zyx`` (non-zero: another candidate's voxels, e.g. a label map) or an earlier
+    blob (e.g. a lobulation at the edge of the U-Net's segment of a nodule) is that object, not a new
+    candidate."""
+    spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
+    peaks = dot_filter_peaks(hu_zyx, spacing, lung_zyx, grid_mm, sigmas_mm, max_candidates, min_response,
+                             min_separation_mm)
+    if peaks is None:
+        return []
+    box, hu_box = peaks.box, peaks.hu_box
+    offset = np.array([s.start for s in box])
+    taken = (np.ascontiguousarray(taken_zyx[box]) != 0 if taken_zyx is not None
+             else np.zeros(hu_box.shape, bool))
     voxel_mm3 = geometry.voxel_volume_mm3
     found = []
-    for rank, p in enumerate(peaks):
-        sigma = float(best_sigma[tuple(p)])
-        grown = _grow_region(hu_box, spacing, p * scale, float(np.sqrt(3.0) * sigma), taken)
+    for rank, (centre, response, sigma) in enumerate(zip(peaks.centres_zyx, peaks.response, peaks.sigma_mm)):
+        grown = _grow_region(hu_box, spacing, centre, float(np.sqrt(3.0) * float(sigma)), taken)
         if grown is None:
             continue
         local_box, region = grown
@@ -209,7 +237,7 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
             "mean_hu": mean_hu,
             "n_voxels": int(len(zyx)),
             "detector": "blob",
-            "blob_response": float(response[tuple(p)]),
+            "blob_response": float(response),
             "blob_rank": int(rank),
         }, rbox, region))
     return found

@@ -34,6 +34,15 @@ def _union(a: list[int], b: list[int]) -> list[int]:
     return [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
 
 
+def _grid_mask(mask, name: str, inputs: torch.Tensor) -> torch.Tensor:
+    """A region mask given to the inferer -> bool tensor on the device of the ``(B, 1, H, W, D)`` inputs;
+    ValueError naming ``name`` when its last three dimensions are not the inputs' (H, W, D)."""
+    mask = mask.as_tensor() if hasattr(mask, "as_tensor") else torch.as_tensor(mask)
+    if tuple(mask.shape[-3:]) != tuple(inputs.shape[-3:]):
+        raise ValueError(f"{name} {tuple(mask.shape)} is not on the input's grid {tuple(inputs.shape)}")
+    return mask.to(inputs.device) > 0
+
+
 class SlabSliceInferer(Inferer):
     """Slice-by-slice inference of a 2-D network that takes ``slab`` neighbouring slices as channels.
 
@@ -192,19 +201,12 @@ class SlabSliceInferer(Inferer):
         b, _, h, w, depth = inputs.shape
         volume = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         if roi is not None:
-            roi = roi.as_tensor() if hasattr(roi, "as_tensor") else torch.as_tensor(roi)
-            if tuple(roi.shape[-3:]) != (h, w, depth):
-                raise ValueError(f"roi {tuple(roi.shape)} is not on the input's grid {tuple(inputs.shape)}")
-            roi = roi.to(volume.device) > 0
+            roi = _grid_mask(roi, "roi", inputs)
             if not roi.any():
                 roi = None
-        if zoom_roi is None and self.zoom_logit is not None:
-            zoom_roi = self._points_roi(inputs)
-        if zoom_roi is not None and self.zoom_logit is not None:
-            zoom_roi = zoom_roi.as_tensor() if hasattr(zoom_roi, "as_tensor") else torch.as_tensor(zoom_roi)
-            if tuple(zoom_roi.shape[-3:]) != (h, w, depth):
-                raise ValueError(f"zoom_roi {tuple(zoom_roi.shape)} is not on the input's grid {tuple(inputs.shape)}")
-            zoom_roi = zoom_roi.to(volume.device) > 0
+        if len(self.scales) > 1 and self.zoom_logit is not None:   # zoomed passes around flagged places
+            zoom_roi = self._points_roi(inputs) if zoom_roi is None else zoom_roi
+            zoom_roi = None if zoom_roi is None else _grid_mask(zoom_roi, "zoom_roi", inputs)
         else:
             zoom_roi = None
         out = None                                 # made at the first batch run: full of outside_logit

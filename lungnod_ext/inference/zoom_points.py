@@ -19,34 +19,22 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from data_prep.masks import bounding_box
-from lungnod_ext.data.meta import channel_view_zyx
-from lungnod_ext.inference.blob_candidates import DEFAULT_SIGMAS_MM, HU_CLIP, _local_peaks, dot_enhancement
+from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
+from lungnod_ext.inference.blob_candidates import dot_filter_peaks
 
 ZOOM_POINTS_KEY = "zoom_points_ras"
 """Image metadata key: ``(max_peaks, 3)`` float64 RAS mm points, strongest first, unused rows NaN."""
 
 
 def blob_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_zyx: np.ndarray | None,
-               max_peaks: int = 50, min_response: float = 5.0, min_separation_mm: float = 4.0,
-               sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM) -> np.ndarray:
+               max_peaks: int = 50, **options) -> np.ndarray:
     """(n, 3) (z, y, x) voxel indices of the ``max_peaks`` strongest dot-filter peaks of an HU volume on
-    its own grid, inside ``lung_zyx`` when given (non-zero = lung); strongest first."""
-    hu = np.asarray(hu_zyx)
-    if max_peaks <= 0:
+    its own grid, inside ``lung_zyx`` when given (non-zero = lung); strongest first. ``options``: those of
+    :func:`~lungnod_ext.inference.blob_candidates.dot_filter_peaks`."""
+    found = dot_filter_peaks(hu_zyx, spacing_zyx_mm, lung_zyx, max_peaks=max_peaks, **options) if max_peaks > 0 else None
+    if found is None:
         return np.zeros((0, 3), int)
-    if lung_zyx is not None:
-        box = bounding_box(np.asarray(lung_zyx) != 0, [1, 1, 1])
-        if box is None:
-            return np.zeros((0, 3), int)
-    else:
-        box = tuple(slice(0, n) for n in hu.shape)
-    spacing = np.asarray(spacing_zyx_mm, dtype=float)
-    vol = np.clip(np.ascontiguousarray(hu[box], dtype=np.float32), *HU_CLIP)
-    mask = np.ascontiguousarray(np.asarray(lung_zyx)[box]) != 0 if lung_zyx is not None else None
-    response, _ = dot_enhancement(vol, spacing, sigmas_mm, mask, floor=min_response)
-    return _local_peaks(response, spacing, min_separation_mm, min_response, max_peaks) + \
-        np.array([s.start for s in box])
+    return np.rint(found.centres_zyx).astype(int) + np.array([s.start for s in found.box])
 
 
 def zoom_points_mask(points_ras: np.ndarray, affine_ras: np.ndarray, shape_xyz: Sequence[int],
@@ -92,11 +80,10 @@ class AddZoomPointsd(MapTransform):
                 lung = None
                 if self.lung_mask_key is not None and d.get(self.lung_mask_key) is not None:
                     lung = channel_view_zyx(d[self.lung_mask_key])
-                affine = np.asarray(image.affine, dtype=float)
-                spacing_zyx = np.linalg.norm(affine[:3, :3], axis=0)[::-1]
+                spacing_zyx = np.asarray(geometry_from_meta_tensor(image).spacing, dtype=float)[::-1]
                 zyx = blob_peaks(channel_view_zyx(image), spacing_zyx, lung, max_peaks=self.max_peaks, **self.options)
                 if len(zyx):
                     ijk1 = np.c_[zyx[:, ::-1], np.ones(len(zyx))]
-                    points[:len(zyx)] = (affine @ ijk1.T)[:3].T
+                    points[:len(zyx)] = (np.asarray(image.affine, dtype=float) @ ijk1.T)[:3].T
             image.meta[ZOOM_POINTS_KEY] = torch.as_tensor(points)
         return d

@@ -58,6 +58,23 @@ def test_inference_scales_merge_a_zoomed_pass_by_maximum():
         SlabSliceInferer(scales=(0.0,))
 
 
+def _two_blobs() -> torch.Tensor:
+    """(1, 1, 96, 128, 3), slice 1: a faint 10 x 10 px blob (0.6) at rows / columns 20-29 and a bright
+    5 x 5 px one (1.0) at rows 60-64, columns 90-94."""
+    vol = torch.zeros(1, 1, 96, 128, 3)
+    vol[0, 0, 20:30, 20:30, 1] = 0.6
+    vol[0, 0, 60:65, 90:95, 1] = 1.0
+    return vol
+
+
+def _bright_wide_blobs(x: torch.Tensor) -> torch.Tensor:
+    """A network: logit 5 * brightness - 4.5 where a 6 x 6 box of the centre slice is all > 0.5
+    (centre-aligned), else -10."""
+    centre = x[:, 1:2]
+    full = torch.nn.functional.avg_pool2d((centre > 0.5).float(), 6, stride=1, padding=3)[..., 1:, 1:]
+    return torch.where(full > 0.99, 5.0 * centre - 4.5, -10.0)
+
+
 def test_zoom_threshold_runs_the_zoomed_pass_only_around_what_the_first_pass_flags():
     """Two blobs in a 96 x 128 slice, the network answering blobs at least 6 px wide with their
     brightness: a faint 10 px blob (logit -1.5, p 0.18) and a bright 5 px one (first pass: nothing). With
@@ -66,17 +83,12 @@ def test_zoom_threshold_runs_the_zoomed_pass_only_around_what_the_first_pass_fla
     by zoom_merge_margin 4 the output equals the full two-scale run's exactly; the small blob, which the
     first pass did not flag, stays as the first pass saw it; elsewhere nothing changes. A threshold outside
     (0, 1) is refused."""
-    vol = torch.zeros(1, 1, 96, 128, 3)
-    vol[0, 0, 20:30, 20:30, 1] = 0.6           # faint, 10 x 10 px
-    vol[0, 0, 60:65, 90:95, 1] = 1.0           # bright, 5 x 5 px
+    vol = _two_blobs()
     seen = []
 
     def wide_blobs(x):
-        """Logit 5 * brightness - 4.5 where a 6 x 6 box is all > 0.5 (centre-aligned), else -10."""
         seen.append(tuple(x.shape[-2:]))
-        centre = x[:, 1:2]
-        full = torch.nn.functional.avg_pool2d((centre > 0.5).float(), 6, stride=1, padding=3)[..., 1:, 1:]
-        return torch.where(full > 0.99, 5.0 * centre - 4.5, -10.0)
+        return _bright_wide_blobs(x)
 
     both = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8)(vol, wide_blobs)
     seen.clear()
@@ -100,16 +112,10 @@ def test_zoom_roi_adds_places_to_zoom_that_the_first_pass_did_not_flag():
     """The two blobs of the test above: a zoom_roi box around the bright 5 px blob (which the first pass
     does not flag) has the zoomed pass run there too, so both blobs now get what the full two-scale run
     gives them; without zoom_threshold the zoom_roi changes nothing (the whole box is zoomed anyway)."""
-    vol = torch.zeros(1, 1, 96, 128, 3)
-    vol[0, 0, 20:30, 20:30, 1] = 0.6
-    vol[0, 0, 60:65, 90:95, 1] = 1.0
+    vol = _two_blobs()
     zoom_roi = torch.zeros_like(vol, dtype=torch.uint8)
     zoom_roi[0, 0, 58:67, 88:97, 1] = 1
-
-    def wide_blobs(x):
-        centre = x[:, 1:2]
-        full = torch.nn.functional.avg_pool2d((centre > 0.5).float(), 6, stride=1, padding=3)[..., 1:, 1:]
-        return torch.where(full > 0.99, 5.0 * centre - 4.5, -10.0)
+    wide_blobs = _bright_wide_blobs
 
     both = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8)(vol, wide_blobs)
     guided = SlabSliceInferer(slab=3, sw_batch_size=8, scales=(1.0, 1.5), roi_margin=8,
@@ -183,7 +189,7 @@ def test_segmentation_inference_config_passes_the_lung_mask_to_the_inferer():
     assert isinstance(prepare, PrepareBatchExtraInput) and prepare.extra_keys == {"roi": "lung_roi"}
     inferer = parser.get_parsed_content("inferer")
     assert inferer.zoom_logit is not None and abs(1.0 / (1.0 + math.exp(-inferer.zoom_logit)) - 0.1) < 1e-9
-    assert parser.get_parsed_content("inferer").roi_margin == 16
+    assert inferer.roi_margin == 16
     assert parser["evaluator"]["prepare_batch"] == "@prepare_batch"
     transforms = {t["_target_"]: t for t in json.loads((bundle / "configs" / "inference.json").read_text())
                   ["preprocessing"]["transforms"]}
