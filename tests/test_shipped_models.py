@@ -83,6 +83,22 @@ def test_detect_with_no_flags_finds_the_unseen_lidc_nodule(detected):
     assert detected["seconds"] < 120
 
 
+def test_the_unseen_nodule_is_outlined_as_its_readers_outline_it(detected):
+    """The reported nodule's voxels (its id in ``<case>_labels.nii.gz``, outlines refined to the partial-volume
+    edge) against the 4 readers' 50 % consensus that ``detect`` converted from the LIDC XML: Dice >= 0.85
+    (measured 0.884; 0.834 before the refinement, goal 0.80)."""
+    from data_prep.nifti_io import read_nifti
+
+    case = detected["case"]["case"]
+    hits, _ = hits_and_distances(detected["nodules"])
+    labels, _ = read_nifti(detected["out"] / case / f"{case}_labels.nii.gz")
+    consensus, _ = read_nifti(detected["out"] / "converted" / "labels" / f"{case}.nii.gz")
+    outline, reference = labels == int(hits[0]["id"]), consensus > 0
+    dice = 2.0 * (outline & reference).sum() / (outline.sum() + reference.sum())
+    assert dice >= 0.85, dice
+    assert hits[0]["outline_added_voxels"] > 0
+
+
 def test_detect_fast_finds_the_unseen_lidc_nodule(lidc_series_dir, tmp_path):
     """``--fast``: the shipped fast pair (models/model_fast.pt of both bundles) finds it too."""
     nodules = detect(lidc_series_dir, tmp_path / "out", "--fast", "--no-explain")["nodules"]
