@@ -16,7 +16,9 @@ the filter's radius), so the report can outline it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -49,17 +51,47 @@ def _sym3_eigenvalues(a, b, c, d, e, f):
     return low, 3.0 * q - high - low, high
 
 
+def _scale_response(vol: np.ndarray, sp: np.ndarray, sigma: float, inner: np.ndarray, min_value: float,
+                    floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """One scale of :func:`dot_enhancement`: (flat indices, float32 responses) of the voxels that can answer."""
+    strides = np.array(vol.shape[1] * vol.shape[2], dtype=np.int64), np.int64(vol.shape[2]), np.int64(1)
+    smooth = ndi.gaussian_filter(vol, sigma=[sigma / s for s in sp], mode="nearest")
+    flat = smooth.ravel()
+    norm = sigma * sigma
+    # the Hessian only at the voxels that can answer: in the mask and above min_value (vessels, nodules;
+    # a fraction of the lung box), by central differences on the flat array (inner voxels: in bounds)
+    idx = np.flatnonzero(inner & (smooth > min_value))
+    diag = [(flat[idx + strides[a]] + flat[idx - strides[a]] - 2.0 * flat[idx]) * np.float32(norm / sp[a] ** 2)
+            for a in range(3)]
+    keep = (diag[0] < 0) & (diag[1] < 0) & (diag[2] < 0) & (diag[0] + diag[1] + diag[2] < -3.0 * floor)
+    idx = idx[keep]
+    if idx.size == 0:
+        return idx, np.zeros(0, np.float32)
+    h = {(a, a): diag[a][keep].astype(np.float64) for a in range(3)}
+    del diag, keep
+    for a in range(3):
+        for b in range(a + 1, 3):
+            sa, sb = strides[a], strides[b]
+            h[(a, b)] = (flat[idx + sa + sb] - flat[idx + sa - sb] - flat[idx - sa + sb] + flat[idx - sa - sb]) * (
+                norm / (4.0 * sp[a] * sp[b]))
+    low, _, high = _sym3_eigenvalues(*(h[k] for k in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))))
+    # low <= mid <= high; all negative <=> high < 0; |high| is the smallest magnitude, |low| the largest
+    return idx, np.where(high < 0, high * high / np.maximum(-low, 1e-6), 0.0).astype(np.float32)
+
+
 def dot_enhancement(volume_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
                     mask_zyx: np.ndarray | None = None, min_value: float = -800.0,
-                    floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                    floor: float = 0.0, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Multi-scale dot filter of a (z, y, x) HU volume -> (response, best sigma in mm), both float32 (z, y, x).
 
     At each scale sigma (mm) the volume is Gaussian-smoothed and its Hessian taken by central differences
     (in HU / mm^2, times sigma^2); where all three eigenvalues are negative the response is
-    ``lambda_small^2 / |lambda_large|`` (HU), else 0; the maximum over scales is kept. Only voxels in
-    ``mask_zyx`` whose smoothed value exceeds ``min_value`` are evaluated (others are 0). Responses that
-    cannot exceed ``floor`` (a diagonal entry >= 0, or a trace above -3 ``floor``: the response is at most
-    a third of -trace) are left 0 without the eigenvalues (what makes the filter fast)."""
+    ``lambda_small^2 / |lambda_large|`` (HU), else 0; the maximum over scales is kept (the first scale on
+    ties). Only voxels in ``mask_zyx`` whose smoothed value exceeds ``min_value`` are evaluated (others are
+    0). Responses that cannot exceed ``floor`` (a diagonal entry >= 0, or a trace above -3 ``floor``: the
+    response is at most a third of -trace) are left 0 without the eigenvalues (what makes the filter fast).
+    The scales run in ``workers`` threads (None: up to 2, as many as there are CPUs; the result does not
+    depend on it)."""
     vol = np.asarray(volume_zyx, dtype=np.float32)
     sp = np.asarray(spacing_zyx_mm, dtype=np.float64)
     response = np.zeros(vol.shape, np.float32)
@@ -68,33 +100,25 @@ def dot_enhancement(volume_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], sig
     inner[1:-1, 1:-1, 1:-1] = True
     if mask_zyx is not None:
         inner &= np.asarray(mask_zyx, dtype=bool)
-    strides = np.array(vol.shape[1] * vol.shape[2], dtype=np.int64), np.int64(vol.shape[2]), np.int64(1)
-    for sigma in sigmas_mm:
-        smooth = ndi.gaussian_filter(vol, sigma=[sigma / s for s in sp], mode="nearest")
-        flat = smooth.ravel()
-        norm = sigma * sigma
-        # the Hessian only at the voxels that can answer: in the mask and above min_value (vessels, nodules;
-        # a fraction of the lung box), by central differences on the flat array (inner voxels: in bounds)
-        idx = np.flatnonzero(inner & (smooth > min_value))
-        diag = [(flat[idx + strides[a]] + flat[idx - strides[a]] - 2.0 * flat[idx]) * np.float32(norm / sp[a] ** 2)
-                for a in range(3)]
-        keep = (diag[0] < 0) & (diag[1] < 0) & (diag[2] < 0) & (diag[0] + diag[1] + diag[2] < -3.0 * floor)
-        idx = idx[keep]
-        if idx.size == 0:
-            continue
-        h = {(a, a): diag[a][keep].astype(np.float64) for a in range(3)}
-        del diag, keep
-        for a in range(3):
-            for b in range(a + 1, 3):
-                sa, sb = strides[a], strides[b]
-                h[(a, b)] = (flat[idx + sa + sb] - flat[idx + sa - sb] - flat[idx - sa + sb] + flat[idx - sa - sb]) * (
-                    norm / (4.0 * sp[a] * sp[b]))
-        low, _, high = _sym3_eigenvalues(*(h[k] for k in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))))
-        # low <= mid <= high; all negative <=> high < 0; |high| is the smallest magnitude, |low| the largest
-        value = np.where(high < 0, high * high / np.maximum(-low, 1e-6), 0.0).astype(np.float32)
-        better = value > response.ravel()[idx]
-        response.ravel()[idx[better]] = value[better]
-        best.ravel()[idx[better]] = sigma
+    sigmas = [float(s) for s in sigmas_mm]
+    n = max(1, min(len(sigmas), workers if workers is not None else min(2, os.cpu_count() or 1)))
+
+    def one(sigma):
+        return _scale_response(vol, sp, sigma, inner, min_value, floor)
+
+    if n == 1:
+        results = map(one, sigmas)
+    else:
+        pool = ThreadPoolExecutor(max_workers=n)
+        results = pool.map(one, sigmas)                 # in sigma order, computed n at a time
+    try:
+        for sigma, (idx, value) in zip(sigmas, results):
+            better = value > response.ravel()[idx]
+            response.ravel()[idx[better]] = value[better]
+            best.ravel()[idx[better]] = sigma
+    finally:
+        if n > 1:
+            pool.shutdown()
     return response, best
 
 

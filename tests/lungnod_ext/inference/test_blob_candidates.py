@@ -41,6 +41,17 @@ def test_dot_filter_answers_a_sphere_and_not_a_vessel():
     assert 1.0 <= sigma[sphere] <= 2.0
 
 
+def test_dot_filter_scales_in_threads_give_the_same_response():
+    """The scales computed in 1, 2 or 4 threads merge in scale order: identical response and best scale."""
+    hu, _ = _phantom()
+    vol = hu.astype(np.float32)
+    one = dot_enhancement(vol, SPACING_XYZ[::-1], workers=1, floor=5.0)
+    for workers in (2, 4):
+        other = dot_enhancement(vol, SPACING_XYZ[::-1], workers=workers, floor=5.0)
+        assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
+    assert one[0].max() > 50.0
+
+
 def test_blob_candidates_find_both_nodules_first_and_outline_them():
     """Strongest first: the two nodules are the top two candidates; their regions' equivalent diameters are
     within 1 mm of the truth and their centres within 1 mm; the vessel is not among the top two."""
