@@ -1,7 +1,7 @@
 """`lungnod train-models`: the recipe of the shipped models runs end to end (tiny settings: one training
 series, one epoch each; nothing useful is learned, every stage runs), resumes, and its models load in the
 bundles' inference configs; ``--seg`` config overrides reach both the segmentation training and its
-candidate run."""
+candidate run, ``--cls`` overrides the classification training."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     out = tmp_path / "recipe"
     args = [sys.executable, "-m", "lungnod_ext", "train-models", "--out", str(out), "--lidc", str(lidc_root),
             "--tiny", "--hold-out", "LIDC-IDRI-0001", "--hold-out", "LIDC-IDRI-0002",
-            "--seg", f"decoder_channels={NARROW}", "--seg", "inference_scales=[1.0]"]
+            "--seg", f"decoder_channels={NARROW}", "--seg", "inference_scales=[1.0]",
+            "--cls", "network_def#centre_features=true"]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -51,7 +52,10 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     with pytest.raises(RuntimeError, match="size mismatch"):
         bundle_network(SEG_BUNDLE).load_state_dict(seg_state, strict=True)
     cls_state = torch.load(out / "export" / "classification" / "model.pt", map_location="cpu", weights_only=True)["model"]
-    bundle_network(CLS_BUNDLE).load_state_dict(cls_state, strict=True)
+    assert recipe["settings"]["cls_overrides"] == {"network_def#centre_features": True}
+    bundle_network(CLS_BUNDLE, overrides={"network_def#centre_features": True}).load_state_dict(cls_state, strict=True)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        bundle_network(CLS_BUNDLE).load_state_dict(cls_state, strict=True)
     with sqlite3.connect(out / "mlruns.db") as db:
         runs = {r[0] for r in db.execute("select name from runs")}
     assert {"segmentation", "classification"} <= runs

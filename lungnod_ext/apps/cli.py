@@ -92,6 +92,7 @@ def _cmd_train_models(args) -> int:
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
+    settings.cls_overrides = parse_overrides(args.cls)
     train_models(args.lidc or DEFAULT_LIDC, args.out, settings, install=args.install)
     return EXIT_OK
 
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cls-epochs", type=int, help="classification epochs (20)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
+    t.add_argument("--cls", action="append", metavar="KEY=VALUE",
+                   help="classification config override for training, e.g. network_def#centre_features=true")
     t.set_defaults(func=_cmd_train_models)
 
     m = sub.add_parser("demo", help="the shipped models on the built-in real example scan (or --input); --train trains first")

@@ -62,6 +62,7 @@ class RecipeSettings:
     train_blob_candidates: int = 100   # dot-filter peaks per cohort volume the classifier learns from
     blob_candidates: int = 50          # ... and per scan at inference (segmentation blob_max_candidates)
     seg_overrides: dict = field(default_factory=dict)   # segmentation config ids for training and candidates
+    cls_overrides: dict = field(default_factory=dict)   # classification config ids for training
 
     @classmethod
     def tiny(cls, hold_out: list[str]) -> "RecipeSettings":
@@ -171,7 +172,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     stage("classification", lambda: bundle_run(CLS, "training", ["configs/train.json"], {
         **tracking, "run_name": "classification", "dataset_dir": str(patches),
         "output_dir": str(out / "runs" / "classification"), "ckpt_dir": str(cls_models), "epochs": s.cls_epochs,
-        "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0}, logs / "classification_train.log"))
+        "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0, **s.cls_overrides},
+        logs / "classification_train.log"))
 
     prior = detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates)
     export = out / "export"

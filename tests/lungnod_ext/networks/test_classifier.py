@@ -40,3 +40,26 @@ def test_learns_a_bright_blob(blob_classifier):
     with torch.no_grad():
         acc = ((net(x) > 0).float() == y).float().mean().item()
     assert last < 0.5 * first and acc == 1.0
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_centre_features(dims):
+    """centre_features: the head also takes the central cells of the last map (2 x channels in), so a
+    blob at the patch centre and the same blob in a corner give different head inputs; TorchScript-able."""
+    torch.manual_seed(0)
+    net = NoduleCNN(spatial_dims=dims, channels=(8, 16), centre_features=True).eval()
+    assert net.head[1].in_features == 32
+    size = (16,) * dims
+    centre, corner = torch.zeros((1, 1) + size), torch.zeros((1, 1) + size)
+    centre[(0, 0) + (slice(6, 10),) * dims] = 1.0
+    corner[(0, 0) + (slice(0, 4),) * dims] = 1.0
+    with torch.no_grad():
+        f_centre, f_corner = net.features(centre), net.features(corner)
+        out = net(torch.cat([centre, corner]))
+        torch.testing.assert_close(torch.jit.script(net)(torch.cat([centre, corner])), out, atol=1e-6, rtol=1e-5)
+    assert out.shape == (2, 1)
+    # the centre cells of the blob-at-centre map hold more of it than those of the blob-in-a-corner map
+    from lungnod_ext.networks.classifier import _centre
+    assert _centre(f_centre).sum() > _centre(f_corner).sum()
+    assert _centre(torch.zeros((1, 2) + (4,) * dims)).shape == (1, 2) + (2,) * dims
+    assert _centre(torch.zeros((1, 2) + (1,) * dims)).shape == (1, 2) + (1,) * dims
