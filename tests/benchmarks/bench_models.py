@@ -59,6 +59,16 @@ def _recipe_priors(cls_ckpt: Path | None) -> dict:
     return {}
 
 
+def reference_subsets(group: str) -> dict:
+    """The scored subsets of a fold's ``real`` or ``inserted`` references: name -> keep(reference)."""
+    if group == "real":
+        return {"real: all contoured": lambda r: True,
+                "real: >= 3 readers": lambda r: (r["n_readers"] or 0) >= 3}
+    return {"inserted: all": lambda r: r["source"] == "inserted",
+            "inserted: 3-6 mm": lambda r: r["source"] == "inserted" and r["diameter_mm"] < 6,
+            "inserted: >= 6 mm": lambda r: r["source"] == "inserted" and r["diameter_mm"] >= 6}
+
+
 def _stage_tables(detections, refs, marks, subsets, threshold):
     from lungnod_ext.metrics.model_evaluation import score_stage, subset_references
 
@@ -115,13 +125,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
                 c.setdefault("cls_prob", c["max_prob"])
         refs = read_references(table_dir / "nodules.csv", cases)
         marks = read_small_marks(table_dir / "small_marks.csv", cases)
-        if group == "real":
-            subsets = {"real: all contoured": lambda r: True,
-                       "real: >= 3 readers": lambda r: (r["n_readers"] or 0) >= 3}
-        else:
-            subsets = {"inserted: all": lambda r: r["source"] == "inserted",
-                       "inserted: 3-6 mm": lambda r: r["source"] == "inserted" and r["diameter_mm"] < 6,
-                       "inserted: >= 6 mm": lambda r: r["source"] == "inserted" and r["diameter_mm"] >= 6}
+        subsets = reference_subsets(group)
         result.setdefault("detection", {}).update(_stage_tables(dets, refs, marks, subsets, threshold))
         dice_rows = []
         for c in cases:
