@@ -125,6 +125,19 @@ def posterior_probability(p: float, prior: float) -> float:
     return odds / (1.0 + odds)
 
 
+def apply_detector_priors(candidates: list[dict], probs: Sequence[float], detector_priors: Mapping[str, float]) -> None:
+    """Set each candidate's ``probability`` (in place) from the balanced classifier's ``probs`` (aligned):
+    for a candidate whose ``detector`` has a prior, :func:`posterior_probability` with it, the network's
+    own value kept as ``classifier_probability``; otherwise the network's value."""
+    for c, p in zip(candidates, probs):
+        prior = detector_priors.get(str(c.get("detector")))
+        if prior is None:
+            c["probability"] = float(p)
+        else:
+            c["classifier_probability"] = float(p)
+            c["probability"] = posterior_probability(p, prior)
+
+
 class WriteClassificationd(MapTransform):
     """Write ``<output_dir>/<case>_classified.json`` / ``.csv`` from ``pred`` ((N,) probabilities) and the
     item's candidates; adds ``probability`` to each candidate dict.
@@ -152,13 +165,7 @@ class WriteClassificationd(MapTransform):
             candidates = [dict(c) for c in (json.loads(raw) if isinstance(raw, str) else raw)]
             if len(probs) != len(candidates):
                 raise ValueError(f"{len(probs)} probabilities for {len(candidates)} candidates")
-            for c, p in zip(candidates, probs):
-                prior = self.detector_priors.get(str(c.get("detector")))
-                if prior is None:
-                    c["probability"] = float(p)
-                else:
-                    c["classifier_probability"] = float(p)
-                    c["probability"] = posterior_probability(p, prior)
+            apply_detector_priors(candidates, probs, self.detector_priors)
             case = str(d.get("case", "case"))
             write_candidates(candidates, self.output_dir / f"{case}_classified.json",
                              self.output_dir / f"{case}_classified.csv", {"case": case, "score": "probability"})

@@ -43,7 +43,7 @@ class NoduleCNN(nn.Module):
         centre_features: also feed the head the features of the central cells of the last feature map
             (the middle half of each side, averaged) beside the global average: a 3-6 mm nodule at the
             patch centre is a few of 64 x 64 pixels and the global average alone dilutes it with the
-            vessels and walls around it. False: the design's global average only (checkpoints before 0.9).
+            vessels and walls around it. False (the shipped checkpoints): the design's global average only.
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1,
@@ -60,7 +60,8 @@ class NoduleCNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.pool = _GAP[spatial_dims](1)
         self.centre_features = bool(centre_features)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * c if self.centre_features else c, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        head_in = 2 * c if self.centre_features else c
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(head_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

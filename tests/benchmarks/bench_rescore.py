@@ -25,7 +25,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _classifier(ckpt: Path, overrides: dict):
-    """The classification bundle's network (with ``overrides``) loaded from ``ckpt``, and its patch settings."""
+    """The classification bundle's network (with ``overrides``) loaded from ``ckpt``, and the bundle's own
+    preprocessing (candidate patches, HU window) from its inference config."""
     from monai.bundle import ConfigParser
 
     from lungnod_ext.apps.pipeline import CLS_BUNDLE
@@ -45,22 +45,17 @@ def _classifier(ckpt: Path, overrides: dict):
     net.load_state_dict({k: v.float() for k, v in state.get("model", state).items()}, strict=True)
     parser = ConfigParser()
     parser.read_config(str(CLS_BUNDLE / "configs" / "inference.json"))
-    parser.update(overrides)
-    settings = {k: parser.get_parsed_content(k) for k in ("patch_size", "spacing_mm", "slab_mm", "hu_window")}
-    return net.eval(), settings
+    parser.update({"bundle_root": str(CLS_BUNDLE), **overrides})
+    return net.eval(), parser.get_parsed_content("preprocessing")
 
 
 def rescore(work: Path, ckpt: Path, prior: float, overrides: dict, max_blob_rank: int | None) -> dict:
     from bench_models import _stage_tables, reference_subsets
-    from data_prep.nifti_io import read_nifti
-    from lungnod_ext.inference.classify import posterior_probability
-    from lungnod_ext.inference.patches import extract_patches
+    from lungnod_ext.inference.classify import apply_detector_priors
     from lungnod_ext.metrics.detection import match_detections
     from lungnod_ext.metrics.model_evaluation import read_references, read_small_marks, subset_references
-    from lungnod_ext.transforms.hu_window import HUWindowd
 
-    net, cfg = _classifier(ckpt, overrides)
-    window = HUWindowd(keys="image", preset=cfg["hu_window"])
+    net, preprocessing = _classifier(ckpt, overrides)
     result: dict = {"work": str(work), "cls_ckpt": str(ckpt), "prior": prior, "cls_overrides": overrides,
                     "max_blob_rank": max_blob_rank, "detection": {}, "stage1_recall": {}}
     for group, table_dir in (("real", work / "converted"), ("inserted", work / "inserted")):
@@ -74,14 +69,12 @@ def rescore(work: Path, ckpt: Path, prior: float, overrides: dict, max_blob_rank
             if max_blob_rank is not None:
                 cands = [c for c in cands if c.get("blob_rank", -1) < max_blob_rank]
             if cands:
-                hu, geometry = read_nifti(table_dir / "images" / f"{case}.nii.gz")
-                patches = extract_patches(hu, geometry, [c["centre_lps"] for c in cands], cfg["patch_size"],
-                                          cfg["spacing_mm"], 2, cfg["slab_mm"])
-                x = torch.as_tensor(window({"image": torch.as_tensor(patches)})["image"], dtype=torch.float32)
+                x = preprocessing({"image": str(table_dir / "images" / f"{case}.nii.gz"), "candidates": cands})["image"]
                 with torch.no_grad():
                     raw = torch.sigmoid(net(x)).reshape(-1).tolist()
-                for c, p in zip(cands, raw):
-                    c["cls_prob"] = posterior_probability(p, prior) if c.get("detector") == "blob" else float(p)
+                apply_detector_priors(cands, raw, {"blob": prior})
+                for c in cands:
+                    c["cls_prob"] = c["probability"]
             dets[case] = cands
         refs = read_references(table_dir / "nodules.csv", cases)
         marks = read_small_marks(table_dir / "small_marks.csv", cases)
