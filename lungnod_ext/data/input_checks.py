@@ -35,9 +35,9 @@ HU_ADVICE = "expected CT Hounsfield units (air near -1000, bone above 100); if t
 def _load(path: Path):
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
+        from data_prep.nifti_io import load_nifti_image   # ISA-L for .nii.gz
 
-        img = nib.load(str(path))
+        img = load_nifti_image(path)
         zooms = tuple(float(z) for z in img.header.get_zooms())
         return img.dataobj, tuple(img.shape), np.dtype(img.get_data_dtype()), zooms
     import SimpleITK as sitk

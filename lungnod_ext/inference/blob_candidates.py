@@ -176,6 +176,14 @@ class DotPeaks(NamedTuple):
     sigma_mm: np.ndarray
 
 
+def _zoom_linear(vol: np.ndarray, zoom: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.zoom(vol, zoom, order=1, grid_mode=False)`` (corner voxels aligned, same output shape),
+    by torch's trilinear interpolation (threaded; same values to float32 rounding)."""
+    shape = tuple(int(round(n * z)) for n, z in zip(vol.shape, zoom))
+    x = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(x, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
 def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_zyx: np.ndarray | None = None,
                      grid_mm: float | None = None, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
                      max_peaks: int = 100, min_response: float = 5.0,
@@ -202,7 +210,7 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     if np.allclose(zoom, 1.0):
         vol, work_mask, work_spacing = work, lung_box, spacing
     else:
-        vol = ndi.zoom(work, zoom, order=1, mode="nearest", grid_mode=False)
+        vol = _zoom_linear(work, zoom)
         work_spacing = spacing * np.asarray(work.shape) / np.asarray(vol.shape)
         work_mask = None
         if lung_box is not None:

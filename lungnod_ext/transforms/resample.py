@@ -1,5 +1,6 @@
 """Resample an image onto another image's grid through world coordinates: the fast way back from the
-network's grid (1.5 mm, RAS, cropped to the lungs) to the CT's original grid.
+network's grid (1.5 mm, RAS, cropped to the lungs) to the CT's original grid, and (:class:`SpacingFastd`)
+the fast way there.
 
 MONAI's ``Invertd`` undoes ``Orientationd`` + ``Spacingd`` + ``CropForegroundd`` + ``DivisiblePadd`` with
 an ``affine_grid`` + ``grid_sample`` over every voxel of the original grid: about 2 s per LIDC scan
@@ -12,6 +13,10 @@ part of the target grid that the source covers: about 0.2 s for that scan.
 the grids are oblique to each other. Semantics are those of ``grid_sample(align_corners=False,
 padding_mode="zeros")`` on voxel centres: a target voxel whose centre falls outside the source grid
 gets 0 (the inverse of a crop), one within a voxel of its edge is interpolated towards 0.
+
+:class:`SpacingFast` is MONAI's ``Spacing`` (same output grid: ``zoom_affine`` + ``compute_shape_offset``,
+same ``"border"`` padding, the same trace for ``Invertd``) computed the same separable way: about 5x faster (LIDC-IDRI-0002, 512 x 512 x
+261 at 1.25 mm slices, to the segmentation bundle's 1.5 x 1.5 x 2.0 mm: 3.3 s -> 0.7 s on 2 cores).
 
 Affines are the MetaTensors' ``affine`` (RAS mm, or LPS when ``meta["space"] == "LPS"``); arrays are
 channel-first ``(C, X, Y, Z)`` as MONAI's ``LoadImaged`` + ``EnsureChannelFirstd`` give them.
@@ -26,12 +31,13 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data.meta_tensor import MetaTensor
-from monai.transforms import MapTransform, ResampleToMatch, Transform
+from monai.transforms import InvertibleTransform, MapTransform, ResampleToMatch, Spacing, Transform
 from monai.utils import ensure_tuple_rep
 
 from lungnod_ext.data.meta import affine_ras
 
 MODES = ("bilinear", "nearest")
+PADDINGS = ("zeros", "border")
 ALIGNED_TOLERANCE_VOXELS = 1e-3
 """Grids count as axis-parallel when ignoring the off-axis terms moves no voxel by more than this."""
 
@@ -82,13 +88,18 @@ def _interpolate_axis(x: torch.Tensor, axis: int, pos: np.ndarray, mode: str) ->
     return out
 
 
-def resample_axis_parallel(src: torch.Tensor, mapping, dst_shape, mode: str = "bilinear") -> torch.Tensor:
+def resample_axis_parallel(src: torch.Tensor, mapping, dst_shape, mode: str = "bilinear",
+                           padding: str = "zeros") -> torch.Tensor:
     """Channel-first ``src`` (C, X, Y, Z) resampled to (C, *dst_shape) by :func:`axis_map`'s ``mapping``.
 
-    Only the box of target voxels within one voxel of the source grid is computed; the rest is 0.
+    ``padding="zeros"``: only the box of target voxels within one voxel of the source grid is computed, the
+    rest is 0; ``"border"``: positions outside the source take its nearest edge voxel (grid_sample's
+    ``padding_mode="border"``).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
     if mode == "bilinear" and not src.is_floating_point():
         src = src.float()
     # put the source axes in target order, then find the target box the source covers
@@ -96,6 +107,8 @@ def resample_axis_parallel(src: torch.Tensor, mapping, dst_shape, mode: str = "b
     box, positions = [], []
     for b, (a, scale, offset) in enumerate(mapping):
         pos = scale * np.arange(dst_shape[b], dtype=np.float64) + offset
+        if padding == "border":
+            pos = np.clip(pos, 0.0, src.shape[a + 1] - 1.0)
         reach = 0.5 if mode == "nearest" else 1.0
         inside = np.flatnonzero((pos > -reach) & (pos < src.shape[a + 1] - 1 + reach))
         if inside.size == 0:
@@ -142,6 +155,71 @@ class ResampleToReference(Transform):
             data = resample_axis_parallel(img.as_tensor().detach().cpu(), mapping, dst_shape, self.mode)
         meta = copy.deepcopy(dict(reference.meta))
         return MetaTensor(data.to(img.device), meta=meta)
+
+
+class SpacingFast(InvertibleTransform):
+    """MONAI's ``Spacing(pixdim, mode, padding_mode="border")`` for channel-first (C, X, Y, Z) MetaTensors,
+    by separable interpolation (module doc): the same output affine and spatial shape, values equal up to
+    float32 rounding. ``pixdim`` is mm per output axis (one value for all; <= 0 keeps that axis's spacing).
+
+    MONAI's ``Spacing`` plans the grid (lazily) and its operation is recorded as if it had run, so
+    ``Invertd`` undoes it as it undoes ``Spacing``. Grids oblique to the image's axes go to ``Spacing``
+    itself; ``last_path`` says which path ran ("separable" / "grid_sample").
+    """
+
+    def __init__(self, pixdim, mode: str = "bilinear") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.spacing = Spacing(pixdim=pixdim, mode=mode, padding_mode="border")
+        self.mode = mode
+        self.last_path = ""
+
+    def __call__(self, img: MetaTensor) -> MetaTensor:
+        if not isinstance(img, MetaTensor) or img.ndim != 4 or img.has_pending_operations:
+            raise ValueError(f"img must be a channel-first (C, X, Y, Z) MetaTensor with an affine and no pending "
+                             f"(lazy) operations, got {type(img).__name__} {tuple(getattr(img, 'shape', ()))}")
+        planned = self.spacing(img, lazy=True)                # grid and trace only, no resampling yet
+        pending = planned.pending_operations
+        new_affine = np.asarray(planned.peek_pending_affine(), np.float64)
+        out_shape = tuple(int(v) for v in planned.peek_pending_shape())
+        affine = np.asarray(img.affine.detach().cpu().numpy() if torch.is_tensor(img.affine) else img.affine,
+                            np.float64)
+        mapping = axis_map(affine, new_affine, out_shape) if len(pending) == 1 else None
+        if mapping is None:
+            self.last_path = "grid_sample"
+            return self.spacing(img, lazy=False)
+        self.last_path = "separable"
+        src = img.as_tensor().detach().cpu()
+        data = resample_axis_parallel(src if src.is_floating_point() else src.float(), mapping, out_shape,
+                                      self.mode, padding="border")
+        meta = copy.deepcopy(dict(img.meta))
+        meta["affine"] = torch.as_tensor(new_affine, dtype=torch.float64)
+        out = MetaTensor(data.to(img.device), meta=meta, applied_operations=copy.deepcopy(img.applied_operations))
+        out.push_applied_operation(copy.deepcopy(pending[0]))
+        return out
+
+    def inverse(self, data: torch.Tensor) -> torch.Tensor:
+        return self.spacing.inverse(data)
+
+
+class SpacingFastd(MapTransform, InvertibleTransform):
+    """Dictionary twin of :class:`SpacingFast`, in place of ``Spacingd(keys, pixdim, mode)``."""
+
+    def __init__(self, keys: KeysCollection, pixdim, mode="bilinear", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.resamplers = [SpacingFast(pixdim, m) for m in ensure_tuple_rep(mode, len(self.keys))]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key, resampler in self.key_iterator(d, self.resamplers):
+            d[key] = resampler(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key, resampler in self.key_iterator(d, self.resamplers):
+            d[key] = resampler.inverse(d[key])
+        return d
 
 
 class ResampleToReferenced(MapTransform):

@@ -123,3 +123,17 @@ def test_a_blob_connected_to_a_candidate_is_that_candidate():
     assert blobs and all(abs(c["centre_lps"][1] - 63.0) > 8.0 for c in blobs)
     assert any(np.linalg.norm(np.subtract(c["centre_lps"], [28.0, 28.0, 25.0])) < 1.0 for c in blobs)
     assert labels[half].min() == 1 and set(np.unique(labels[~half])) <= {0} | {c["id"] for c in blobs}
+
+
+@pytest.mark.parametrize("shape,zoom", [((40, 61, 57), (1.0, 0.7, 0.7)), ((23, 30, 31), (0.5, 0.81, 1.0))])
+def test_zoom_matches_scipy_linear_zoom(shape, zoom):
+    """The dot filter's resampling to its grid: scipy's order-1 zoom with corners aligned, by torch."""
+    from scipy import ndimage as ndi
+
+    from lungnod_ext.inference.blob_candidates import _zoom_linear
+
+    vol = np.random.default_rng(2).normal(-600, 300, shape).astype(np.float32)
+    ours = _zoom_linear(vol, np.asarray(zoom))
+    theirs = ndi.zoom(vol, zoom, order=1, mode="nearest", grid_mode=False)
+    assert ours.shape == theirs.shape and ours.dtype == np.float32
+    assert np.abs(ours - theirs).max() < 1e-2          # HU; float32 rounding only

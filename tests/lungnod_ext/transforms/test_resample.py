@@ -1,4 +1,4 @@
-"""ResampleToReference: the separable path gives MONAI's grid_sample result (ResampleToMatch, Invertd) on
+"""ResampleToReference and SpacingFast: the separable path gives MONAI's grid_sample result (ResampleToMatch, Invertd) on
 axis-parallel grids, oblique grids fall back to grid_sample, metadata comes from the reference."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from monai.data import MetaTensor
 from monai.transforms import (Compose, CropForegroundd, DivisiblePadd, EnsureChannelFirstd, Invertd, Orientationd,
                               ResampleToMatch, Spacingd)
 
-from lungnod_ext.transforms.resample import ResampleToReference, ResampleToReferenced, axis_map
+from lungnod_ext.transforms.resample import ResampleToReference, ResampleToReferenced, SpacingFastd, axis_map
 
 
 def _affine(linear, translation) -> torch.Tensor:
@@ -142,3 +142,30 @@ def test_bundle_preprocessing_on_lidc_inverted_the_same(lidc_converted):
     assert 0.05 < float((inverted >= 0.5).float().mean()) < 0.5
     assert float((resampled.as_tensor() - inverted.as_tensor()).abs().max()) < 1e-5
     assert torch.equal(resampled.as_tensor() >= 0.5, inverted.as_tensor() >= 0.5)
+
+
+@pytest.mark.parametrize("pixdim", [(1.5, 1.5, 2.0), (1.5, 1.5, -1), (0.9, 1.3, 1.1)])
+def test_spacing_fast_matches_monai_spacing(pixdim):
+    """Same grid (affine, shape) and the same values as MONAI's Spacingd (border padding), for a CT stored
+    LPS-flipped (x, y reversed by Orientationd to RAS), trilinear for the image and nearest for a mask."""
+    rng = np.random.default_rng(5)
+    hu = torch.as_tensor(rng.normal(-700, 200, (70, 64, 23)), dtype=torch.float32)
+    roi = (torch.as_tensor(rng.random((70, 64, 23))) > 0.6).float()
+    affine = _affine(np.diag([-0.7, -0.8, 1.25]), [40.0, 35.0, -30.0])
+    data = {"image": MetaTensor(hu, affine=affine, meta={"filename_or_obj": "ct.nii.gz"}),
+            "roi": MetaTensor(roi, affine=affine), "image_path": "ct.nii.gz"}
+    pre = Compose([EnsureChannelFirstd(["image", "roi"], channel_dim="no_channel"),
+                   Orientationd(["image", "roi"], axcodes="RAS")])
+    d = pre(data)
+    theirs = Spacingd(["image", "roi"], pixdim=pixdim, mode=("bilinear", "nearest"))(
+        {k: v for k, v in d.items() if k != "image_path"})
+    fast = SpacingFastd(["image", "roi"], pixdim=pixdim, mode=("bilinear", "nearest"))
+    ours = fast(dict(d))
+    assert all(r.last_path == "separable" for r in fast.resamplers)
+    assert ours["image_path"] == "ct.nii.gz"          # MONAI Label's string entry is left alone
+    for key, atol in (("image", 1e-3), ("roi", 0.0)):
+        assert ours[key].shape == theirs[key].shape
+        assert torch.allclose(ours[key].affine.double(), theirs[key].affine.double(), atol=1e-9)
+        assert torch.allclose(ours[key].as_tensor(), theirs[key].as_tensor(), atol=atol)
+    back = fast.inverse(ours)             # Invertd-style: the recorded Spacing operation undone
+    assert back["image"].shape == d["image"].shape and torch.allclose(back["image"].affine.double(), d["image"].affine.double())
