@@ -1,7 +1,8 @@
 """`lungnod train-models`: the recipe of the shipped models runs end to end (tiny settings: one training
 series, one epoch each; nothing useful is learned, every stage runs), resumes, and its models load in the
 bundles' inference configs; ``--seg`` config overrides reach both the segmentation training and its
-candidate run, ``--cls`` overrides the classification training."""
+candidate run, ``--cls`` overrides the classification training; the classifiers of ``cls_seeds`` (two in the
+tiny recipe) are exported as one NoduleCNNEnsemble checkpoint."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from lungnod_ext.networks.network_setup import bundle_network
+from lungnod_ext.networks.weights import checkpoint_members
 from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE
 
 NARROW = "[64,32,16,8,4]"   # a segmentation decoder narrower than the bundle default
@@ -51,14 +53,19 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     bundle_network(SEG_BUNDLE, overrides={"decoder_channels": json.loads(NARROW)}).load_state_dict(seg_state, strict=True)
     with pytest.raises(RuntimeError, match="size mismatch"):
         bundle_network(SEG_BUNDLE).load_state_dict(seg_state, strict=True)
-    cls_state = torch.load(out / "export" / "classification" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    cls_path = out / "export" / "classification" / "model.pt"
+    cls_state = torch.load(cls_path, map_location="cpu", weights_only=True)["model"]
     assert recipe["settings"]["cls_overrides"] == {"network_def#centre_features": True}
-    bundle_network(CLS_BUNDLE, overrides={"network_def#centre_features": True}).load_state_dict(cls_state, strict=True)
+    assert recipe["settings"]["cls_seeds"] == [123, 1] and checkpoint_members(cls_path) == 2
+    assert {k.split(".")[1] for k in cls_state} == {"0", "1"}
+    assert not torch.equal(cls_state["members.0.head.4.weight"], cls_state["members.1.head.4.weight"])  # two seeds
+    ckpt = {"ckpt_path": str(cls_path)}   # the inference config builds as many members as the checkpoint holds
+    bundle_network(CLS_BUNDLE, overrides={"network_def#centre_features": True, **ckpt}).load_state_dict(cls_state, strict=True)
     with pytest.raises(RuntimeError, match="size mismatch"):
-        bundle_network(CLS_BUNDLE).load_state_dict(cls_state, strict=True)
+        bundle_network(CLS_BUNDLE, overrides=ckpt).load_state_dict(cls_state, strict=True)
     with sqlite3.connect(out / "mlruns.db") as db:
         runs = {r[0] for r in db.execute("select name from runs")}
-    assert {"segmentation", "classification"} <= runs
+    assert {"segmentation", "classification", "classification_seed1"} <= runs
     # a rerun keeps every finished stage
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
-    assert again.returncode == 0 and again.stdout.count("done before, kept") == 6, again.stdout
+    assert again.returncode == 0 and again.stdout.count("done before, kept") == 7, again.stdout

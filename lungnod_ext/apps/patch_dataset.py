@@ -1,7 +1,9 @@
 """The stage-2 classifier's training set, built from a data_prep ``convert`` folder (:func:`build_patch_dataset`):
 
-* positives: every reference nodule (``nodules.csv``), ``positive_copies`` times with a random shift of
-  up to ``jitter_mm``, plus every stage-1 candidate that hits a nodule (LUNA16 rule);
+* positives: every reference nodule (``nodules.csv``), ``positive_copies`` times (``small_positive_copies``
+  times below ``small_nodule_mm``) with a random shift of up to ``jitter_mm`` or ``jitter_fraction`` of its
+  diameter, whichever is larger (a large nodule's candidate centre can sit well off its centre, e.g. one
+  merged with the pleura), plus every stage-1 candidate that hits a nodule (LUNA16 rule);
 * hard negatives: the segmentation bundle's false-positive candidates (the most useful negatives); its
   dot-filter candidates (``detector`` "blob") are kinds ``blob_hit`` / ``blob_negative``, so their share of
   nodules (:func:`detector_prior`) can be read back;
@@ -108,13 +110,15 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
                         patch_size: Sequence[int] | None = None, spacing_mm: float | None = None,
                         positive_copies: int = 4, jitter_mm: float = 2.0, random_negatives_per_case: int = 8,
                         seed: int = 0, slab_mm: Sequence[float] | None = DEFAULT_SLAB_MM, ignore_radius_mm: float = 5.0,
-                        vessel_negatives_per_case: int | None = None) -> Path:
+                        vessel_negatives_per_case: int | None = None, jitter_fraction: float = 0.0,
+                        small_positive_copies: int | None = None, small_nodule_mm: float = 6.0) -> Path:
     """Write the patch dataset (module doc) and return the path of its ``datalist.json``.
 
     ``slab_mm``: 2-D patches with these planes as channels (see :func:`extract_patches`), saved (C, H, W);
     the default is the classification bundle's; ``None`` gives single-plane (H, W) patches; 3-D ignores it.
     Candidates within ``ignore_radius_mm`` of a LIDC small mark (``small_marks.csv``) are left out.
-    ``vessel_negatives_per_case`` defaults to ``random_negatives_per_case``."""
+    ``vessel_negatives_per_case`` defaults to ``random_negatives_per_case``; ``small_positive_copies`` (copies of
+    each nodule under ``small_nodule_mm`` diameter) to ``positive_copies``."""
     n_vessel = random_negatives_per_case if vessel_negatives_per_case is None else vessel_negatives_per_case
     slab_mm = [float(v) for v in slab_mm] if slab_mm and spatial_dims == 2 else None
     converted, out = Path(converted_dir), Path(out_dir)
@@ -143,9 +147,11 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
             for r in refs:
                 c = np.asarray(r["centre_lps"])
                 points.append(("nodule", 1, c))
-                for _ in range(max(positive_copies - 1, 0)):
+                small = small_positive_copies is not None and r["diameter_mm"] < small_nodule_mm
+                jitter = max(jitter_mm, jitter_fraction * r["diameter_mm"])
+                for _ in range(max((small_positive_copies if small else positive_copies) - 1, 0)):
                     shift = rng.normal(size=3)
-                    shift *= rng.uniform(0, jitter_mm) / max(np.linalg.norm(shift), 1e-9)
+                    shift *= rng.uniform(0, jitter) / max(np.linalg.norm(shift), 1e-9)
                     points.append(("nodule", 1, c + shift))
             cands = _candidates(cand_dir, case)
             if cands:

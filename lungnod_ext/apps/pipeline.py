@@ -103,9 +103,10 @@ def _classifier(cfg: PipelineConfig):
 
     parser = ConfigParser()
     parser.read_config([str(Path(cfg.cls_bundle) / c) for c in cfg.cls_config])
-    parser.update({"bundle_root": str(cfg.cls_bundle), **cfg.cls_overrides})
+    parser.update({"bundle_root": str(cfg.cls_bundle), **cfg.cls_overrides,
+                   **({"ckpt_path": str(cfg.cls_ckpt)} if cfg.cls_ckpt else {})})   # the network fits its checkpoint
     net = parser.get_parsed_content("network_def")
-    ckpt = cfg.cls_ckpt or parser.get_parsed_content("ckpt_path")
+    ckpt = parser.get_parsed_content("ckpt_path")
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     settings = {k: parser.get_parsed_content(k) for k in ("spatial_dims", "patch_size", "spacing_mm", "hu_window")}
     settings["slab_mm"] = parser.get_parsed_content("slab_mm") if "slab_mm" in parser else None

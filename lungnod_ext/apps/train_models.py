@@ -11,8 +11,10 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    dot-filter peaks per volume (:mod:`lungnod_ext.inference.blob_candidates`) -> their false positives
    (vessel crossings and branch points, bronchial walls, pleura) become the classifier's hard negatives;
 5. ``patches/`` + ``models/classification``: the classification bundle's ``train.json`` on 2.5D patches
-   (real + inserted nodules, the segmenter's hits; its false positives and random lung);
-6. ``export/``: both checkpoints stored fp16 as ``{"model": state_dict}`` (``install=True`` copies them to
+   (real + inserted nodules, the segmenter's hits; its false positives and random lung), once per seed of
+   ``cls_seeds`` (``models/classification`` for the first, ``models/classification_seed<s>`` for the others);
+6. ``export/``: both checkpoints stored fp16 as ``{"model": state_dict}``, the classifiers merged into one
+   :class:`lungnod_ext.networks.classifier.NoduleCNNEnsemble` (``install=True`` copies them to
    ``bundles/*/models/model.pt``) and ``recipe.json`` (settings, series, seconds per stage, and
    ``detector_priors``: the share of nodules among the top ``blob_candidates`` dot-filter peaks of the
    training volumes, the value of the classification bundle's ``detector_priors`` for these models).
@@ -55,7 +57,10 @@ class RecipeSettings:
     cls_epochs: int = 20
     cls_val_interval: int = 2
     cls_learning_rate: float = 1e-3
+    cls_seeds: list[int] = field(default_factory=lambda: [123, 1, 2])   # one classifier per seed, averaged
     positive_copies: int = 4
+    small_positive_copies: int | None = None   # copies of each nodule < 6 mm (None: positive_copies)
+    positive_jitter_fraction: float = 0.0      # positive shifts up to this share of the diameter (>= 2 mm)
     random_negatives_per_case: int = 24
     seed: int = 0
     workers: int = 2
@@ -69,7 +74,7 @@ class RecipeSettings:
         """A few minutes: proves every stage runs (tests), trains nothing useful."""
         return cls(hold_out=hold_out, copies=2, val_copies=1, seg_epochs=1, seg_val_interval=1,
                    seg_patch_size=(96, 96), cls_epochs=1, cls_val_interval=1, positive_copies=1,
-                   random_negatives_per_case=4)
+                   random_negatives_per_case=4, cls_seeds=[123, 1])
 
 
 def _patient(case_id: str) -> str:
@@ -85,13 +90,19 @@ def _mark(marker: Path, info: dict) -> None:
     marker.write_text(json.dumps(info, indent=1, default=str) + "\n")
 
 
-def export_fp16(ckpt: Path, dest: Path) -> Path:
+def export_fp16(ckpt, dest: Path) -> Path:
     """``{"model": state_dict}`` with floating tensors stored as fp16 (half the file; loading into the
-    fp32 network converts back) -> ``dest`` (written atomically)."""
-    if not Path(ckpt).is_file():
-        raise InputNotFoundError(ckpt, "training wrote no best model (did a validation run? see the training log)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
+    fp32 network converts back) -> ``dest`` (written atomically). ``ckpt``: one checkpoint, or a list of
+    NoduleCNN checkpoints merged as the members of one NoduleCNNEnsemble (a list of one stays as it is)."""
+    from lungnod_ext.networks.classifier import ensemble_state_dict
+
+    ckpts = [Path(c) for c in ckpt] if isinstance(ckpt, (list, tuple)) else [Path(ckpt)]
+    for c in ckpts:
+        if not c.is_file():
+            raise InputNotFoundError(c, "training wrote no best model (did a validation run? see the training log)")
+    states = [torch.load(c, map_location="cpu", weights_only=True) for c in ckpts]
+    states = [s.get("model", s) for s in states]
+    state = states[0] if len(states) == 1 else ensemble_state_dict(states)
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     with atomic_path(dest) as tmp:
         torch.save({"model": half}, tmp)
@@ -168,17 +179,24 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     patches = out / "patches"
     stage("patches", lambda: {"datalist": str(build_patch_dataset(
         cohort, patches, candidates_dir=cand_dir, spatial_dims=2, seed=s.seed,
-        positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case))})
-    stage("classification", lambda: bundle_run(CLS, "training", ["configs/train.json"], {
-        **tracking, "run_name": "classification", "dataset_dir": str(patches),
-        "output_dir": str(out / "runs" / "classification"), "ckpt_dir": str(cls_models), "epochs": s.cls_epochs,
-        "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0, **s.cls_overrides},
-        logs / "classification_train.log"))
+        positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case,
+        small_positive_copies=s.small_positive_copies, jitter_fraction=s.positive_jitter_fraction))})
+    if not s.cls_seeds:
+        raise ValueError("cls_seeds is empty: the recipe trains one classifier per seed")
+    member_dirs = []
+    for k, seed in enumerate(s.cls_seeds):
+        name = "classification" if k == 0 else f"classification_seed{seed}"
+        member_dirs.append(cls_models if k == 0 else out / "models" / name)
+        stage(name, lambda name=name, seed=seed, ckpt_dir=member_dirs[-1]: bundle_run(
+            CLS, "training", ["configs/train.json"], {**tracking, "run_name": name, "dataset_dir": str(patches),
+            "output_dir": str(out / "runs" / name), "ckpt_dir": str(ckpt_dir), "epochs": s.cls_epochs,
+            "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0,
+            **s.cls_overrides, "seed": seed}, logs / f"{name}_train.log"))
 
     prior = detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates)
     export = out / "export"
     seg_out = export_fp16(seg_models / "model.pt", export / "segmentation" / "model.pt")
-    cls_out = export_fp16(cls_models / "model.pt", export / "classification" / "model.pt")
+    cls_out = export_fp16([d / "model.pt" for d in member_dirs], export / "classification" / "model.pt")
     recipe = {"settings": asdict(s), "lidc_dir": str(lidc), "train_series": train_cases, "held_out_series": held_out,
               "seconds": seconds, "models": {"segmentation": str(seg_out), "classification": str(cls_out)},
               "detector_priors": {"blob": round(prior, 4)} if prior is not None else {},

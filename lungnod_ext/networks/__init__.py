@@ -5,9 +5,9 @@ mode), ONNX export, pretrained weights, the ignore-aware segmentation loss. Impo
 from lungnod_ext import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
-    "classifier": ["NoduleCNN"],
+    "classifier": ["NoduleCNN", "NoduleCNNEnsemble", "ensemble_state_dict"],
     "losses": ["split_label", "MaskedDiceBCELoss"],
     "network_setup": ["memory_format_for", "prepare_for_inference", "init_output_prior", "bundle_network"],
     "onnx_export": ["export_onnx", "onnx_session"],
-    "weights": ["WeightsError", "load_pretrained"],
+    "weights": ["WeightsError", "load_pretrained", "checkpoint_members"],
 })

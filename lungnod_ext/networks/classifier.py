@@ -5,6 +5,10 @@ pooling), dropout, and a fully connected head, one logit out. ``spatial_dims`` 2
 ``(B, 1, H, W)`` (the reference: 64 x 64 at 1 mm), 3 takes cubes ``(B, 1, D, H, W)`` (default 32^3 at
 1.25 mm). Any patch size works (global average pooling before the head). Output: ``(B, out_channels)``
 logits; apply a sigmoid for the nodule probability. TorchScript-able (``torch.jit.script`` and trace).
+
+:class:`NoduleCNNEnsemble` averages the logits of several such networks trained apart (the same data, other
+seeds): one network's ranking of candidates moves a lot from one training run to the next, the mean of a
+few moves much less. It loads a single :class:`NoduleCNN`'s checkpoint as an ensemble of one.
 """
 
 from __future__ import annotations
@@ -69,6 +73,45 @@ class NoduleCNN(nn.Module):
         if not self.centre_features:
             return self.head(self.pool(f))
         return self.head(torch.cat([self.pool(f), self.pool(_centre(f))], dim=1))
+
+
+class NoduleCNNEnsemble(nn.Module):
+    """``members`` :class:`NoduleCNN` s built with the same keyword arguments; output: the mean of their
+    logits, ``(B, out_channels)``. State dict keys are ``members.<i>.<NoduleCNN key>``; with ``members=1`` a
+    plain NoduleCNN state dict (what ``train.json`` saves) loads too. :func:`ensemble_state_dict` merges
+    checkpoints; :func:`lungnod_ext.networks.weights.checkpoint_members` counts a checkpoint's members."""
+
+    def __init__(self, members: int = 1, **kwargs) -> None:
+        super().__init__()
+        if int(members) < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        self.members = nn.ModuleList([NoduleCNN(**kwargs) for _ in range(int(members))])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(0)
+        n = 0
+        for member in self.members:
+            out = member(x)
+            total = out if n == 0 else total + out
+            n += 1
+        return total / n
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if len(self.members) == 1 and state_dict and not any(str(k).startswith("members.") for k in state_dict):
+            state_dict = {f"members.0.{k}": v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def ensemble_state_dict(states: Sequence[dict]) -> dict:
+    """Single :class:`NoduleCNN` state dicts (or ``{"model": state_dict}`` checkpoints) -> one
+    :class:`NoduleCNNEnsemble` state dict with them as members 0, 1, ... in that order."""
+    merged: dict = {}
+    for i, state in enumerate(states):
+        state = state.get("model", state) if isinstance(state, dict) else state
+        if any(str(k).startswith("members.") for k in state):
+            raise ValueError(f"state {i} is already an ensemble; merge single NoduleCNN states")
+        merged.update({f"members.{i}.{k}": v for k, v in state.items()})
+    return merged
 
 
 def _centre(f: torch.Tensor) -> torch.Tensor:

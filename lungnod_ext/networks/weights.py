@@ -52,3 +52,16 @@ def load_pretrained(network: torch.nn.Module, path, prefixes=("", "encoder.", "b
     network.load_state_dict(update, strict=False)
     log.info("loaded %d tensors from %s (%d skipped)", len(update), path, skipped)
     return {"loaded": len(update), "skipped": skipped}
+
+
+def checkpoint_members(path) -> int:
+    """Members of the :class:`lungnod_ext.networks.classifier.NoduleCNNEnsemble` saved in the checkpoint
+    ``path`` (``members.<i>.`` keys; 1 for a single network's checkpoint or when there is no file yet, so a
+    config that builds its network from it still parses before training)."""
+    path = Path(path) if path else None
+    if path is None or not path.is_file():
+        return 1
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else {}
+    found = {str(k).split(".")[1] for k in state if str(k).startswith("members.") and str(k).count(".") >= 2}
+    return max(len(found), 1)

@@ -40,6 +40,7 @@ def _classifier(ckpt: Path, overrides: dict):
     from lungnod_ext.apps.pipeline import CLS_BUNDLE
     from lungnod_ext.networks.network_setup import bundle_network
 
+    overrides = {**overrides, "ckpt_path": str(ckpt)}     # an ensemble checkpoint builds its members
     net = bundle_network(CLS_BUNDLE, overrides=overrides)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() for k, v in state.get("model", state).items()}, strict=True)

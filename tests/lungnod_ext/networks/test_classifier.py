@@ -63,3 +63,36 @@ def test_centre_features(dims):
     assert _centre(f_centre).sum() > _centre(f_corner).sum()
     assert _centre(torch.zeros((1, 2) + (4,) * dims)).shape == (1, 2) + (2,) * dims
     assert _centre(torch.zeros((1, 2) + (1,) * dims)).shape == (1, 2) + (1,) * dims
+
+
+def test_ensemble_is_the_mean_logit_of_its_members(tmp_path):
+    from lungnod_ext.networks.classifier import NoduleCNNEnsemble, ensemble_state_dict
+    from lungnod_ext.networks.weights import checkpoint_members
+
+    torch.manual_seed(0)
+    singles = [NoduleCNN(spatial_dims=2, in_channels=5).eval() for _ in range(3)]
+    x = torch.randn(4, 5, 64, 64)
+    merged = ensemble_state_dict([singles[0].state_dict(), {"model": singles[1].state_dict()}, singles[2].state_dict()])
+    ens = NoduleCNNEnsemble(3, spatial_dims=2, in_channels=5).eval()
+    ens.load_state_dict(merged, strict=True)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in singles]).mean(0)
+        assert ens(x).shape == (4, 1)
+        assert torch.allclose(ens(x), expected, atol=1e-6)
+        assert torch.allclose(torch.jit.script(ens)(x), expected, atol=1e-6)     # ckpt_export scripts it
+    # a single NoduleCNN checkpoint (what train.json saves) is an ensemble of one
+    one = NoduleCNNEnsemble(1, spatial_dims=2, in_channels=5).eval()
+    one.load_state_dict(singles[0].state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(one(x), singles[0](x))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        NoduleCNNEnsemble(2, spatial_dims=2, in_channels=5).load_state_dict(singles[0].state_dict(), strict=True)
+    with pytest.raises(ValueError, match="already an ensemble"):
+        ensemble_state_dict([merged])
+    with pytest.raises(ValueError, match="members"):
+        NoduleCNNEnsemble(0)
+    torch.save({"model": merged}, tmp_path / "ens.pt")
+    torch.save({"model": singles[0].state_dict()}, tmp_path / "one.pt")
+    assert checkpoint_members(tmp_path / "ens.pt") == 3
+    assert checkpoint_members(tmp_path / "one.pt") == 1
+    assert checkpoint_members(tmp_path / "not_trained_yet.pt") == 1
