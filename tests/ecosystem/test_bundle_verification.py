@@ -273,12 +273,14 @@ def _check_export(bundle: Path, meta: dict, ckpt: Path, ts_path: Path,
     scripted.eval()
     with torch.no_grad():
         expected, got = loaded(x), scripted(x)
-        torch.manual_seed(2)
-        other = network_from_inference(bundle, configs).eval()(x)
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert got.shape == expected.shape and got.shape[1] == pred["num_channels"]
     if pred["type"] == "image":  # verify_net_in_out checks channels and dtype only, not the spatial shape
         assert list(got.shape[2:]) == pred["spatial_shape"], (got.shape, pred["spatial_shape"])
     # traced vs eager kernels differ in the last digits of large logits: compare what users get, the sigmoid
     torch.testing.assert_close(torch.sigmoid(got), torch.sigmoid(expected), atol=1e-3, rtol=0)
-    assert (other - expected).abs().max() > 1e-3, "export must carry the checkpoint's weights, not a fresh init"
+    # the export carries the checkpoint's weights, not a fresh init (an output comparison cannot tell them apart
+    # for an ensemble of freshly initialised classifiers: their mean logit hardly moves with the seed)
+    weights, exported = loaded.state_dict(), scripted.state_dict()      # loaded: the checkpoint in the config's network
+    assert set(weights) == set(exported)
+    assert all(torch.equal(exported[k], v) for k, v in weights.items())

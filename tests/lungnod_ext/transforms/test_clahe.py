@@ -128,7 +128,9 @@ def test_bad_inputs_raise():
 
 
 def test_2d_mode_is_fast_on_a_ct_sized_volume():
-    """512 x 512 x 133 (LIDC-IDRI-0001's size): well under a second once memory is warm (measured ~0.25 s)."""
+    """512 x 512 x 133 (LIDC-IDRI-0001's size): a guard against an order-of-magnitude regression (a per-voxel
+    Python loop), not a benchmark: measured ~0.25 s alone, 1.5 s with the test suite's other worker beside it;
+    the bound leaves room for a busy CI machine."""
     rng = np.random.default_rng(0)
     vol = rng.random((1, 512, 512, 133), dtype=np.float32)
     clahe = CLAHE()
@@ -137,7 +139,7 @@ def test_2d_mode_is_fast_on_a_ct_sized_volume():
     out = clahe(vol)
     elapsed = time.perf_counter() - start
     assert out.shape == vol.shape
-    assert elapsed < 1.5, f"CLAHE 2d took {elapsed:.2f} s"
+    assert elapsed < 6.0, f"CLAHE 2d took {elapsed:.2f} s"
 
 
 def test_constant_images_stay_finite_and_transforms_pickle():
