@@ -118,6 +118,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     from lungnod_ext.apps.pipeline import run_bundle_inference
 
     s = settings or RecipeSettings()
+    if not s.cls_seeds:   # before any stage runs, not after the segmentation's hour
+        raise ValueError("cls_seeds is empty: the recipe trains one classifier per seed")
     lidc, out = Path(lidc_dir), Path(out_dir).resolve()
     if not lidc.exists():
         raise InputNotFoundError(lidc, "no such folder (the LIDC-IDRI series with their XML)")
@@ -156,7 +158,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         converted, cohort, train_cases, CohortOptions(copies=s.copies, val_copies=s.val_copies, seed=s.seed,
                                                       workers=s.workers)))})
 
-    seg_models, cls_models = out / "models" / "segmentation", out / "models" / "classification"
+    seg_models = out / "models" / "segmentation"
     stage("segmentation", lambda: bundle_run(SEG, "training", ["configs/train.json"], {
         **tracking, "run_name": "segmentation", "dataset_dir": str(cohort),
         "output_dir": str(out / "runs" / "segmentation"), "ckpt_dir": str(seg_models), "epochs": s.seg_epochs,
@@ -181,12 +183,10 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         cohort, patches, candidates_dir=cand_dir, spatial_dims=2, seed=s.seed,
         positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case,
         small_positive_copies=s.small_positive_copies, jitter_fraction=s.positive_jitter_fraction))})
-    if not s.cls_seeds:
-        raise ValueError("cls_seeds is empty: the recipe trains one classifier per seed")
     member_dirs = []
     for k, seed in enumerate(s.cls_seeds):
         name = "classification" if k == 0 else f"classification_seed{seed}"
-        member_dirs.append(cls_models if k == 0 else out / "models" / name)
+        member_dirs.append(out / "models" / name)
         stage(name, lambda name=name, seed=seed, ckpt_dir=member_dirs[-1]: bundle_run(
             CLS, "training", ["configs/train.json"], {**tracking, "run_name": name, "dataset_dir": str(patches),
             "output_dir": str(out / "runs" / name), "ckpt_dir": str(ckpt_dir), "epochs": s.cls_epochs,

@@ -40,8 +40,10 @@ class FastNiftiReader(NibabelReader):
         return correct_nifti_header_if_necessary(load_nifti_image(Path(str(names[0]))))
 
     def _get_array_data(self, img, filename):
-        arr = np.asanyarray(img.dataobj)
-        if arr.ndim != 3 or not arr.flags.f_contiguous or self.to_gpu:
+        if self.to_gpu:
             return super()._get_array_data(img, filename)
+        arr = np.asanyarray(img.dataobj)          # what NibabelReader returns on the CPU
+        if arr.ndim != 3 or not arr.flags.f_contiguous:
+            return arr
         zyx = arr.T if arr.T.flags.writeable else arr.T.copy()     # C-contiguous (Z, Y, X) view of the same bytes
         return torch.from_numpy(zyx).to(torch.float32).permute(2, 1, 0).contiguous().numpy()

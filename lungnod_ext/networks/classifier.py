@@ -88,13 +88,10 @@ class NoduleCNNEnsemble(nn.Module):
         self.members = nn.ModuleList([NoduleCNN(**kwargs) for _ in range(int(members))])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(0)
-        n = 0
+        logits: list[torch.Tensor] = []
         for member in self.members:
-            out = member(x)
-            total = out if n == 0 else total + out
-            n += 1
-        return total / n
+            logits.append(member(x))
+        return torch.stack(logits).mean(0)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if len(self.members) == 1 and state_dict and not any(str(k).startswith("members.") for k in state_dict):
