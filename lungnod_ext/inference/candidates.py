@@ -5,7 +5,9 @@ voxel indices are ``(i, j, k)``; world positions are LPS millimetres.
 
 A candidate is one 3D connected component (26-connectivity) of ``prob >= threshold`` that is at least
 ``min_volume_mm3`` large and, when a lung mask is given, comes within ``lung_dilate_mm`` of it
-(distances in mm, so anisotropic voxels are handled). Candidates are numbered 1..n by descending
+(distances in mm, so anisotropic voxels are handled); with ``min_lung_core_fraction`` > 0 and an HU image,
+a component must also have that share of its voxels inside the lung closed by a ``lung_core_closing_mm``
+disc (:func:`lungnod_ext.transforms.lung_mask.lung_core_mask`). Candidates are numbered 1..n by descending
 maximum probability (ties: larger first, then scan order); the label map carries the same ids.
 
 Each candidate is a plain dict (JSON-ready):
@@ -40,6 +42,7 @@ from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import write_text_atomic
 from data_prep.coords import Geometry
 from lungnod_ext.data.meta import case_id_from_meta, channel_view_zyx, geometry_from_meta_tensor
+from lungnod_ext.transforms.lung_mask import LungMaskWarning, lung_core_mask
 
 DEFAULT_MIN_VOLUME_MM3 = 10.0
 """About a 2.7 mm sphere: just under LIDC's 3 mm nodule size, so an under-segmented 3 mm nodule survives."""
@@ -89,7 +92,9 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
                                   min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
                                   lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM,
                                   max_candidates: int | None = None,
-                                  label_map_out: np.ndarray | None = None) -> tuple[list[dict], np.ndarray]:
+                                  label_map_out: np.ndarray | None = None,
+                                  lung_core_zyx: np.ndarray | None = None,
+                                  min_lung_core_fraction: float = 0.0) -> tuple[list[dict], np.ndarray]:
     """Candidates of a probability map and their label map.
 
     Args:
@@ -105,6 +110,10 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
         lung_dilate_mm: the lung mask is grown by this many mm (Euclidean, anisotropic voxels handled).
         max_candidates: keep only the first n (highest max probability); None keeps all.
         label_map_out: optional zero-filled integer (z, y, x) array (or view) to write the label map into.
+        lung_core_zyx: optional (z, y, x) mask of where a nodule can lie (non-zero;
+            :func:`lungnod_ext.transforms.lung_mask.lung_core_mask`): components with less than
+            ``min_lung_core_fraction`` of their voxels in it are dropped (soft tissue of the chest wall,
+            hilum or mediastinum that only touches the lung). An empty mask is ignored.
 
     Returns:
         (candidates, label_map): the list described in the module docstring (empty when nothing passes),
@@ -119,7 +128,8 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
         raise ValueError(f"prob_zyx must be 3D (z, y, x), got shape {prob.shape}")
     if tuple(prob.shape) != geometry.shape_zyx:
         raise ValueError(f"prob_zyx shape {prob.shape} does not match geometry (z, y, x) {geometry.shape_zyx}")
-    for name, arr in (("hu_zyx", hu_zyx), ("lung_mask_zyx", lung_mask_zyx), ("label_map_out", label_map_out)):
+    for name, arr in (("hu_zyx", hu_zyx), ("lung_mask_zyx", lung_mask_zyx), ("label_map_out", label_map_out),
+                      ("lung_core_zyx", lung_core_zyx)):
         if arr is not None and tuple(np.shape(arr)) != tuple(prob.shape):
             raise ValueError(f"{name} shape {np.shape(arr)} differs from prob_zyx shape {prob.shape}")
     label_map = np.zeros(prob.shape, dtype=np.uint16) if label_map_out is None else label_map_out
@@ -159,6 +169,13 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
         big_enough = np.asarray(kept, dtype=np.int64)
         if big_enough.size == 0:
             return [], label_map
+    if lung_core_zyx is not None and min_lung_core_fraction > 0:
+        core = np.asarray(lung_core_zyx)
+        if core.any():                          # an empty core (no lung found) restricts nothing
+            inside = np.bincount(labels[core[work] != 0], minlength=n_components + 1)
+            big_enough = big_enough[inside[big_enough] >= min_lung_core_fraction * counts[big_enough]]
+            if big_enough.size == 0:
+                return [], label_map
 
     # per-component statistics, each inside the component's own box
     prob_work = prob[work]
@@ -291,19 +308,24 @@ class ExtractCandidates(Transform):
 
     ``prob_channel`` picks the foreground-probability channel (default -1: the only channel of a sigmoid
     output, the foreground of a 2-channel softmax). ``image`` (HU) and ``lung_mask`` are optional
-    ``(C, X, Y, Z)`` arrays on the same grid (channel 0 is used). The label map comes back as an int32
+    ``(C, X, Y, Z)`` arrays on the same grid (channel 0 is used). ``min_lung_core_fraction`` > 0 (with an
+    image) drops components with less than that share of their voxels in the image's lung core (its lung
+    mask closed slice by slice with a ``lung_core_closing_mm`` disc, computed here). The label map comes back as an int32
     ``(1, X, Y, Z)`` MetaTensor with the prediction's metadata, ready for ``SaveImage``.
     Other arguments: see :func:`extract_candidates_and_labels`.
     """
 
     def __init__(self, threshold: float = 0.5, min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
                  lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM, max_candidates: int | None = None,
-                 prob_channel: int = -1) -> None:
+                 prob_channel: int = -1, min_lung_core_fraction: float = 0.0,
+                 lung_core_closing_mm: float = 15.0) -> None:
         self.threshold = threshold
         self.min_volume_mm3 = min_volume_mm3
         self.lung_dilate_mm = lung_dilate_mm
         self.max_candidates = max_candidates
         self.prob_channel = prob_channel
+        self.min_lung_core_fraction = float(min_lung_core_fraction)
+        self.lung_core_closing_mm = float(lung_core_closing_mm)
 
     def __call__(self, pred: MetaTensor, image=None, lung_mask=None) -> tuple[list[dict], MetaTensor]:
         geometry = geometry_from_meta_tensor(pred)
@@ -318,10 +340,16 @@ class ExtractCandidates(Transform):
                 warnings.warn("the image looks windowed to [0, 1], not HU: mean_hu will not be in HU; "
                               "point image_key at an unwindowed copy", stacklevel=2)
         lung = channel_view_zyx(lung_mask) if lung_mask is not None else None
+        core = None
+        if self.min_lung_core_fraction > 0 and hu is not None and (prob >= self.threshold).any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", LungMaskWarning)     # no lung: the core restricts nothing
+                core = lung_core_mask(hu, np.asarray(geometry.spacing, dtype=float)[::-1], self.lung_core_closing_mm)
         labels = torch.zeros((1, *pred.shape[1:]), dtype=torch.int32)
         candidates, _ = extract_candidates_and_labels(
             prob, geometry, hu, lung, self.threshold, self.min_volume_mm3, self.lung_dilate_mm, self.max_candidates,
-            label_map_out=labels.numpy()[0].transpose(2, 1, 0))
+            label_map_out=labels.numpy()[0].transpose(2, 1, 0), lung_core_zyx=core,
+            min_lung_core_fraction=self.min_lung_core_fraction)
         return candidates, MetaTensor(labels, meta=dict(pred.meta))
 
 
@@ -332,7 +360,8 @@ class ExtractCandidatesd(MapTransform):
     ``mean_hu`` NaN) and ``data[lung_mask_key]`` (optional); writes the candidate list to
     ``data[output_key]`` and the label map to ``data[labels_key]`` (skipped when None). With ``output_dir``
     the list is also written as ``<output_dir>/<case>_candidates.json`` and ``.csv``, ``<case>`` being the
-    prediction's source file name without extension.
+    prediction's source file name without extension. ``min_lung_core_fraction`` /
+    ``lung_core_closing_mm``: see :class:`ExtractCandidates` (the lung core is computed from the image).
     """
 
     def __init__(self, keys: KeysCollection = "pred", image_key: str | None = "image",
@@ -340,6 +369,7 @@ class ExtractCandidatesd(MapTransform):
                  labels_key: str | None = "candidate_labels", threshold: float = 0.5,
                  min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3, lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM,
                  max_candidates: int | None = None, prob_channel: int = -1, output_dir: str | None = None,
+                 min_lung_core_fraction: float = 0.0, lung_core_closing_mm: float = 15.0,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
@@ -349,7 +379,8 @@ class ExtractCandidatesd(MapTransform):
         self.output_key = output_key
         self.labels_key = labels_key
         self.output_dir = output_dir
-        self.extractor = ExtractCandidates(threshold, min_volume_mm3, lung_dilate_mm, max_candidates, prob_channel)
+        self.extractor = ExtractCandidates(threshold, min_volume_mm3, lung_dilate_mm, max_candidates, prob_channel,
+                                           min_lung_core_fraction, lung_core_closing_mm)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

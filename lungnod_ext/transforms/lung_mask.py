@@ -336,6 +336,31 @@ def compute_lung_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], *, th
     return mask.astype(np.uint8)
 
 
+def lung_core_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], closing_mm: float = 15.0,
+                   pixel_mm: float = 1.5, slice_mm: float = 2.5) -> np.ndarray:
+    """Where a lung nodule can lie: the lung mask of :func:`compute_lung_mask` (no dilation) closed slice by
+    slice with an elliptical disc of radius ``closing_mm`` (mm), so the bites that juxta-pleural and
+    juxta-mediastinal nodules take out of the air mask (up to about twice that radius wide) are inside,
+    and the chest wall, mediastinum and hilum beyond them are not. Worked out on every f-th row and column
+    and every g-th slice (the largest whole steps keeping pixels <= ``pixel_mm`` and slices <= ``slice_mm``:
+    0.7 mm pixels and 1.25 mm slices -> 1.4 x 1.4 x 2.5 mm, 8x fewer voxels; the lung mask's own analysis
+    grid is 1.4 x 1.4 x 2.5 mm) and returned on the input grid. (z, y, x) HU in, uint8 (z, y, x) out, empty
+    (with a :class:`LungMaskWarning`) when no lung is found."""
+    hu = np.asarray(hu_zyx)
+    sz, sy, sx = (float(s) for s in spacing_zyx_mm)
+    f = max(1, int(pixel_mm // max(sy, sx)))
+    g = max(1, int(slice_mm // sz))
+    lung = compute_lung_mask(hu[::g, ::f, ::f], (sz * g, sy * f, sx * f))
+    if closing_mm > 0 and lung.any():
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(round(closing_mm / (sx * f))) + 1,
+                                                               2 * int(round(closing_mm / (sy * f))) + 1))
+        lung = _per_slice(lung.astype(bool), lambda s: cv2.morphologyEx(s, cv2.MORPH_CLOSE, kernel))
+    if f > 1 or g > 1:
+        lung = np.repeat(np.repeat(np.repeat(lung, g, axis=0), f, axis=1), f, axis=2)[:hu.shape[0], :hu.shape[1],
+                                                                                        :hu.shape[2]]
+    return np.ascontiguousarray(lung, dtype=np.uint8)
+
+
 # ------------------------------------------------------------------------------------------------ transforms
 CV2_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64)
 

@@ -222,6 +222,53 @@ def test_dict_transform_two_channel_softmax_lung_mask_and_empty():
         ExtractCandidatesd(keys="pred", lung_mask_key="lung")(empty)
 
 
+def test_lung_core_fraction_drops_segments_outside_the_lung():
+    """Components with less than min_lung_core_fraction of their voxels in the lung core are dropped;
+    without the rule, or with an empty core (no lung found), every component stays."""
+    g = geometry(shape_ijk=(40, 30, 10))
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    prob[3:6, 5:10, 5:10] = 0.8        # inside the core: 75 voxels
+    prob[3:6, 20:25, 20:30] = 0.9      # 150 voxels, 40 of them (27 %) inside
+    core = np.zeros(g.shape_zyx, dtype=np.uint8)
+    core[:, :15, :15] = 1
+    core[3:5, 20:25, 20:24] = 1
+    both, _ = extract_candidates_and_labels(prob, g, lung_core_zyx=core, min_lung_core_fraction=0.0)
+    assert len(both) == 2
+    kept, labels = extract_candidates_and_labels(prob, g, lung_core_zyx=core, min_lung_core_fraction=0.35)
+    assert [c["n_voxels"] for c in kept] == [75] and kept[0]["id"] == 1 and int(labels.max()) == 1
+    assert len(extract_candidates_and_labels(prob, g, lung_core_zyx=core, min_lung_core_fraction=0.25)[0]) == 2
+    assert len(extract_candidates_and_labels(prob, g, lung_core_zyx=np.zeros_like(core),
+                                             min_lung_core_fraction=0.35)[0]) == 2
+
+
+def test_dict_transform_computes_the_lung_core_from_the_image():
+    """A chest: body 40 HU, one -850 HU lung; a segment inside the lung is kept, one in the soft tissue beside
+    it (touching the lung, so the 10 mm lung filter alone keeps it) is dropped by the core rule."""
+    g = geometry(shape_ijk=(200, 160, 24))           # 140 x 112 mm, 0.7 mm pixels, 2.5 mm slices
+    z, y, x = np.meshgrid(*[np.arange(n) for n in g.shape_zyx], indexing="ij")
+    hu = np.full(g.shape_zyx, -1000.0, np.float32)
+    hu[:, 10:150, 10:190] = 40.0                      # body
+    lung = (z >= 2) & (z < 22) & (y >= 30) & (y < 130) & (x >= 40) & (x < 120)
+    hu[lung] = -850.0
+    hu += np.random.default_rng(0).normal(0, 10, hu.shape).astype(np.float32)
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    inside = (np.abs(z - 12) <= 1) & (np.abs(y - 80) <= 6) & (np.abs(x - 80) <= 6)
+    outside = (np.abs(z - 12) <= 1) & (np.abs(y - 80) <= 6) & (x >= 120) & (x < 140)
+    prob[inside] = 0.9
+    prob[outside] = 0.95
+    hu[inside] = 40.0
+    def to_cxyz(a):
+        return MetaTensor(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 1, 0)[None])),
+                          affine=torch.from_numpy(g.affine_ras()))
+    data = {"pred": to_cxyz(prob), "image": to_cxyz(hu), "lung": to_cxyz(lung.astype(np.uint8))}
+    everything = ExtractCandidatesd(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0)(data)["candidates"]
+    assert len(everything) == 2
+    kept = ExtractCandidatesd(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0, min_lung_core_fraction=0.35,
+                              lung_core_closing_mm=15.0)(data)["candidates"]
+    assert len(kept) == 1 and kept[0]["max_prob"] == pytest.approx(0.9)
+    assert kept[0]["centre_voxel"] == pytest.approx([80.0, 80.0, 12.0])
+
+
 def test_windowed_image_warns_and_grid_mismatch_fails():
     g = geometry(shape_ijk=(20, 20, 10))
     prob = np.zeros((1, 20, 20, 10), dtype=np.float32)

@@ -21,7 +21,7 @@ from lungnod_ext.transforms.clahe import CLAHEd
 from data_prep.coords import Geometry
 from lungnod_ext.transforms.hu_window import HUWindowd
 from lungnod_ext.transforms.lung_mask import (LungMask, LungMaskd, LungMaskWarning, compute_lung_mask, dilate_mask_mm,
-                                   fill_holes_per_slice, reverse_axes_3d)
+                                   fill_holes_per_slice, lung_core_mask, reverse_axes_3d)
 
 PHANTOM_SPACING_ZYX = (2.5, 0.8, 0.8)
 LUNA16_NODULE_LPS = (56.2084, 86.3434, -115.8676)  # LIDC-IDRI-0001's nodule (luna16_annotations.csv), 23.35 mm
@@ -139,6 +139,32 @@ def test_dilation_is_an_ellipsoid_in_mm():
     assert (z.min(), z.max()) == (8, 12) and (y.min(), y.max()) == (15, 25) and (x.min(), x.max()) == (10, 30)
     assert not grown[12, 25, 20] and grown[12, 20, 20]  # corner of the box is outside the ellipsoid
     assert np.array_equal(dilate_mask_mm(mask, (2.5, 1.0, 0.5), 0.0), mask)
+
+
+def test_lung_core_takes_in_juxta_pleural_bites_not_the_mediastinum():
+    """A 10 mm solid nodule on the lateral pleura takes a bite out of the air mask; the 15 mm-closed lung
+    core fills it, while the mediastinum between the lungs (40 mm wide) and the chest wall stay out."""
+    hu, spacing, lungs, _ = make_phantom()
+    shape = hu.shape
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    zc, yc, xc = (np.array(shape) - 1) * np.array(spacing) / 2
+    wall_x = xc + 50 + 30                                       # the right lung's lateral edge at its centre
+    nodule = ((z - (zc - 5)) ** 2 + (y - yc) ** 2 + (x - wall_x) ** 2 <= 5.0 ** 2) & lungs
+    hu = hu.copy()
+    hu[nodule] = 40
+    air_mask = compute_lung_mask(hu, spacing).astype(bool)
+    core = lung_core_mask(hu, spacing, closing_mm=15.0).astype(bool)
+    assert (air_mask & nodule).mean() < 0.05 * nodule.mean()   # the air mask leaves the bite out
+    # the core takes it in, but for the voxel column on the pleura itself (the air mask's own edge there)
+    assert (core & nodule).sum() >= 0.7 * nodule.sum()
+    assert not (air_mask & ~core).any()                        # closing only adds
+    mediastinum = (np.abs(x - xc) <= 5) & (np.abs(y - yc) <= 5) & (np.abs(z - (zc - 5)) <= 5)
+    assert not (core & mediastinum).any()
+    chest_wall = (x > wall_x + 8) & (np.abs(y - yc) <= 5) & (np.abs(z - (zc - 5)) <= 5) & (hu > -500)
+    assert chest_wall.any() and not (core & chest_wall).any()
+    assert lung_core_mask(hu, spacing, closing_mm=0.0).astype(bool).tolist() == air_mask.tolist()
+    with pytest.warns(LungMaskWarning):
+        assert not lung_core_mask(np.full((8, 32, 32), 40, np.int16), (2.5, 1.0, 1.0)).any()
 
 
 def test_fill_holes_per_slice_fills_enclosed_background_only():
