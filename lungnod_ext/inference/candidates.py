@@ -310,8 +310,8 @@ class ExtractCandidates(Transform):
     output, the foreground of a 2-channel softmax). ``image`` (HU) and ``lung_mask`` are optional
     ``(C, X, Y, Z)`` arrays on the same grid (channel 0 is used). ``min_lung_core_fraction`` > 0 (with an
     image) drops components with less than that share of their voxels in the image's lung core (its lung
-    mask closed slice by slice with a ``lung_core_closing_mm`` disc, computed here). The label map comes back as an int32
-    ``(1, X, Y, Z)`` MetaTensor with the prediction's metadata, ready for ``SaveImage``.
+    mask closed slice by slice with a ``lung_core_closing_mm`` disc, computed here). The label map comes
+    back as an int32 ``(1, X, Y, Z)`` MetaTensor with the prediction's metadata, ready for ``SaveImage``.
     Other arguments: see :func:`extract_candidates_and_labels`.
     """
 
