@@ -5,9 +5,10 @@ voxel indices are ``(i, j, k)``; world positions are LPS millimetres.
 
 A candidate is one 3D connected component (26-connectivity) of ``prob >= threshold`` that is at least
 ``min_volume_mm3`` large and, when a lung mask is given, comes within ``lung_dilate_mm`` of it
-(distances in mm, so anisotropic voxels are handled); with ``min_lung_core_fraction`` > 0 and an HU image,
-a component must also have that share of its voxels inside the lung closed by a ``lung_core_closing_mm``
-disc (:func:`lungnod_ext.transforms.lung_mask.lung_core_mask`). Candidates are numbered 1..n by descending
+(distances in mm, so anisotropic voxels are handled); with ``min_lung_core_fraction`` > 0, a component
+must also have that share of its voxels inside the lung core, the air lung mask closed slice by slice by a
+``lung_core_closing_mm`` disc (given, or worked out from the HU image:
+:func:`lungnod_ext.transforms.lung_mask.lung_core_mask`). Candidates are numbered 1..n by descending
 maximum probability (ties: larger first, then scan order); the label map carries the same ids.
 
 Each candidate is a plain dict (JSON-ready):
@@ -308,9 +309,11 @@ class ExtractCandidates(Transform):
 
     ``prob_channel`` picks the foreground-probability channel (default -1: the only channel of a sigmoid
     output, the foreground of a 2-channel softmax). ``image`` (HU) and ``lung_mask`` are optional
-    ``(C, X, Y, Z)`` arrays on the same grid (channel 0 is used). ``min_lung_core_fraction`` > 0 (with an
-    image) drops components with less than that share of their voxels in the image's lung core (its lung
-    mask closed slice by slice with a ``lung_core_closing_mm`` disc, computed here). The label map comes
+    ``(C, X, Y, Z)`` arrays on the same grid (channel 0 is used). ``min_lung_core_fraction`` > 0 drops
+    components with less than that share of their voxels in the lung core: ``lung_core`` when given (the
+    same grid, e.g. :class:`lungnod_ext.transforms.lung_mask.LungMaskd`'s ``core_key`` resampled here), else
+    the image's lung mask closed slice by slice with a ``lung_core_closing_mm`` disc, computed here
+    (:func:`lungnod_ext.transforms.lung_mask.lung_core_mask`; needs the image). The label map comes
     back as an int32 ``(1, X, Y, Z)`` MetaTensor with the prediction's metadata, ready for ``SaveImage``.
     Other arguments: see :func:`extract_candidates_and_labels`.
     """
@@ -327,7 +330,8 @@ class ExtractCandidates(Transform):
         self.min_lung_core_fraction = float(min_lung_core_fraction)
         self.lung_core_closing_mm = float(lung_core_closing_mm)
 
-    def __call__(self, pred: MetaTensor, image=None, lung_mask=None) -> tuple[list[dict], MetaTensor]:
+    def __call__(self, pred: MetaTensor, image=None, lung_mask=None,
+                 lung_core=None) -> tuple[list[dict], MetaTensor]:
         geometry = geometry_from_meta_tensor(pred)
         prob = channel_view_zyx(pred, self.prob_channel)
         hu = None
@@ -341,7 +345,11 @@ class ExtractCandidates(Transform):
                               "point image_key at an unwindowed copy", stacklevel=2)
         lung = channel_view_zyx(lung_mask) if lung_mask is not None else None
         core = None
-        if self.min_lung_core_fraction > 0 and hu is not None and (prob >= self.threshold).any():
+        if self.min_lung_core_fraction > 0 and lung_core is not None:
+            core = channel_view_zyx(lung_core)
+            if tuple(core.shape) != tuple(prob.shape):
+                raise ValueError(f"lung_core (z, y, x) {core.shape} and pred {prob.shape} are on different grids")
+        elif self.min_lung_core_fraction > 0 and hu is not None and (prob >= self.threshold).any():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", LungMaskWarning)     # no lung: the core restricts nothing
                 core = lung_core_mask(hu, np.asarray(geometry.spacing, dtype=float)[::-1], self.lung_core_closing_mm)
@@ -361,7 +369,8 @@ class ExtractCandidatesd(MapTransform):
     ``data[output_key]`` and the label map to ``data[labels_key]`` (skipped when None). With ``output_dir``
     the list is also written as ``<output_dir>/<case>_candidates.json`` and ``.csv``, ``<case>`` being the
     prediction's source file name without extension. ``min_lung_core_fraction`` /
-    ``lung_core_closing_mm``: see :class:`ExtractCandidates` (the lung core is computed from the image).
+    ``lung_core_closing_mm``: see :class:`ExtractCandidates`; the lung core is ``data[lung_core_key]`` when
+    that key is set and present, else computed from the image.
     """
 
     def __init__(self, keys: KeysCollection = "pred", image_key: str | None = "image",
@@ -370,12 +379,13 @@ class ExtractCandidatesd(MapTransform):
                  min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3, lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM,
                  max_candidates: int | None = None, prob_channel: int = -1, output_dir: str | None = None,
                  min_lung_core_fraction: float = 0.0, lung_core_closing_mm: float = 15.0,
-                 allow_missing_keys: bool = False) -> None:
+                 lung_core_key: str | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"ExtractCandidatesd takes one prediction key, got {self.keys}")
         self.image_key = image_key
         self.lung_mask_key = lung_mask_key
+        self.lung_core_key = lung_core_key
         self.output_key = output_key
         self.labels_key = labels_key
         self.output_dir = output_dir
@@ -389,7 +399,8 @@ class ExtractCandidatesd(MapTransform):
             lung = d.get(self.lung_mask_key) if self.lung_mask_key is not None else None
             if self.lung_mask_key is not None and lung is None and not self.allow_missing_keys:
                 raise KeyError(f"lung mask key {self.lung_mask_key!r} not in data")
-            candidates, labels = self.extractor(d[key], image=image, lung_mask=lung)
+            core = d.get(self.lung_core_key) if self.lung_core_key is not None else None
+            candidates, labels = self.extractor(d[key], image=image, lung_mask=lung, lung_core=core)
             d[self.output_key] = candidates
             if self.labels_key is not None:
                 d[self.labels_key] = labels

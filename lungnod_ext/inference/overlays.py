@@ -188,11 +188,12 @@ def write_png(path, rgb: np.ndarray) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ candidates
-def _crop(slice_yx: np.ndarray, centre_rc, half_rc, fill) -> np.ndarray:
-    """A (2 half_r + 1, 2 half_c + 1) window of a 2D array around (row, col), padded with ``fill``."""
+def _crop(slice_yx: np.ndarray, centre_rc, half_rc, fill, dtype=None) -> np.ndarray:
+    """A (2 half_r + 1, 2 half_c + 1) window of a 2D array around (row, col), padded with ``fill``, as
+    ``dtype`` (default: the array's)."""
     r, c = int(round(centre_rc[0])), int(round(centre_rc[1]))
     hr, hc = int(half_rc[0]), int(half_rc[1])
-    out = np.full((2 * hr + 1, 2 * hc + 1), fill, dtype=slice_yx.dtype)
+    out = np.full((2 * hr + 1, 2 * hc + 1), fill, dtype=slice_yx.dtype if dtype is None else dtype)
     r0, r1 = max(r - hr, 0), min(r + hr + 1, slice_yx.shape[0])
     c0, c1 = max(c - hc, 0), min(c + hc + 1, slice_yx.shape[1])
     if r1 > r0 and c1 > c0:
@@ -257,7 +258,7 @@ class _CaseViews:
         centre = self.orient.voxel_to_view(candidate["centre_voxel"])
         half = [max(1, int(round(side_mm / 2.0 / sp))) for sp in self.spacing_rc]
         fill = min(float(self.window[0]), -1024.0)
-        hu = _crop(self.hu[s].astype(np.float32), centre[1:], half, fill)
+        hu = _crop(self.hu[s], centre[1:], half, fill, np.float32)
         mask = None if self.mask is None else _crop(self.mask[s], centre[1:], half, 0)
         return overlay_slice(hu, mask, self.window, spacing_mm=self.spacing_rc, out_shape=out_shape,
                              thickness=2, text_lines=lines)

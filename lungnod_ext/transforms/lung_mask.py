@@ -251,10 +251,7 @@ def _select_lungs(candidates: np.ndarray, midline_x: float, voxel_ml: float, min
 
 
 # ------------------------------------------------------------------------------------------------ the mask
-def compute_lung_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], *, threshold_hu: float = AIR_THRESHOLD_HU,
-                      binarise: str = "hu", dilate_mm: float = 0.0, min_lung_volume_ml: float = 100.0,
-                      airway_max_area_mm2: float = 600.0, airway_max_offset_mm: float = 30.0,
-                      analysis_spacing_mm: Sequence[float] = (2.5, 1.4, 1.4), max_split_mm: float = 15.0) -> np.ndarray:
+def compute_lung_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], **options) -> np.ndarray:
     """Lung mask of a chest CT (both lungs; trachea, main bronchi, outside air and bowel gas excluded).
 
     Args:
@@ -271,6 +268,19 @@ def compute_lung_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], *, th
         max_split_mm: deepest in-plane erosion tried to part two touching lungs.
     Returns:
         uint8 (z, y, x) mask, 1 = lung. Empty (with a :class:`LungMaskWarning`) when no lung is found.
+    """
+    return compute_lung_masks(hu_zyx, spacing_zyx_mm, **options)[0]
+
+
+def compute_lung_masks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], *, threshold_hu: float = AIR_THRESHOLD_HU,
+                      binarise: str = "hu", dilate_mm: float = 0.0, min_lung_volume_ml: float = 100.0,
+                      airway_max_area_mm2: float = 600.0, airway_max_offset_mm: float = 30.0,
+                      analysis_spacing_mm: Sequence[float] = (2.5, 1.4, 1.4),
+                      max_split_mm: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`compute_lung_mask` and, from the same analysis, the mask before ``dilate_mm``.
+
+    Returns: (mask, air): uint8 (z, y, x) masks, ``mask`` grown by ``dilate_mm``, ``air`` not (the same array
+    when ``dilate_mm`` is 0); both empty (with a :class:`LungMaskWarning`) when no lung is found.
     """
     hu_zyx = np.asarray(hu_zyx)
     if hu_zyx.ndim != 3:
@@ -320,7 +330,8 @@ def compute_lung_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], *, th
     if not labels.any():
         warnings.warn("no lungs found (no air component inside the body of at least "
                       f"{min_lung_volume_ml} mL): returning an empty lung mask", LungMaskWarning, stacklevel=2)
-        return np.zeros(hu_zyx.shape, dtype=np.uint8)
+        empty = np.zeros(hu_zyx.shape, dtype=np.uint8)
+        return empty, empty
     lungs = np.zeros(labels.shape, dtype=bool)
     for value in (1, 2):
         if (labels == value).any():
@@ -330,10 +341,25 @@ def compute_lung_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], *, th
     interior = _per_slice(lungs, lambda s: cv2.erode(s, CROSS_2D))
     mask = _refine(lungs.astype(np.uint8), hu_zyx.shape, factors).astype(bool)
     mask &= (score < threshold) | _refine(interior, hu_zyx.shape, factors).astype(bool)
-    if dilate_mm > 0:
-        grown = dilate_mask_mm(lungs, (sz, sy, sx), dilate_mm).astype(np.uint8)
-        mask |= _refine(grown, hu_zyx.shape, factors).astype(bool)
-    return mask.astype(np.uint8)
+    air = mask.astype(np.uint8)
+    if dilate_mm <= 0:
+        return air, air
+    grown = dilate_mask_mm(lungs, (sz, sy, sx), dilate_mm).astype(np.uint8)
+    mask |= _refine(grown, hu_zyx.shape, factors).astype(bool)
+    return mask.astype(np.uint8), air
+
+
+def close_slices_mm(mask_zyx: np.ndarray, spacing_yx_mm: Sequence[float], closing_mm: float) -> np.ndarray:
+    """A (z, y, x) mask closed slice by slice with an elliptical disc of radius ``closing_mm`` (mm, the pixel
+    size ``spacing_yx_mm`` (y, x) in mm) -> uint8 (z, y, x); returned as is (uint8) for ``closing_mm`` <= 0 or
+    an empty mask. This is the lung core of :func:`lung_core_mask` when given the air lung mask."""
+    mask = np.asarray(mask_zyx).astype(np.uint8, copy=False)
+    if closing_mm <= 0 or not mask.any():
+        return mask
+    sy, sx = (float(v) for v in spacing_yx_mm)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(round(closing_mm / sx)) + 1,
+                                                           2 * int(round(closing_mm / sy)) + 1))
+    return _per_slice(mask, lambda s: cv2.morphologyEx(s, cv2.MORPH_CLOSE, kernel))
 
 
 def lung_core_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], closing_mm: float = 15.0,
@@ -350,11 +376,8 @@ def lung_core_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], closing_
     sz, sy, sx = (float(s) for s in spacing_zyx_mm)
     f = max(1, int(pixel_mm // max(sy, sx)))
     g = max(1, int(slice_mm // sz))
-    lung = compute_lung_mask(hu[::g, ::f, ::f], (sz * g, sy * f, sx * f))
-    if closing_mm > 0 and lung.any():
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(round(closing_mm / (sx * f))) + 1,
-                                                               2 * int(round(closing_mm / (sy * f))) + 1))
-        lung = _per_slice(lung.astype(bool), lambda s: cv2.morphologyEx(s, cv2.MORPH_CLOSE, kernel))
+    lung = close_slices_mm(compute_lung_mask(hu[::g, ::f, ::f], (sz * g, sy * f, sx * f)), (sy * f, sx * f),
+                           closing_mm)
     if f > 1 or g > 1:
         lung = np.repeat(np.repeat(np.repeat(lung, g, axis=0), f, axis=1), f, axis=2)[:hu.shape[0], :hu.shape[1],
                                                                                         :hu.shape[2]]
@@ -407,19 +430,30 @@ class LungMask(Transform):
         raise ValueError("LungMask needs spacing_mm for an input without an affine (not a MetaTensor)")
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        return self.with_core(img, None)[0]
+
+    def with_core(self, img: NdarrayOrTensor, core_closing_mm: float | None) -> tuple[NdarrayOrTensor, ...]:
+        """(mask,) or, with ``core_closing_mm`` (mm), (mask, lung core): the core is the mask before
+        ``dilate_mm`` closed slice by slice with a disc of that radius (:func:`close_slices_mm`), where a nodule
+        can lie. Both ``(1, X, Y, Z)`` uint8 of the input's type, from one lung analysis."""
         arr = convert_data_type(img, np.ndarray)[0]
         if arr.ndim != 4 or arr.shape[0] != 1:
             raise ValueError(f"expected a single-channel volume (1, X, Y, Z), got shape {arr.shape}")
         sx, sy, sz = self._spacing(img)
-        mask_zyx = compute_lung_mask(reverse_axes_3d(arr[0]), (sz, sy, sx), **self.options)
-        out = reverse_axes_3d(mask_zyx)[None]
-        return convert_to_dst_type(out, img, dtype=np.uint8)[0]
+        mask_zyx, air_zyx = compute_lung_masks(reverse_axes_3d(arr[0]), (sz, sy, sx), **self.options)
+        outputs = [mask_zyx]
+        if core_closing_mm is not None:
+            outputs.append(close_slices_mm(air_zyx, (sy, sx), core_closing_mm))
+        return tuple(convert_to_dst_type(reverse_axes_3d(m)[None], img, dtype=np.uint8)[0] for m in outputs)
 
 
 class LungMaskd(MapTransform):
     """Dictionary twin of :class:`LungMask`: ``data[output_key] = LungMask(data[key])``.
 
-    ``output_key`` is one key per input key (a single string when there is one input key).
+    ``output_key`` is one key per input key (a single string when there is one input key). With ``core_key``
+    (likewise one per input key) the lung core of the same analysis goes there too: the mask before
+    ``dilate_mm`` closed slice by slice with a ``core_closing_mm`` disc (:meth:`LungMask.with_core`), what
+    :class:`lungnod_ext.inference.candidates.ExtractCandidatesd` checks segments against.
     """
 
     backend = LungMask.backend
@@ -428,19 +462,27 @@ class LungMaskd(MapTransform):
                  spacing_mm: Sequence[float] | None = None, threshold_hu: float = AIR_THRESHOLD_HU,
                  binarise: str = "hu", dilate_mm: float = 0.0, min_lung_volume_ml: float = 100.0,
                  airway_max_area_mm2: float = 600.0, airway_max_offset_mm: float = 30.0,
+                 core_key: str | Sequence[str] | None = None, core_closing_mm: float = 15.0,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_keys = ensure_tuple(output_key)
         if len(self.output_keys) != len(self.keys):
             raise ValueError(f"need one output_key per key: keys {self.keys}, output_key {self.output_keys}")
+        self.core_keys = (None,) * len(self.keys) if core_key is None else ensure_tuple(core_key)
+        if len(self.core_keys) != len(self.keys):
+            raise ValueError(f"need one core_key per key: keys {self.keys}, core_key {self.core_keys}")
+        self.core_closing_mm = float(core_closing_mm)
         self.masker = LungMask(spacing_mm=spacing_mm, threshold_hu=threshold_hu, binarise=binarise,
                                dilate_mm=dilate_mm, min_lung_volume_ml=min_lung_volume_ml,
                                airway_max_area_mm2=airway_max_area_mm2, airway_max_offset_mm=airway_max_offset_mm)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
-        for key, output_key in self.key_iterator(d, self.output_keys):
-            d[output_key] = self.masker(d[key])
+        for key, output_key, core_key in self.key_iterator(d, self.output_keys, self.core_keys):
+            masks = self.masker.with_core(d[key], None if core_key is None else self.core_closing_mm)
+            d[output_key] = masks[0]
+            if core_key is not None:
+                d[core_key] = masks[1]
         return d
 
 

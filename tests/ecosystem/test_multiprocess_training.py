@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,33 @@ def _rank_logs(log_dir: Path) -> dict[int, str]:
     return logs
 
 
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def _torchrun(cmd: list[str], cwd: Path, env: dict, work: Path) -> tuple[int, str, dict[int, str]]:
+    """(torchrun's exit code, its stderr, the per-rank logs); fails the test on a timeout."""
+    # own process group: on a timeout the workers (blocked in a collective, say) go down with torchrun
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"torchrun timed out; rank logs: {_rank_logs(work / 'torchrun')}")
+    return proc.returncode, stderr, _rank_logs(work / "torchrun")
+
+
+def _gloo_teardown_abort(logs: dict[int, str]) -> bool:
+    """A rank finished its training run and then aborted with C++'s "terminate called without an active
+    exception" (torchrun then stops the others, rank 0 typically still in its MLflow logging): the gloo
+    teardown race seen in about one of ten loaded full-suite runs (never alone: 11 of 11 runs clean in session
+    18, 5 of them beside CPU burners), with the barrier and ``destroy_process_group`` of ``multi_gpu_train.json``'s
+    finalize in place. Anything else (a rank failing in training, a hang) is no match."""
+    finished = "SupervisedTrainer - INFO - Engine run finished"
+    return any(finished in text and GLOO_ABORT in text.split(finished)[-1] for text in logs.values())
+
+
 @pytest.fixture(scope="module", params=BUNDLES)
 def ddp(request, cohort, bundle_dataset, tmp_path_factory) -> dict:
     bundle = request.param
@@ -112,17 +141,15 @@ def ddp(request, cohort, bundle_dataset, tmp_path_factory) -> dict:
            "--tracking", "mlflow"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MLFLOW_DISABLE_TELEMETRY="true",
                DO_NOT_TRACK="true")
-    # own process group: on a timeout the workers (blocked in a collective, say) go down with torchrun
-    proc = subprocess.Popen(cmd, cwd=bundle_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=480)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"torchrun timed out; rank logs: {_rank_logs(work / 'torchrun')}")
-    logs = _rank_logs(work / "torchrun")
-    assert proc.returncode == 0, (stderr[-3000:], {r: t[-3000:] for r, t in logs.items()})
+    returncode, stderr, logs = _torchrun(cmd, bundle_dir, env, work)
+    if returncode and _gloo_teardown_abort(logs):
+        # torch's gloo teardown race (below): rerun once from scratch, loudly, and hold the rerun to every check
+        warnings.warn(f"{bundle}: a rank trained to the end, then aborted in gloo's teardown ('{GLOO_ABORT}'); "
+                      "rerunning torchrun once")
+        for path in ("torchrun", "eval", "models"):
+            shutil.rmtree(work / path, ignore_errors=True)
+        returncode, stderr, logs = _torchrun(cmd, bundle_dir, env, work)
+    assert returncode == 0, (stderr[-3000:], {r: t[-3000:] for r, t in logs.items()})
     datalist = json.loads((data / "datalist.json").read_text())
     records = {r: json.loads((work / "eval" / f"rank{r}_cases.json").read_text()) for r in range(WORLD)}
     return {"bundle": bundle, "work": work, "logs": logs, "records": records, "datalist": datalist}

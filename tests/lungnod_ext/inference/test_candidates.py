@@ -268,6 +268,17 @@ def test_dict_transform_computes_the_lung_core_from_the_image():
     assert len(kept) == 1 and kept[0]["max_prob"] == pytest.approx(0.9)
     assert kept[0]["centre_voxel"] == pytest.approx([80.0, 80.0, 12.0])
 
+    # a lung core given by the pipeline (LungMaskd's core_key) is used instead of working it out: a core
+    # holding both segments keeps both, an empty core restricts nothing, one of another grid is an error
+    wide = to_cxyz(((y >= 20) & (y < 140) & (x >= 30) & (x < 150)).astype(np.uint8))
+    extract = ExtractCandidatesd(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0, min_lung_core_fraction=0.35,
+                                 lung_core_key="core")
+    assert len(extract({**data, "core": wide})["candidates"]) == 2
+    assert len(extract({**data, "core": to_cxyz(np.zeros_like(prob, dtype=np.uint8))})["candidates"]) == 2
+    assert len(extract(data)["candidates"]) == 1                     # no core in the data: from the image
+    with pytest.raises(ValueError, match="lung_core"):
+        extract({**data, "core": MetaTensor(torch.zeros(1, 10, 10, 10))})
+
 
 def test_windowed_image_warns_and_grid_mismatch_fails():
     g = geometry(shape_ijk=(20, 20, 10))

@@ -194,6 +194,14 @@ def test_segmentation_inference_config_passes_the_lung_mask_to_the_inferer():
     transforms = {t["_target_"]: t for t in json.loads((bundle / "configs" / "inference.json").read_text())
                   ["preprocessing"]["transforms"]}
     assert "lung_roi" in transforms["CropForegroundd"]["keys"] and "lung_roi" in transforms["DivisiblePadd"]["keys"]
+    # the lung core of the same lung analysis rides along to the candidates on the CT's grid
+    assert transforms["lungnod_ext.transforms.lung_mask.LungMaskd"]["core_key"] == "lung_core"
+    assert "lung_core" in transforms["CropForegroundd"]["keys"] and "lung_core" in transforms["DivisiblePadd"]["keys"]
+    post = {t["_target_"]: t for t in json.loads((bundle / "configs" / "inference.json").read_text())
+            ["postprocessing"]["transforms"]}
+    back = post["lungnod_ext.transforms.resample.ResampleToReferenced"]
+    assert dict(zip(back["keys"], back["mode"]))["lung_core"] == "nearest"
+    assert post["lungnod_ext.inference.candidates.ExtractCandidatesd"]["lung_core_key"] == "lung_core"
     order = list(transforms)
     assert order.index("lungnod_ext.transforms.lung_mask.LungMaskd") \
         < order.index("lungnod_ext.inference.zoom_points.AddZoomPointsd") \

@@ -20,8 +20,9 @@ from data_prep.nifti_io import write_nifti
 from lungnod_ext.transforms.clahe import CLAHEd
 from data_prep.coords import Geometry
 from lungnod_ext.transforms.hu_window import HUWindowd
-from lungnod_ext.transforms.lung_mask import (LungMask, LungMaskd, LungMaskWarning, compute_lung_mask, dilate_mask_mm,
-                                   fill_holes_per_slice, lung_core_mask, reverse_axes_3d)
+from lungnod_ext.transforms.lung_mask import (LungMask, LungMaskd, LungMaskWarning, close_slices_mm, compute_lung_mask,
+                                   compute_lung_masks, dilate_mask_mm, fill_holes_per_slice, lung_core_mask,
+                                   reverse_axes_3d)
 
 PHANTOM_SPACING_ZYX = (2.5, 0.8, 0.8)
 LUNA16_NODULE_LPS = (56.2084, 86.3434, -115.8676)  # LIDC-IDRI-0001's nodule (luna16_annotations.csv), 23.35 mm
@@ -165,6 +166,37 @@ def test_lung_core_takes_in_juxta_pleural_bites_not_the_mediastinum():
     assert lung_core_mask(hu, spacing, closing_mm=0.0).astype(bool).tolist() == air_mask.tolist()
     with pytest.warns(LungMaskWarning):
         assert not lung_core_mask(np.full((8, 32, 32), 40, np.int16), (2.5, 1.0, 1.0)).any()
+
+
+
+def test_lung_mask_transform_gives_the_core_from_the_same_analysis():
+    """LungMaskd(core_key=...): the grown mask as without it, and beside it the air mask (compute_lung_masks'
+    second output, before dilate_mm) closed slice by slice: the juxta-pleural nodule's bite is in that core,
+    the mediastinum is not; the core is never grown by dilate_mm."""
+    hu, spacing, lungs, _ = make_phantom()
+    shape = hu.shape
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    zc, yc, xc = (np.array(shape) - 1) * np.array(spacing) / 2
+    nodule = ((z - (zc - 5)) ** 2 + (y - yc) ** 2 + (x - (xc + 80)) ** 2 <= 5.0 ** 2) & lungs
+    hu = hu.copy()
+    hu[nodule] = 40
+    grown, air = compute_lung_masks(hu, spacing, dilate_mm=10.0)
+    assert np.array_equal(air, compute_lung_mask(hu, spacing))
+    assert np.array_equal(grown, compute_lung_mask(hu, spacing, dilate_mm=10.0)) and grown.sum() > 1.2 * air.sum()
+    affine = torch.diag(torch.tensor([-spacing[2], -spacing[1], spacing[0], 1.0], dtype=torch.float64))
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(hu.transpose(2, 1, 0))[None]), affine=affine)
+    out = LungMaskd(keys="image", output_key="roi", dilate_mm=10.0, core_key="core", core_closing_mm=15.0)(
+        {"image": image})
+    assert isinstance(out["core"], MetaTensor) and out["core"].dtype == torch.uint8
+    assert np.array_equal(out["roi"].numpy()[0].transpose(2, 1, 0), grown)
+    core = out["core"].numpy()[0].transpose(2, 1, 0).astype(bool)
+    assert np.array_equal(core, close_slices_mm(air, spacing[1:], 15.0).astype(bool))
+    assert (core & nodule).sum() >= 0.7 * nodule.sum() and not (air.astype(bool) & ~core).any()
+    mediastinum = (np.abs(x - xc) <= 5) & (np.abs(y - yc) <= 5) & (np.abs(z - (zc - 5)) <= 5)
+    assert not (core & mediastinum).any()
+    assert np.array_equal(close_slices_mm(air, spacing[1:], 0.0), air)
+    with pytest.raises(ValueError, match="core_key"):
+        LungMaskd(keys=["image", "ct"], output_key=["m1", "m2"], core_key="core")
 
 
 def test_fill_holes_per_slice_fills_enclosed_background_only():
