@@ -349,17 +349,26 @@ def compute_lung_masks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], *, t
     return mask.astype(np.uint8), air
 
 
-def close_slices_mm(mask_zyx: np.ndarray, spacing_yx_mm: Sequence[float], closing_mm: float) -> np.ndarray:
+def close_slices_mm(mask_zyx: np.ndarray, spacing_yx_mm: Sequence[float], closing_mm: float,
+                    pixel_mm: float = 1.5) -> np.ndarray:
     """A (z, y, x) mask closed slice by slice with an elliptical disc of radius ``closing_mm`` (mm, the pixel
     size ``spacing_yx_mm`` (y, x) in mm) -> uint8 (z, y, x); returned as is (uint8) for ``closing_mm`` <= 0 or
-    an empty mask. This is the lung core of :func:`lung_core_mask` when given the air lung mask."""
+    an empty mask. This is the lung core of :func:`lung_core_mask` when given the air lung mask. Pixels finer
+    than ``pixel_mm`` are closed on every f-th row and column (the largest whole step keeping pixels <=
+    ``pixel_mm``; a 15 mm disc costs ~4x less at 1.4 mm than at 0.7 mm), the result repeated back and joined
+    with the mask, so the output always holds the input."""
     mask = np.asarray(mask_zyx).astype(np.uint8, copy=False)
     if closing_mm <= 0 or not mask.any():
         return mask
     sy, sx = (float(v) for v in spacing_yx_mm)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(round(closing_mm / sx)) + 1,
-                                                           2 * int(round(closing_mm / sy)) + 1))
-    return _per_slice(mask, lambda s: cv2.morphologyEx(s, cv2.MORPH_CLOSE, kernel))
+    f = max(1, int(pixel_mm // max(sy, sx)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(round(closing_mm / (sx * f))) + 1,
+                                                           2 * int(round(closing_mm / (sy * f))) + 1))
+    closed = _per_slice(mask[:, ::f, ::f], lambda s: cv2.morphologyEx(s, cv2.MORPH_CLOSE, kernel))
+    if f == 1:
+        return closed
+    full = np.repeat(np.repeat(closed, f, axis=1), f, axis=2)[:, :mask.shape[1], :mask.shape[2]]
+    return np.ascontiguousarray(full | mask)
 
 
 def lung_core_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], closing_mm: float = 15.0,

@@ -195,6 +195,12 @@ def test_lung_mask_transform_gives_the_core_from_the_same_analysis():
     mediastinum = (np.abs(x - xc) <= 5) & (np.abs(y - yc) <= 5) & (np.abs(z - (zc - 5)) <= 5)
     assert not (core & mediastinum).any()
     assert np.array_equal(close_slices_mm(air, spacing[1:], 0.0), air)
+    # pixels finer than pixel_mm are closed on every f-th row and column: 0.8 mm pixels with pixel_mm 1.6
+    # -> every 2nd; the result still holds the mask, fills the bite and stays out of the mediastinum
+    coarse = close_slices_mm(air, spacing[1:], 15.0, pixel_mm=1.6).astype(bool)
+    assert not (air.astype(bool) & ~coarse).any()
+    assert 2 * (coarse & core).sum() / (coarse.sum() + core.sum()) > 0.98
+    assert (coarse & nodule).sum() >= 0.7 * nodule.sum() and not (coarse & mediastinum).any()
     with pytest.raises(ValueError, match="core_key"):
         LungMaskd(keys=["image", "ct"], output_key=["m1", "m2"], core_key="core")
 
