@@ -189,8 +189,17 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _tracks_runs(args) -> bool:
+    """Whether the command trains (and logs to MLflow): train-models, demo --train / --quick."""
+    return args.command == "train-models" or (args.command == "demo" and (args.train or args.quick))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not _tracks_runs(args):
+        from lungnod_ext.apps.monai_import import import_monai_for_inference
+
+        import_monai_for_inference()  # without MLflow / pandas: ~1.4 s less per run (module doc)
     if not args.debug:
         warnings.filterwarnings("ignore")
         handler = logging.StreamHandler(sys.stderr)
