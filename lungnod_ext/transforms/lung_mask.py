@@ -102,6 +102,21 @@ def _refine(mask_low: np.ndarray, shape: tuple[int, int, int], factors: tuple[in
     return np.ascontiguousarray(planes[:nz])
 
 
+def _stride(limit_mm: float, spacing_mm: float) -> int:
+    """The largest whole step (>= 1) that keeps ``spacing_mm`` x step <= ``limit_mm``."""
+    return max(1, int(limit_mm // spacing_mm))
+
+
+def _repeat_back(mask: np.ndarray, steps: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
+    """A (z', y', x') mask worked out on ``full[::gz, ::gy, ::gx]`` brought back to the (z, y, x) ``shape``
+    by repeating each voxel ``steps`` = (gz, gy, gx) times (nearest)."""
+    out = mask
+    for axis, step in enumerate(steps):
+        if step > 1:
+            out = np.repeat(out, step, axis=axis)
+    return out[:shape[0], :shape[1], :shape[2]]
+
+
 def _per_slice(mask: np.ndarray, op) -> np.ndarray:
     """Apply a uint8 2-D OpenCV operation to every slice of a (z, y, x) mask."""
     src = mask.astype(np.uint8, copy=False)
@@ -361,14 +376,13 @@ def close_slices_mm(mask_zyx: np.ndarray, spacing_yx_mm: Sequence[float], closin
     if closing_mm <= 0 or not mask.any():
         return mask
     sy, sx = (float(v) for v in spacing_yx_mm)
-    f = max(1, int(pixel_mm // max(sy, sx)))
+    f = _stride(pixel_mm, max(sy, sx))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(round(closing_mm / (sx * f))) + 1,
                                                            2 * int(round(closing_mm / (sy * f))) + 1))
     closed = _per_slice(mask[:, ::f, ::f], lambda s: cv2.morphologyEx(s, cv2.MORPH_CLOSE, kernel))
     if f == 1:
         return closed
-    full = np.repeat(np.repeat(closed, f, axis=1), f, axis=2)[:, :mask.shape[1], :mask.shape[2]]
-    return np.ascontiguousarray(full | mask)
+    return np.ascontiguousarray(_repeat_back(closed, (1, f, f), mask.shape) | mask)
 
 
 def lung_core_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], closing_mm: float = 15.0,
@@ -383,14 +397,10 @@ def lung_core_mask(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], closing_
     (with a :class:`LungMaskWarning`) when no lung is found."""
     hu = np.asarray(hu_zyx)
     sz, sy, sx = (float(s) for s in spacing_zyx_mm)
-    f = max(1, int(pixel_mm // max(sy, sx)))
-    g = max(1, int(slice_mm // sz))
+    f, g = _stride(pixel_mm, max(sy, sx)), _stride(slice_mm, sz)
     lung = close_slices_mm(compute_lung_mask(hu[::g, ::f, ::f], (sz * g, sy * f, sx * f)), (sy * f, sx * f),
                            closing_mm)
-    if f > 1 or g > 1:
-        lung = np.repeat(np.repeat(np.repeat(lung, g, axis=0), f, axis=1), f, axis=2)[:hu.shape[0], :hu.shape[1],
-                                                                                        :hu.shape[2]]
-    return np.ascontiguousarray(lung, dtype=np.uint8)
+    return np.ascontiguousarray(_repeat_back(lung, (g, f, f), hu.shape), dtype=np.uint8)
 
 
 # ------------------------------------------------------------------------------------------------ transforms
