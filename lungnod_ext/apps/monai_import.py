@@ -48,10 +48,8 @@ def import_monai_for_inference(skipped: Iterable[str] = SKIPPED_FOR_INFERENCE) -
     """Import MONAI's bundle workflows and engines (what the bundles' inference configs run) with the packages
     ``skipped`` hidden. -> True when they were hidden, False when MONAI was already imported (nothing to save;
     the process, e.g. a test session, keeps MONAI as it is)."""
-    if "monai" in sys.modules:
-        importlib.import_module("monai.bundle.workflows")
-        return False
-    with hidden_packages(name for name in skipped if name not in sys.modules):
+    hide = "monai" not in sys.modules
+    with hidden_packages(name for name in skipped if hide and name not in sys.modules):
         importlib.import_module("monai.bundle.workflows")
         importlib.import_module("monai.engines")
-    return True
+    return hide
