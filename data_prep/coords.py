@@ -82,6 +82,17 @@ class Geometry:
         return cls(tuple(image.GetOrigin()), tuple(image.GetSpacing()), tuple(image.GetDirection()), tuple(image.GetSize()))
 
 
+def bbox_lps(geometry: Geometry, bbox_ijk) -> list[float]:
+    """Voxel box (i0, j0, k0, i1, j1, k1), end exclusive -> the axis-aligned LPS mm box (x0, y0, z0, x1, y1,
+    z1) holding the voxels' full extent (voxel centres +- half a voxel), min corner first."""
+    lo = np.asarray(bbox_ijk[:3], dtype=float) - 0.5
+    hi = np.asarray(bbox_ijk[3:], dtype=float) - 0.5
+    corners = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
+                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    world = geometry.voxel_to_world(corners)
+    return [float(v) for v in world.min(axis=0)] + [float(v) for v in world.max(axis=0)]
+
+
 def lps_to_ras(xyz) -> np.ndarray:
     """Flip the first two world axes (LPS <-> RAS); the map is its own inverse."""
     xyz = np.asarray(xyz, dtype=float)

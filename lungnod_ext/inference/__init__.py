@@ -5,7 +5,7 @@ evidence maps, reports, DICOM SEG, the slab inferer. Imports ``networks``, ``tra
 from lungnod_ext import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
-    "candidates": ["bbox_lps", "extract_candidates_and_labels", "extract_candidates", "candidates_csv_text",
+    "candidates": ["extract_candidates_and_labels", "extract_candidates", "candidates_csv_text",
                    "write_candidates", "ExtractCandidates", "ExtractCandidatesd"],
     "classify": ["CandidatePatchesd", "PatchBatchInferer", "WriteClassificationd", "check_candidates_json",
                  "resolve_classification_inputs"],

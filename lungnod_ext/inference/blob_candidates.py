@@ -28,10 +28,9 @@ from monai.data.meta_tensor import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 
-from data_prep.coords import Geometry
+from data_prep.coords import Geometry, bbox_lps
 from data_prep.masks import bounding_box, equivalent_diameter_mm
 from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
-from lungnod_ext.inference.candidates import bbox_lps
 
 DEFAULT_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8)
 """Filter scales: a solid sphere of diameter d answers best at sigma = d / (2 sqrt 3), so 3.5-10 mm."""

@@ -41,7 +41,7 @@ from scipy import ndimage as ndi
 
 from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import write_text_atomic
-from data_prep.coords import Geometry
+from data_prep.coords import Geometry, bbox_lps
 from lungnod_ext.data.meta import case_id_from_meta, channel_view_zyx, geometry_from_meta_tensor
 from lungnod_ext.transforms.lung_mask import LungMaskWarning, lung_core_mask
 
@@ -76,16 +76,6 @@ def _touches_lung(component_crop: np.ndarray, lung_crop: np.ndarray, spacing_zyx
         return False
     distance_mm = ndi.distance_transform_edt(~lung_crop, sampling=spacing_zyx)
     return bool(distance_mm[component_crop].min() <= dilate_mm + 1e-6)
-
-
-def bbox_lps(geometry: Geometry, bbox_ijk) -> list[float]:
-    """Voxel box (i0, j0, k0, i1, j1, k1) end exclusive -> LPS box (x0, y0, z0, x1, y1, z1) of the voxels' extent."""
-    lo = np.asarray(bbox_ijk[:3], dtype=float) - 0.5
-    hi = np.asarray(bbox_ijk[3:], dtype=float) - 0.5
-    corners = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
-                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
-    world = geometry.voxel_to_world(corners)
-    return [float(v) for v in world.min(axis=0)] + [float(v) for v in world.max(axis=0)]
 
 
 def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_zyx: np.ndarray | None = None,

@@ -23,10 +23,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 
-from data_prep.coords import Geometry
+from data_prep.coords import Geometry, bbox_lps
 from data_prep.masks import equivalent_diameter_mm
 from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
-from lungnod_ext.inference.candidates import bbox_lps
 
 DEFAULT_RING_MM = 1.5
 DEFAULT_EDGE_FRACTION = 0.3

@@ -23,8 +23,7 @@ from pathlib import Path
 import nibabel as nib
 
 from data_prep.errors import InputNotFoundError
-from lungnod_ext.inference.candidates import bbox_lps
-from data_prep.coords import Geometry
+from data_prep.coords import Geometry, bbox_lps
 from lungnod_ext.metrics.classification import binary_classification_metrics
 from lungnod_ext.metrics.detection import detection_summary, froc, map_50, map_50_95, match_detections
 
