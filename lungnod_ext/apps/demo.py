@@ -153,6 +153,8 @@ def compare_with_readers(nodules: list[dict], candidates: list[dict], reference:
         rows.append({"reference": ref, "found": best is not None,
                      "probability": best[1]["probability"] if best else None,
                      "distance_mm": best[0] if best else None, "diameter_mm": best[1].get("diameter_mm") if best else None,
+                     "axes_mm": ([best[1]["long_axis_mm"], best[1]["short_axis_mm"]]
+                                 if best and best[1].get("long_axis_mm") is not None else None),
                      "nearest_candidate": {"distance_mm": cand[0], "probability": cand[1].get("probability")} if cand else None})
     marks = [np.asarray(m["centre_lps_mm"]) for m in reference.get("small_marks", [])]
     others = [n for n in nodules if int(n["id"]) not in used]
@@ -193,8 +195,12 @@ def run_shipped_demo(args) -> int:
             r = row["reference"]
             what = f"nodule {r['nodule_id']} ({r['diameter_mm']:.1f} mm, {r['n_readers']} readers)"
             if row["found"]:
+                axes = ""
+                if row["axes_mm"] and r.get("axes_mm"):
+                    axes = (f"; long x short axis {row['axes_mm'][0]:.1f} x {row['axes_mm'][1]:.1f} mm (readers' "
+                            f"{r['axes_mm'][0]:.1f} x {r['axes_mm'][1]:.1f})")
                 print(f"       FOUND   {what}: probability {row['probability']:.2f}, centre {row['distance_mm']:.1f} mm "
-                      f"from the readers', {row['diameter_mm']:.1f} mm across")
+                      f"from the readers', {row['diameter_mm']:.1f} mm across{axes}")
             else:
                 near = row["nearest_candidate"]
                 extra = (f" (nearest candidate {near['distance_mm']:.0f} mm away, probability {near['probability']:.2f})"

@@ -185,15 +185,23 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
             "overlays": [str(Path(case) / "overlays" / p.name) for p in overlays]}
 
 
+def _axes_text(nodule: dict) -> str:
+    """"12.3 x 8.1 (10.2)": long x short axis on its axial slice and their mean, mm; "-" when not measured."""
+    if nodule.get("long_axis_mm") is None:
+        return "-"
+    return f"{nodule['long_axis_mm']:.1f} x {nodule['short_axis_mm']:.1f} ({nodule['mean_axial_diameter_mm']:.1f})"
+
+
 def _html_report(summary: dict) -> str:
     rows = []
     for c in summary["cases"]:
         nod_rows = "".join(
-            f"<tr><td>{n['id']}</td><td>{n.get('probability', float('nan')):.2f}</td><td>{n['diameter_mm']:.1f}</td>"
-            f"<td>{n['volume_mm3']:.0f}</td><td>({n['centre_lps'][0]:.1f}, {n['centre_lps'][1]:.1f}, "
-            f"{n['centre_lps'][2]:.1f})</td></tr>" for n in c["nodules"])
-        table = (f"<table><tr><th>id</th><th>probability</th><th>diameter mm</th><th>volume mm&sup3;</th>"
-                 f"<th>centre LPS mm</th></tr>{nod_rows}</table>" if c["nodules"] else "<p>No nodule found.</p>")
+            f"<tr><td>{n['id']}</td><td>{n.get('probability', float('nan')):.2f}</td><td>{_axes_text(n)}</td>"
+            f"<td>{n['diameter_mm']:.1f}</td><td>{n['volume_mm3']:.0f}</td><td>({n['centre_lps'][0]:.1f}, "
+            f"{n['centre_lps'][1]:.1f}, {n['centre_lps'][2]:.1f})</td></tr>" for n in c["nodules"])
+        table = (f"<table><tr><th>id</th><th>probability</th><th>long x short axis mm (mean)</th>"
+                 f"<th>equivalent diameter mm</th><th>volume mm&sup3;</th><th>centre LPS mm</th></tr>{nod_rows}"
+                 f"</table>" if c["nodules"] else "<p>No nodule found.</p>")
         pics = "".join(f'<a href="{html.escape(p)}"><img src="{html.escape(p)}" alt="{html.escape(Path(p).name)}"></a>'
                        for p in c["overlays"])
         rows.append(f"<section><h2>{html.escape(c['case'])}</h2><p>{c['n_nodules']} nodule(s) from "

@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
                   "write_dicom_seg", "read_dicom_seg"],
     "explain": ["last_conv_layer", "evidence_maps", "evidence_overlay", "write_evidence_png"],
     "images2d_writer": ["WriteMask2Dd"],
+    "measurements": ["AXIS_KEYS", "axial_axes", "add_axial_axes", "MeasureAxialAxesd"],
     "outline_refine": ["refine_outline", "refine_outlines", "RefineOutlinesd"],
     "overlays": ["DisplayOrientation", "overlay_slice", "write_png", "write_candidate_overlays"],
     "patches": ["patch_offsets_mm", "patch_channels", "extract_patches"],

@@ -26,6 +26,7 @@ CONTOUR_RGB = (0, 255, 0)
 BOX_RGB = (255, 255, 0)
 TEXT_RGB = (255, 255, 255)
 SEPARATOR_RGB = (64, 64, 64)
+AXIS_RGB = (0, 200, 255)              # the long-axis caliper line
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _SCALE_BAR_MM = (1, 2, 5, 10, 20, 50, 100, 200)
 
@@ -212,6 +213,8 @@ def _candidate_lines(case_id: str, c: Mapping, short: bool = False) -> list[str]
     lines = [f"{case_id}  cand {c['id']}", f"{score}  d={size}" + (f"  V={c['volume_mm3']:.0f} mm3"
                                                                   if "volume_mm3" in c else ""),
              f"LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm"]
+    if c.get("long_axis_mm") is not None:
+        lines.append(f"axes {c['long_axis_mm']:.1f} x {c['short_axis_mm']:.1f} mm (slice k={c['axes_slice_k']})")
     if c.get("mean_hu") is not None and math.isfinite(float(c["mean_hu"])):
         lines.append(f"mean {c['mean_hu']:.0f} HU")
     return lines
@@ -233,7 +236,11 @@ class _CaseViews:
         self.geometry = geometry
 
     def slice_index(self, candidate: Mapping) -> int:
-        s = self.orient.voxel_to_view(candidate["centre_voxel"])[0]
+        """The displayed slice: where the candidate's axes were measured (``axes_slice_k``), else its centre's."""
+        ijk = list(candidate["centre_voxel"])
+        if candidate.get("axes_slice_k") is not None:
+            ijk[2] = float(candidate["axes_slice_k"])
+        s = self.orient.voxel_to_view(ijk)[0]
         return int(np.clip(round(float(s)), 0, self.hu.shape[0] - 1))
 
     def mask_slice(self, s: int):
@@ -260,8 +267,18 @@ class _CaseViews:
         fill = min(float(self.window[0]), -1024.0)
         hu = _crop(self.hu[s], centre[1:], half, fill, np.float32)
         mask = None if self.mask is None else _crop(self.mask[s], centre[1:], half, 0)
-        return overlay_slice(hu, mask, self.window, spacing_mm=self.spacing_rc, out_shape=out_shape,
-                             thickness=2, text_lines=lines)
+        image = overlay_slice(hu, mask, self.window, spacing_mm=self.spacing_rc, out_shape=out_shape,
+                              thickness=2, text_lines=lines)
+        ends = candidate.get("long_axis_lps_mm")
+        if ends is not None:                    # the long axis, where it was measured (this slice)
+            view = self.orient.voxel_to_view(self.geometry.world_to_voxel(ends))
+            if np.all(np.abs(view[:, 0] - s) < 0.5):
+                top = np.array([round(float(centre[1])) - half[0], round(float(centre[2])) - half[1]], dtype=float)
+                scale = np.array(image.shape[:2], dtype=float) / (2 * np.asarray(half) + 1)
+                rc = (view[:, 1:] - top + 0.5) * scale          # pixel corners -> picture coordinates
+                a, b = (tuple(int(round(v)) for v in p[::-1]) for p in rc)
+                cv2.line(image, a, b, AXIS_RGB, 2, cv2.LINE_AA)
+        return image
 
 
 def _montage(tiles: list[np.ndarray], columns: int) -> np.ndarray:
@@ -283,10 +300,12 @@ def write_candidate_overlays(hu_zyx: np.ndarray, mask_zyx: np.ndarray | None, ca
                              montage_slices: int = 6) -> list[Path]:
     """PNG pictures of a case's candidates, radiologically oriented, written atomically into ``out_dir``.
 
-    * ``<case_id>_cand<id:03d>.png`` per candidate: the axial slice through its centre, side by side as
-      (left) the full slice with the mask contour, a yellow box around the candidate, R/L/A/P letters and a
-      scale bar, and (right) a zoomed square crop of ``crop_mm`` (default max(40 mm, 3 x diameter)) around
-      it with the contour and the candidate's numbers (id, probability, diameter, volume, LPS centre).
+    * ``<case_id>_cand<id:03d>.png`` per candidate: the axial slice through its centre (or, when it was
+      measured, ``axes_slice_k``: the slice of its long axis), side by side as (left) the full slice with the
+      mask contour, a yellow box around the candidate, R/L/A/P letters and a scale bar, and (right) a zoomed
+      square crop of ``crop_mm`` (default max(40 mm, 3 x diameter)) around it with the contour, the long
+      axis drawn as a caliper line (``long_axis_lps_mm``) and the candidate's numbers (id, probability,
+      diameter, volume, axes, LPS centre).
       Size: H x (W + 4 + H) for an H x W slice with square pixels.
     * ``<case_id>_montage.png``: a grid (``montage_columns`` wide) of ``montage_tile`` px crops of every
       candidate; with no candidate, ``montage_slices`` evenly spaced full slices with the mask contour.

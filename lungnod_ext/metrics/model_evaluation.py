@@ -109,3 +109,26 @@ def per_nodule_dice(candidate_labels_zyx: np.ndarray, reference_instances_zyx: n
         pred = np.isin(candidate_labels_zyx, touching) if touching.size else np.zeros_like(ref)
         out[int(nid)] = float(2.0 * (pred & ref).sum() / (pred.sum() + n_ref))
     return out
+
+
+def per_nodule_axes(candidate_labels_zyx: np.ndarray, reference_instances_zyx: np.ndarray,
+                    nodule_ids: Sequence[int], spacing_zyx_mm: Sequence[float]) -> dict[int, dict]:
+    """Long / short axis (mm, :func:`lungnod_ext.inference.measurements.axial_axes`) of each reference nodule
+    (instance id) and of the candidate components that overlap it, as :func:`per_nodule_dice` pairs them:
+    ``{id: {"reference": [long, short], "predicted": [long, short] or None when no component touches it}}``."""
+    from lungnod_ext.inference.measurements import axial_axes
+
+    if candidate_labels_zyx.shape != reference_instances_zyx.shape:
+        raise ValueError(f"candidate labels {candidate_labels_zyx.shape} and reference {reference_instances_zyx.shape} differ")
+    out = {}
+    for nid in nodule_ids:
+        ref = reference_instances_zyx == nid
+        ref_axes = axial_axes(ref, spacing_zyx_mm)
+        if ref_axes is None:
+            continue
+        touching = np.unique(candidate_labels_zyx[ref])
+        touching = touching[touching > 0]
+        pred_axes = axial_axes(np.isin(candidate_labels_zyx, touching), spacing_zyx_mm) if touching.size else None
+        out[int(nid)] = {"reference": [ref_axes["long_axis_mm"], ref_axes["short_axis_mm"]],
+                         "predicted": None if pred_axes is None else [pred_axes["long_axis_mm"], pred_axes["short_axis_mm"]]}
+    return out

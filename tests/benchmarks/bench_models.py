@@ -87,7 +87,8 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions, make_copies, write_tables
-    from lungnod_ext.metrics.model_evaluation import per_nodule_dice, read_references, read_small_marks, size_band
+    from lungnod_ext.metrics.model_evaluation import (per_nodule_axes, per_nodule_dice, read_references,
+                                                       read_small_marks, size_band)
     from lungnod_ext.apps.pipeline import PipelineConfig, detect
 
     converted = work / "converted"
@@ -129,17 +130,21 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
         result.setdefault("detection", {}).update(_stage_tables(dets, refs, marks, subsets, threshold))
         dice_rows = []
         for c in cases:
-            labels, _ = read_nifti(work / "detect" / c / f"{c}_labels.nii.gz")
+            labels, geometry = read_nifti(work / "detect" / c / f"{c}_labels.nii.gz")
             inst_dir = table_dir / "instances"
             instances, _ = read_nifti(inst_dir / f"{c}.nii.gz")
             ids = [r["nodule_id"] for r in refs.get(c, []) if group == "real" or r["source"] == "inserted"]
             dice = per_nodule_dice(labels, instances, ids)
+            axes = per_nodule_axes(labels, instances, ids, geometry.spacing[::-1])
             by_id = {r["nodule_id"]: r for r in refs.get(c, [])}
             for nid, d in dice.items():
                 r = by_id[nid]
+                a = axes.get(nid, {"reference": None, "predicted": None})
                 dice_rows.append({"case": c, "nodule_id": nid, "diameter_mm": round(r["diameter_mm"], 2),
                                   "size": size_band(r["diameter_mm"]), "type": r["type"], "n_readers": r["n_readers"],
-                                  "dice": round(d, 4)})
+                                  "dice": round(d, 4),
+                                  "axes_mm_reference": None if a["reference"] is None else [round(v, 2) for v in a["reference"]],
+                                  "axes_mm_predicted": None if a["predicted"] is None else [round(v, 2) for v in a["predicted"]]})
         result.setdefault("dice", {})[group] = dice_rows
     return result
 
@@ -159,7 +164,17 @@ def _print(result: dict) -> None:
         print(f"per-nodule Dice, {group}: " + "; ".join(f"{k}: median {np.median(v):.2f} (n={len(v)})" for k, v in sorted(by.items())))
         if group == "real":
             for r in rows:
-                print(f"   nodule {r['nodule_id']}: {r['diameter_mm']} mm, {r['n_readers']} readers, Dice {r['dice']:.3f}")
+                ref, pred = r.get("axes_mm_reference"), r.get("axes_mm_predicted")
+                axes = (f", long x short axis {pred[0]:.1f} x {pred[1]:.1f} mm (consensus {ref[0]:.1f} x {ref[1]:.1f})"
+                        if ref and pred else "")
+                print(f"   nodule {r['nodule_id']}: {r['diameter_mm']} mm, {r['n_readers']} readers, Dice {r['dice']:.3f}{axes}")
+        pairs = [(r["axes_mm_predicted"], r["axes_mm_reference"]) for r in rows
+                 if r.get("axes_mm_predicted") and r.get("axes_mm_reference") and r["dice"] >= 0.5]
+        if pairs:
+            err = np.array([(p[0] - q[0], p[1] - q[1], (p[0] + p[1]) / 2 - (q[0] + q[1]) / 2) for p, q in pairs])
+            print(f"axes, {group}, outlined nodules (Dice >= 0.5, n={len(pairs)}): predicted - reference median "
+                  f"long {np.median(err[:, 0]):+.1f} mm, short {np.median(err[:, 1]):+.1f} mm, mean axial diameter "
+                  f"{np.median(err[:, 2]):+.1f} mm (median |error| {np.median(np.abs(err[:, 2])):.1f} mm)")
 
 
 def main() -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lungnod_ext.metrics.model_evaluation import per_nodule_dice, score_stage, size_band, subset_references
+import pytest
+
+from lungnod_ext.metrics.model_evaluation import (per_nodule_axes, per_nodule_dice, score_stage, size_band,
+                                                subset_references)
 
 REFS = {"a": [{"nodule_id": 1, "centre_lps": [0, 0, 0], "diameter_mm": 10.0, "n_readers": 4},
               {"nodule_id": 2, "centre_lps": [50, 0, 0], "diameter_mm": 6.0, "n_readers": 1}],
@@ -49,6 +52,20 @@ def test_per_nodule_dice_uses_the_components_touching_each_nodule():
     d = per_nodule_dice(cand, ref, [1, 2])
     assert np.isclose(d[1], 2 * 24 / 64) and d[2] == 0.0
     assert per_nodule_dice(cand, ref, [1], kept_ids=[6]) == {1: 0.0}
+
+
+def test_per_nodule_axes_pairs_each_nodule_with_the_components_touching_it():
+    ref = np.zeros((4, 20, 20), np.uint16)
+    ref[1:3, 2:8, 2:12] = 1                # 6 x 10 pixels of 0.5 mm on two slices: 3 x 5 mm
+    ref[1:3, 15:17, 15:17] = 2             # never touched
+    cand = np.zeros_like(ref)
+    cand[1, 2:8, 2:8] = 5                  # the left 3 x 3 mm of nodule 1 ...
+    cand[2, 2:10, 6:12] = 7                # ... and a 4 x 3 mm piece on the next slice
+    cand[0, 0, 0] = 9                      # elsewhere
+    axes = per_nodule_axes(cand, ref, [1, 2], (2.5, 0.5, 0.5))
+    assert axes[1]["reference"] == pytest.approx([np.hypot(3, 5), 2 * 3 * 5 / np.hypot(3, 5)])
+    assert axes[1]["predicted"] == pytest.approx([5.0, 3.0 * 4.0 / 5.0 * 2])   # slice 2's 4 x 3 mm piece is longer
+    assert axes[2] == {"reference": pytest.approx([np.sqrt(2), np.sqrt(2)]), "predicted": None}
 
 
 def test_size_band():
