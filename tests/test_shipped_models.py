@@ -44,7 +44,8 @@ def test_shipped_checkpoint_loads_strictly_and_is_small(name, weights, configs):
     net = bundle_network(BUNDLES[name], configs)
     net.load_state_dict(state, strict=True)                  # the inference configs match the network
     meta = json.loads((BUNDLES[name] / "configs" / "metadata.json").read_text())
-    assert meta["version"] >= "0.2.0" and "shipped model" in meta["changelog"][meta["version"]]
+    assert tuple(int(v) for v in meta["version"].split(".")) >= (0, 2, 0)                 # numbers, not strings
+    assert "shipped model" in meta["changelog"][meta["version"]]
     card = (BUNDLES[name] / "docs" / "README.md").read_text()
     assert "Model card" in card and "LIDC-IDRI-0001" in card and "CC BY 3.0" in card
 
@@ -120,6 +121,9 @@ def test_the_unseen_nodule_is_measured_as_calipers_measure_its_consensus(detecte
     assert 0.8 * readers["long_axis_mm"] <= n["long_axis_mm"] <= 1.1 * readers["long_axis_mm"], (n["long_axis_mm"], readers)
     assert 0.9 * readers["short_axis_mm"] <= n["short_axis_mm"] <= 1.1 * readers["short_axis_mm"], (n["short_axis_mm"], readers)
     assert n["mean_axial_diameter_mm"] == round((n["long_axis_mm"] + n["short_axis_mm"]) / 2, 1)
+    terminal = (f"{n['id']:>3}. p {n['probability']:.2f}  long x short axis {n['long_axis_mm']:.1f} x "
+                f"{n['short_axis_mm']:.1f} ({n['mean_axial_diameter_mm']:.1f}) mm")
+    assert terminal in detected["stdout"], detected["stdout"]               # what `lungnod detect` prints
     reference = json.loads(EXAMPLE.read_text())["nodules"][0]["axes_mm"]
     assert reference == [round(readers["long_axis_mm"], 2), round(readers["short_axis_mm"], 2)]
 

@@ -24,6 +24,7 @@ from data_prep.cli import OneLineFormatter
 from data_prep.errors import DataPrepError
 
 EXIT_OK, EXIT_ERROR = 0, 2
+MAX_NODULES_PRINTED = 10    # per case on the terminal; all of them are in the report files
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
@@ -41,7 +42,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 
 
 def _cmd_detect(args) -> int:
-    from lungnod_ext.apps.pipeline import PipelineConfig, detect
+    from lungnod_ext.apps.pipeline import PipelineConfig, axes_text, detect
 
     cfg = PipelineConfig(use_classifier=not args.no_classifier, probability_threshold=args.threshold,
                          overlays=not args.no_overlays, dicom_seg=args.dicom_seg, explain=not args.no_explain,
@@ -58,6 +59,12 @@ def _cmd_detect(args) -> int:
     summary = detect(args.input, args.out, cfg)
     for case in summary["cases"]:
         print(f"{case['case']}: {case['n_nodules']} nodule(s) from {case['n_candidates']} candidate(s)")
+        for n in case["nodules"][:MAX_NODULES_PRINTED]:
+            x, y, z = n["centre_lps"]
+            print(f"  {n['id']:>3}. p {n.get('probability', float('nan')):.2f}  long x short axis {axes_text(n)} mm, "
+                  f"volume {n['volume_mm3']:.0f} mm3, centre LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm")
+        if case["n_nodules"] > MAX_NODULES_PRINTED:
+            print(f"  ... and {case['n_nodules'] - MAX_NODULES_PRINTED} more (report.html, <case>_nodules.csv)")
     s = summary["seconds"]
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()) + f"; peak memory {summary['peak_rss_mb']:.0f} MB")
     print(f"report:  {Path(summary['output']) / 'report.html'}")

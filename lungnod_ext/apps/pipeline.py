@@ -185,7 +185,7 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
             "overlays": [str(Path(case) / "overlays" / p.name) for p in overlays]}
 
 
-def _axes_text(nodule: dict) -> str:
+def axes_text(nodule: dict) -> str:
     """"12.3 x 8.1 (10.2)": long x short axis on its axial slice and their mean, mm; "-" when not measured."""
     if nodule.get("long_axis_mm") is None:
         return "-"
@@ -196,7 +196,7 @@ def _html_report(summary: dict) -> str:
     rows = []
     for c in summary["cases"]:
         nod_rows = "".join(
-            f"<tr><td>{n['id']}</td><td>{n.get('probability', float('nan')):.2f}</td><td>{_axes_text(n)}</td>"
+            f"<tr><td>{n['id']}</td><td>{n.get('probability', float('nan')):.2f}</td><td>{axes_text(n)}</td>"
             f"<td>{n['diameter_mm']:.1f}</td><td>{n['volume_mm3']:.0f}</td><td>({n['centre_lps'][0]:.1f}, "
             f"{n['centre_lps'][1]:.1f}, {n['centre_lps'][2]:.1f})</td></tr>" for n in c["nodules"])
         table = (f"<table><tr><th>id</th><th>probability</th><th>long x short axis mm (mean)</th>"
