@@ -54,6 +54,18 @@ def _median(values):
     return float(statistics.median(values)) if values else None
 
 
+def rois_by_slice(mark, slices: SliceIndex) -> tuple[dict[int, list], int]:
+    """A reader mark's contours grouped by the series' slice index k, and how many named no slice of it."""
+    by_k, missing = defaultdict(list), 0
+    for roi in mark.rois:
+        k = slices.find(roi.sop_uid, roi.z_mm)
+        if k is None:
+            missing += 1
+        else:
+            by_k[k].append(roi)
+    return by_k, missing
+
+
 def build_case_annotations(reads: list[LidcRead], geometry: Geometry, slices: SliceIndex,
                            hu_zyx: np.ndarray | None = None, consensus: float = 0.5) -> CaseAnnotations:
     """Turn the LIDC reads of one series into its consensus masks and tables (see module doc)."""
@@ -64,13 +76,9 @@ def build_case_annotations(reads: list[LidcRead], geometry: Geometry, slices: Sl
     for read in reads:
         out.n_readers += len(read.readers)
         for mark in read.marks:
-            by_k = defaultdict(list)
-            for roi in mark.rois:
-                k = slices.find(roi.sop_uid, roi.z_mm)
-                if k is None:
-                    unresolved[read.path.name] += 1
-                    continue
-                by_k[k].append(roi)
+            by_k, missing = rois_by_slice(mark, slices)
+            if missing:
+                unresolved[read.path.name] += missing
             if not by_k:
                 continue
             if mark.kind == KIND_NODULE:

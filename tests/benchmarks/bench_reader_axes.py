@@ -27,7 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "reader_axes.json"
 
 def reader_axes(series_dir: Path) -> list[dict]:
     """Per consensus nodule of the series under ``series_dir``: its consensus axes and each reader's."""
-    from data_prep.annotations import SliceIndex, build_case_annotations, sparse_to_full
+    from data_prep.annotations import SliceIndex, build_case_annotations, rois_by_slice
     from data_prep.convert import index_lidc_xml
     from data_prep.dicom_series import discover_series
     from data_prep.lidc_xml import KIND_NODULE, parse_lidc_xml
@@ -50,20 +50,17 @@ def reader_axes(series_dir: Path) -> list[dict]:
             for mark in read.marks:
                 if mark.kind != KIND_NODULE:
                     continue
-                by_k = defaultdict(list)
-                for roi in mark.rois:
-                    k = slices.find(roi.sop_uid, roi.z_mm)
-                    if k is not None:
-                        by_k[k].append(roi)
+                by_k, _ = rois_by_slice(mark, slices)
                 sparse = rasterize_rois(by_k, shape) if by_k else None
                 if sparse is None:
                     continue
-                mask = sparse_to_full(sparse, shape)
-                ids, counts = np.unique(consensus[mask], return_counts=True)
+                lo, hi = sparse.bounds()        # measured on its own crop: the same axes, no full-size copy
+                window = consensus[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+                ids, counts = np.unique(window[sparse.array], return_counts=True)
                 counts, ids = counts[ids > 0], ids[ids > 0]
                 if not ids.size:
                     continue                    # a reader's mark outside every consensus nodule (fewer readers)
-                axes = axial_axes(mask, spacing)
+                axes = axial_axes(sparse.array, spacing)
                 per_nodule[int(ids[np.argmax(counts)])].append(
                     {"reader": mark.reader, "axes_mm": [round(axes["long_axis_mm"], 2), round(axes["short_axis_mm"], 2)]})
         for nid in sorted(per_nodule):
