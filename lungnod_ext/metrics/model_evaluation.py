@@ -87,28 +87,32 @@ def score_stage(detections: Mapping[str, list[dict]], refs: Mapping[str, list[di
             "fp": at["fp"], "threshold": threshold}
 
 
+def _paired_masks(candidate_labels_zyx: np.ndarray, reference_instances_zyx: np.ndarray, nodule_ids: Sequence[int],
+                  kept_ids: Sequence[int] | None = None):
+    """Yield ``(id, reference mask, predicted mask or None)`` for each reference nodule (instance id) present:
+    the prediction is the union of the candidate components that overlap it (only ``kept_ids`` if given)."""
+    if candidate_labels_zyx.shape != reference_instances_zyx.shape:
+        raise ValueError(f"candidate labels {candidate_labels_zyx.shape} and reference {reference_instances_zyx.shape} differ")
+    kept = None if kept_ids is None else np.asarray(list(kept_ids), dtype=np.int64)
+    for nid in nodule_ids:
+        ref = reference_instances_zyx == nid
+        if not ref.any():
+            continue
+        touching = np.unique(candidate_labels_zyx[ref])
+        touching = touching[touching > 0]
+        if kept is not None:
+            touching = touching[np.isin(touching, kept)]
+        yield int(nid), ref, (np.isin(candidate_labels_zyx, touching) if touching.size else None)
+
+
 def per_nodule_dice(candidate_labels_zyx: np.ndarray, reference_instances_zyx: np.ndarray,
                     nodule_ids: Sequence[int], kept_ids: Sequence[int] | None = None) -> dict[int, float]:
     """Dice of each reference nodule (instance id) against the candidate components that overlap it.
 
     candidate_labels_zyx: the candidate label map (0 background, id per component); ``kept_ids``: only these
     components count (e.g. the reported nodules), default all. 0.0 for a nodule no component touches."""
-    if candidate_labels_zyx.shape != reference_instances_zyx.shape:
-        raise ValueError(f"candidate labels {candidate_labels_zyx.shape} and reference {reference_instances_zyx.shape} differ")
-    out = {}
-    kept = None if kept_ids is None else np.asarray(list(kept_ids), dtype=np.int64)
-    for nid in nodule_ids:
-        ref = reference_instances_zyx == nid
-        n_ref = int(ref.sum())
-        if n_ref == 0:
-            continue
-        touching = np.unique(candidate_labels_zyx[ref])
-        touching = touching[touching > 0]
-        if kept is not None:
-            touching = touching[np.isin(touching, kept)]
-        pred = np.isin(candidate_labels_zyx, touching) if touching.size else np.zeros_like(ref)
-        out[int(nid)] = float(2.0 * (pred & ref).sum() / (pred.sum() + n_ref))
-    return out
+    return {nid: 0.0 if pred is None else float(2.0 * (pred & ref).sum() / (pred.sum() + ref.sum()))
+            for nid, ref, pred in _paired_masks(candidate_labels_zyx, reference_instances_zyx, nodule_ids, kept_ids)}
 
 
 def per_nodule_axes(candidate_labels_zyx: np.ndarray, reference_instances_zyx: np.ndarray,
@@ -118,17 +122,10 @@ def per_nodule_axes(candidate_labels_zyx: np.ndarray, reference_instances_zyx: n
     ``{id: {"reference": [long, short], "predicted": [long, short] or None when no component touches it}}``."""
     from lungnod_ext.inference.measurements import axial_axes
 
-    if candidate_labels_zyx.shape != reference_instances_zyx.shape:
-        raise ValueError(f"candidate labels {candidate_labels_zyx.shape} and reference {reference_instances_zyx.shape} differ")
     out = {}
-    for nid in nodule_ids:
-        ref = reference_instances_zyx == nid
-        ref_axes = axial_axes(ref, spacing_zyx_mm)
-        if ref_axes is None:
-            continue
-        touching = np.unique(candidate_labels_zyx[ref])
-        touching = touching[touching > 0]
-        pred_axes = axial_axes(np.isin(candidate_labels_zyx, touching), spacing_zyx_mm) if touching.size else None
-        out[int(nid)] = {"reference": [ref_axes["long_axis_mm"], ref_axes["short_axis_mm"]],
-                         "predicted": None if pred_axes is None else [pred_axes["long_axis_mm"], pred_axes["short_axis_mm"]]}
+    for nid, ref, pred in _paired_masks(candidate_labels_zyx, reference_instances_zyx, nodule_ids):
+        r = axial_axes(ref, spacing_zyx_mm)
+        p = None if pred is None else axial_axes(pred, spacing_zyx_mm)
+        out[nid] = {"reference": [r["long_axis_mm"], r["short_axis_mm"]],
+                    "predicted": None if p is None else [p["long_axis_mm"], p["short_axis_mm"]]}
     return out
