@@ -2,7 +2,8 @@
 series, one epoch each; nothing useful is learned, every stage runs), resumes, and its models load in the
 bundles' inference configs; ``--seg`` config overrides reach both the segmentation training and its
 candidate run, ``--cls`` overrides the classification training; the classifiers of ``cls_seeds`` (two in the
-tiny recipe) are exported as one NoduleCNNEnsemble checkpoint."""
+tiny recipe) are exported as one NoduleCNNEnsemble checkpoint; ``--until`` stops after a stage and
+``--no-mlflow`` trains without MLflow (the segmenter on a GPU machine without it, the rest elsewhere)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,15 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
             "--seg", f"decoder_channels={NARROW}", "--seg", "inference_scales=[1.0]",
             "--cls", "network_def#centre_features=true"]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # --until stops after a stage; the same command without it goes on from there
+    first = subprocess.run(args + ["--until", "cohort"], capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "stopped after cohort" in first.stdout
+    assert json.loads((out / "recipe.json").read_text())["stopped_after"] == "cohort"
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["cohort.done", "convert.done"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("done before, kept") == 2, proc.stdout
     recipe = json.loads((out / "recipe.json").read_text())
     assert [c.split("_")[0] for c in recipe["train_series"]] == ["LIDC-IDRI-0006"]
     assert sorted(c.split("_")[0] for c in recipe["held_out_series"]) == ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
@@ -69,3 +77,28 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     # a rerun keeps every finished stage
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and again.stdout.count("done before, kept") == 7, again.stdout
+
+
+def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):
+    """The device route: ``until="segmentation", tracking=False`` trains the segmenter with no MLflow
+    arguments and stops there (recipe.json says so); with tracking the same stage gets MLflow's."""
+    from lungnod_ext.apps import train_models as tm
+
+    runs = []
+    monkeypatch.setattr(tm, "bundle_run", lambda bundle, run_id, configs, overrides, log: runs.append(overrides))
+    for tracking in (False, True):
+        out = tmp_path / f"tracking_{tracking}"
+        (out / "converted" / "images").mkdir(parents=True)
+        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()   # converted elsewhere
+        for done in ("convert", "cohort"):
+            tm._mark(out / "stages" / f"{done}.done", {})
+        recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(seg_epochs=3), until="segmentation",
+                                 tracking=tracking, log=lambda *a: None)
+        assert recipe["stopped_after"] == "segmentation" and recipe["settings"]["seg_epochs"] == 3
+        assert (out / "stages" / "segmentation.done").is_file()
+        assert not (out / "stages" / "candidates.done").exists()
+    assert [r["epochs"] for r in runs] == [3, 3]
+    assert "tracking" not in runs[0] and "tracking_uri" not in runs[0]
+    assert runs[1]["tracking"] == "mlflow" and runs[1]["tracking_uri"].endswith("tracking_True/mlruns.db")
+    with pytest.raises(ValueError, match="not a stage"):
+        tm.train_models(tmp_path, tmp_path / "x", until="bogus")

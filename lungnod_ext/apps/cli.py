@@ -95,12 +95,13 @@ def _cmd_train_models(args) -> int:
 
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
-    for key in ("copies", "seg_epochs", "cls_epochs"):
+    for key in ("copies", "seg_epochs", "cls_epochs", "workers"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
     settings.cls_overrides = parse_overrides(args.cls)
-    train_models(args.lidc or DEFAULT_LIDC, args.out, settings, install=args.install)
+    train_models(args.lidc or DEFAULT_LIDC, args.out, settings, install=args.install, until=args.until,
+                 tracking=not args.no_mlflow)
     return EXIT_OK
 
 
@@ -145,10 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--copies", type=int, help="cohort volumes per training series (10)")
     t.add_argument("--seg-epochs", type=int, help="segmentation epochs (140)")
     t.add_argument("--cls-epochs", type=int, help="classification epochs (20)")
+    t.add_argument("--workers", type=int, help="processes for the conversion and the cohort (2)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",
                    help="classification config override for training, e.g. network_def#centre_features=true")
+    t.add_argument("--until", metavar="STAGE", help="stop after this stage (convert, cohort, segmentation, candidates, "
+                   "patches, classification); the same command without it goes on "
+                   "(e.g. the segmenter on a GPU machine, the rest elsewhere from a copy of --out)")
+    t.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow (where it is not installed)")
     t.set_defaults(func=_cmd_train_models)
 
     m = sub.add_parser("demo", help="the shipped models on the built-in real example scan (or --input); --train trains first")

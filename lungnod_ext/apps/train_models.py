@@ -109,9 +109,22 @@ def export_fp16(ckpt, dest: Path) -> Path:
     return dest
 
 
+STAGES = ("convert", "cohort", "segmentation", "candidates", "patches", "classification")
+
+
+class _StoppedAfter(Exception):
+    """Raised by a stage named ``until``: the recipe stops there (a rerun without it goes on)."""
+
+
 def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, install: bool = False,
-                 log=print) -> dict:
-    """Run the recipe (module doc); returns the ``recipe.json`` content."""
+                 log=print, until: str | None = None, tracking: bool = True) -> dict:
+    """Run the recipe (module doc); returns the ``recipe.json`` content.
+
+    ``until``: stop after this stage (one of :data:`STAGES`), e.g. "segmentation" to train the segmenter on a
+    GPU machine and the rest elsewhere from the same ``out_dir``. ``tracking=False``: no MLflow logging (where
+    mlflow is not installed)."""
+    if until is not None and until not in STAGES:
+        raise ValueError(f"until={until!r}: not a stage of the recipe {STAGES}")
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.training_cohort import CohortOptions, build_training_cohort
     from lungnod_ext.apps.patch_dataset import build_patch_dataset, detector_prior
@@ -126,7 +139,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     out.mkdir(parents=True, exist_ok=True)
     logs, marks = out / "logs", out / "stages"
     tracking = {"tracking": "mlflow", "tracking_uri": f"sqlite:///{out / 'mlruns.db'}",
-                "experiment_name": "lungnod_train_models"}
+                "experiment_name": "lungnod_train_models"} if tracking else {}
     seconds: dict[str, float] = {}
     recipe_path = out / "recipe.json"
     if recipe_path.is_file():
@@ -136,81 +149,89 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         marker = marks / f"{name}.done"
         if _done(marker):
             log(f"[train-models] {name}: done before, kept")
-            return
-        log(f"[train-models] {name} ...")
-        t = time.perf_counter()
-        info = fn() or {}
-        seconds[name] = round(time.perf_counter() - t, 1)
-        _mark(marker, {**info, "seconds": seconds[name]})
-        log(f"[train-models] {name}: {seconds[name]:.0f} s")
+        else:
+            log(f"[train-models] {name} ...")
+            t = time.perf_counter()
+            info = fn() or {}
+            seconds[name] = round(time.perf_counter() - t, 1)
+            _mark(marker, {**info, "seconds": seconds[name]})
+            log(f"[train-models] {name}: {seconds[name]:.0f} s")
+        if name == until:
+            raise _StoppedAfter(name)
 
-    converted = out / "converted"
-    stage("convert", lambda: {"report": str(convert_dicom_root(lidc, converted, ConvertOptions(workers=s.workers,
-                                                                                                progress=False)))})
-    cases = sorted(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
-    train_cases = [c for c in cases if _patient(c) not in s.hold_out]
-    held_out = [c for c in cases if _patient(c) in s.hold_out]
-    if not train_cases:
-        raise InputNotFoundError(lidc, f"no series left to train on after holding out {s.hold_out}")
+    try:
+        converted = out / "converted"
+        stage("convert", lambda: {"report": str(convert_dicom_root(lidc, converted, ConvertOptions(workers=s.workers,
+                                                                                                    progress=False)))})
+        cases = sorted(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
+        train_cases = [c for c in cases if _patient(c) not in s.hold_out]
+        held_out = [c for c in cases if _patient(c) in s.hold_out]
+        if not train_cases:
+            raise InputNotFoundError(lidc, f"no series left to train on after holding out {s.hold_out}")
 
-    cohort = out / "cohort"
-    stage("cohort", lambda: {"datalist": str(build_training_cohort(
-        converted, cohort, train_cases, CohortOptions(copies=s.copies, val_copies=s.val_copies, seed=s.seed,
-                                                      workers=s.workers)))})
+        cohort = out / "cohort"
+        stage("cohort", lambda: {"datalist": str(build_training_cohort(
+            converted, cohort, train_cases, CohortOptions(copies=s.copies, val_copies=s.val_copies, seed=s.seed,
+                                                          workers=s.workers)))})
 
-    seg_models = out / "models" / "segmentation"
-    stage("segmentation", lambda: bundle_run(SEG, "training", ["configs/train.json"], {
-        **tracking, "run_name": "segmentation", "dataset_dir": str(cohort),
-        "output_dir": str(out / "runs" / "segmentation"), "ckpt_dir": str(seg_models), "epochs": s.seg_epochs,
-        "val_interval": s.seg_val_interval, "patch_size": list(s.seg_patch_size),
-        "learning_rate": s.seg_learning_rate, "num_workers": 0, **s.seg_overrides}, logs / "segmentation_train.log"))
+        seg_models = out / "models" / "segmentation"
+        stage("segmentation", lambda: bundle_run(SEG, "training", ["configs/train.json"], {
+            **tracking, "run_name": "segmentation", "dataset_dir": str(cohort),
+            "output_dir": str(out / "runs" / "segmentation"), "ckpt_dir": str(seg_models), "epochs": s.seg_epochs,
+            "val_interval": s.seg_val_interval, "patch_size": list(s.seg_patch_size),
+            "learning_rate": s.seg_learning_rate, "num_workers": 0, **s.seg_overrides}, logs / "segmentation_train.log"))
 
-    cand_dir = out / "runs" / "train_candidates"
+        cand_dir = out / "runs" / "train_candidates"
 
-    def candidates():
-        items = json.loads((cohort / "datalist.json").read_text())
-        images = [{"image": str(cohort / e["image"])} for e in items["training"] + items["validation"]]
-        run_bundle_inference(SEG, ["configs/inference.json"], images, cand_dir, seg_models / "model.pt",
-                             {"write_overlays": False, "blob_max_candidates": s.train_blob_candidates,
-                              # the zoomed pass over whole slices, as the shipped classifier learned (a
-                              # superset of the candidates inference zooms around since segmentation 0.7.0)
-                              "zoom_threshold": None, **s.seg_overrides})
-        return {"images": len(images)}
+        def candidates():
+            items = json.loads((cohort / "datalist.json").read_text())
+            images = [{"image": str(cohort / e["image"])} for e in items["training"] + items["validation"]]
+            run_bundle_inference(SEG, ["configs/inference.json"], images, cand_dir, seg_models / "model.pt",
+                                 {"write_overlays": False, "blob_max_candidates": s.train_blob_candidates,
+                                  # the zoomed pass over whole slices, as the shipped classifier learned (a
+                                  # superset of the candidates inference zooms around since segmentation 0.7.0)
+                                  "zoom_threshold": None, **s.seg_overrides})
+            return {"images": len(images)}
 
-    stage("candidates", candidates)
-    patches = out / "patches"
-    stage("patches", lambda: {"datalist": str(build_patch_dataset(
-        cohort, patches, candidates_dir=cand_dir, spatial_dims=2, seed=s.seed,
-        positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case,
-        small_positive_copies=s.small_positive_copies, jitter_fraction=s.positive_jitter_fraction))})
-    member_dirs = []
-    for k, seed in enumerate(s.cls_seeds):
-        name = "classification" if k == 0 else f"classification_seed{seed}"
-        member_dirs.append(out / "models" / name)
-        stage(name, lambda name=name, seed=seed, ckpt_dir=member_dirs[-1]: bundle_run(
-            CLS, "training", ["configs/train.json"], {**tracking, "run_name": name, "dataset_dir": str(patches),
-            "output_dir": str(out / "runs" / name), "ckpt_dir": str(ckpt_dir), "epochs": s.cls_epochs,
-            "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0,
-            **s.cls_overrides, "seed": seed}, logs / f"{name}_train.log"))
+        stage("candidates", candidates)
+        patches = out / "patches"
+        stage("patches", lambda: {"datalist": str(build_patch_dataset(
+            cohort, patches, candidates_dir=cand_dir, spatial_dims=2, seed=s.seed,
+            positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case,
+            small_positive_copies=s.small_positive_copies, jitter_fraction=s.positive_jitter_fraction))})
+        member_dirs = []
+        for k, seed in enumerate(s.cls_seeds):
+            name = "classification" if k == 0 else f"classification_seed{seed}"
+            member_dirs.append(out / "models" / name)
+            stage(name, lambda name=name, seed=seed, ckpt_dir=member_dirs[-1]: bundle_run(
+                CLS, "training", ["configs/train.json"], {**tracking, "run_name": name, "dataset_dir": str(patches),
+                "output_dir": str(out / "runs" / name), "ckpt_dir": str(ckpt_dir), "epochs": s.cls_epochs,
+                "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0,
+                **s.cls_overrides, "seed": seed}, logs / f"{name}_train.log"))
 
-    prior = detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates)
-    export = out / "export"
-    seg_out = export_fp16(seg_models / "model.pt", export / "segmentation" / "model.pt")
-    cls_out = export_fp16([d / "model.pt" for d in member_dirs], export / "classification" / "model.pt")
-    recipe = {"settings": asdict(s), "lidc_dir": str(lidc), "train_series": train_cases, "held_out_series": held_out,
-              "seconds": seconds, "models": {"segmentation": str(seg_out), "classification": str(cls_out)},
-              "detector_priors": {"blob": round(prior, 4)} if prior is not None else {},
-              "mlflow": f"mlflow ui --backend-store-uri sqlite:///{out / 'mlruns.db'}"}
-    recipe_path.write_text(json.dumps(recipe, indent=1) + "\n")
-    if install:
-        for src, bundle in ((seg_out, SEG), (cls_out, CLS)):
-            with atomic_path(bundle / "models" / "model.pt") as tmp:
-                shutil.copyfile(src, tmp)
-        log(f"[train-models] installed into {SEG / 'models'} and {CLS / 'models'}")
-    if prior is not None:
-        log(f"[train-models] classification detector_priors: {{\"blob\": {prior:.4f}}} (nodules among the top "
-            f"{s.blob_candidates} dot-filter candidates of the training volumes; the classification bundle's "
-            "inference config takes it)")
-    log(f"[train-models] models: {seg_out}, {cls_out}; recipe: {recipe_path}")
-    log(f"[train-models] MLflow: {recipe['mlflow']}")
-    return recipe
+        prior = detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates)
+        export = out / "export"
+        seg_out = export_fp16(seg_models / "model.pt", export / "segmentation" / "model.pt")
+        cls_out = export_fp16([d / "model.pt" for d in member_dirs], export / "classification" / "model.pt")
+        recipe = {"settings": asdict(s), "lidc_dir": str(lidc), "train_series": train_cases, "held_out_series": held_out,
+                  "seconds": seconds, "models": {"segmentation": str(seg_out), "classification": str(cls_out)},
+                  "detector_priors": {"blob": round(prior, 4)} if prior is not None else {},
+                  "mlflow": f"mlflow ui --backend-store-uri sqlite:///{out / 'mlruns.db'}"}
+        recipe_path.write_text(json.dumps(recipe, indent=1) + "\n")
+        if install:
+            for src, bundle in ((seg_out, SEG), (cls_out, CLS)):
+                with atomic_path(bundle / "models" / "model.pt") as tmp:
+                    shutil.copyfile(src, tmp)
+            log(f"[train-models] installed into {SEG / 'models'} and {CLS / 'models'}")
+        if prior is not None:
+            log(f"[train-models] classification detector_priors: {{\"blob\": {prior:.4f}}} (nodules among the top "
+                f"{s.blob_candidates} dot-filter candidates of the training volumes; the classification bundle's "
+                "inference config takes it)")
+        log(f"[train-models] models: {seg_out}, {cls_out}; recipe: {recipe_path}")
+        log(f"[train-models] MLflow: {recipe['mlflow']}")
+        return recipe
+    except _StoppedAfter:
+        partial = {"settings": asdict(s), "lidc_dir": str(lidc), "seconds": seconds, "stopped_after": until}
+        recipe_path.write_text(json.dumps(partial, indent=1) + "\n")
+        log(f"[train-models] stopped after {until} (--until); the same command without it goes on from {out}")
+        return partial

@@ -1,0 +1,37 @@
+#!/bin/bash
+# The recipe's segmentation stage (`lungnod train-models --until segmentation`) on a GPU machine that cannot
+# read ../shared/data/lidc: the training series arrive converted and packed (tests/benchmarks/device_pack.py;
+# PACK holds <case>.img.xz and converted/ without images/), are restored exactly, and train there with AMP,
+# more cohort copies and loader workers than the 2-core default. A time limit stops the training if it runs
+# long (the best-validation checkpoint is kept). Writes to OUT: the fp16 checkpoint in 15 MB parts
+# (cat seg_model.pt.part-* > model.pt) and logs.tar.gz (training log, histories, timing, stage markers).
+# The rest of the recipe then runs elsewhere: put model.pt in <work>/models/segmentation/, mark the stage
+# done (<work>/stages/segmentation.done) and run the same train-models command without --until.
+# usage: bash tests/benchmarks/gpu_train_segmenter.sh PACK WORK OUT [COPIES] [EPOCHS] [LIMIT_S] [VAL_INTERVAL]
+set -u
+PACK=${1:?pack dir}; W=${2:?work dir}; O=${3:?out dir}; COPIES=${4:-24}; EPOCHS=${5:-120}; LIMIT=${6:-420}
+VAL=${7:-15}; PY=${PY:-python3}
+export PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+mkdir -p "$W/converted/images" "$W/stages" "$O"
+step() { echo "=== $1 $(date +%T)"; }
+step env; nvidia-smi -L 2>&1 | head -1; nproc
+$PY -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'monai', monai.__version__)"
+step unpack
+cp -r "$PACK/converted/." "$W/converted/"
+$PY tests/benchmarks/device_pack.py unpack "$PACK"/*.img.xz --out "$W/converted/images" || exit 1
+echo '{"report": "converted elsewhere; restored by tests/benchmarks/device_pack.py"}' > "$W/stages/convert.done"
+step train
+t0=$(date +%s)
+timeout -k 15 "$LIMIT" $PY -m lungnod_ext train-models --lidc "$PACK" --out "$W" --until segmentation --no-mlflow \
+  --copies "$COPIES" --seg-epochs "$EPOCHS" --workers "$(( $(nproc) > 2 ? $(nproc) - 2 : 2 ))" \
+  --seg num_workers="$(( $(nproc) > 4 ? $(nproc) - 4 : 0 ))" --seg val_interval="$VAL"
+echo "train-models rc=$? wall=$(( $(date +%s) - t0 )) s"
+step export
+$PY -c "
+import sys; from lungnod_ext.apps.train_models import export_fp16
+print(export_fp16(sys.argv[1], sys.argv[2]))" "$W/models/segmentation/model.pt" "$W/export/model.pt" &&
+  split -b 15000000 "$W/export/model.pt" "$O/seg_model.pt.part-" && sha256sum "$W/export/model.pt"
+tail -3 "$W/runs/segmentation/val_history.json" 2>/dev/null
+tar czf "$O/logs.tar.gz" -C "$W" logs stages $(cd "$W" && ls recipe.json runs/segmentation/*.json cohort/datalist.json \
+  cohort/nodules.csv 2>/dev/null)
+ls -la "$O"
