@@ -92,13 +92,25 @@ def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):
         (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()   # converted elsewhere
         for done in ("convert", "cohort"):
             tm._mark(out / "stages" / f"{done}.done", {})
-        recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(seg_epochs=3), until="segmentation",
-                                 tracking=tracking, log=lambda *a: None)
+        settings = tm.RecipeSettings(seg_epochs=3, loader_workers=None if tracking else 3)
+        recipe = tm.train_models(tmp_path, out, settings, until="segmentation", tracking=tracking,
+                                 log=lambda *a: None)
         assert recipe["stopped_after"] == "segmentation" and recipe["settings"]["seg_epochs"] == 3
         assert (out / "stages" / "segmentation.done").is_file()
         assert not (out / "stages" / "candidates.done").exists()
     assert [r["epochs"] for r in runs] == [3, 3]
+    # loader workers: as set, else none on a CPU-only machine (this one), recorded in recipe.json
+    assert [r["num_workers"] for r in runs] == [3, tm.default_loader_workers()] == [3, 0]
+    assert recipe["settings"]["loader_workers"] == 0
     assert "tracking" not in runs[0] and "tracking_uri" not in runs[0]
     assert runs[1]["tracking"] == "mlflow" and runs[1]["tracking_uri"].endswith("tracking_True/mlruns.db")
     with pytest.raises(ValueError, match="not a stage"):
         tm.train_models(tmp_path, tmp_path / "x", until="bogus")
+
+
+def test_default_loader_workers():
+    """None on a CPU (the training takes every core), with a GPU up to 8, two cores kept for the main process."""
+    from lungnod_ext.apps.train_models import default_loader_workers
+
+    assert [default_loader_workers(cuda=False, cores=n) for n in (2, 16)] == [0, 0]
+    assert [default_loader_workers(cuda=True, cores=n) for n in (1, 2, 4, 16, 64)] == [0, 0, 2, 8, 8]

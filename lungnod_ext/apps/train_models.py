@@ -26,9 +26,10 @@ series is never read after conversion: score it with ``tests/benchmarks/bench_mo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -66,6 +67,7 @@ class RecipeSettings:
     workers: int = 2
     train_blob_candidates: int = 100   # dot-filter peaks per cohort volume the classifier learns from
     blob_candidates: int = 50          # ... and per scan at inference (segmentation blob_max_candidates)
+    loader_workers: int | None = None   # DataLoader processes of both trainings (None: default_loader_workers())
     seg_overrides: dict = field(default_factory=dict)   # segmentation config ids for training and candidates
     cls_overrides: dict = field(default_factory=dict)   # classification config ids for training
 
@@ -75,6 +77,15 @@ class RecipeSettings:
         return cls(hold_out=hold_out, copies=2, val_copies=1, seg_epochs=1, seg_val_interval=1,
                    seg_patch_size=(96, 96), cls_epochs=1, cls_val_interval=1, positive_copies=1,
                    random_negatives_per_case=4, cls_seeds=[123, 1])
+
+
+def default_loader_workers(cuda: bool | None = None, cores: int | None = None) -> int:
+    """DataLoader processes for the trainings: none on a CPU (the training uses every core; on 2 cores a
+    worker only competes with it), up to 8 with a GPU (which otherwise waits for the CPU's batches: 4
+    workers still left an H200 waiting 62-70 % of each step, session 17), two cores left to the main process."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return min(8, max(0, cores - 2)) if cuda else 0
 
 
 def _patient(case_id: str) -> str:
@@ -131,6 +142,9 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     from lungnod_ext.apps.pipeline import run_bundle_inference
 
     s = settings or RecipeSettings()
+    if s.loader_workers is None:   # recorded in recipe.json as used
+        s = replace(s, loader_workers=default_loader_workers())
+    loader_workers = s.loader_workers
     if not s.cls_seeds:   # before any stage runs, not after the segmentation's hour
         raise ValueError("cls_seeds is empty: the recipe trains one classifier per seed")
     lidc, out = Path(lidc_dir), Path(out_dir).resolve()
@@ -179,7 +193,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
             **tracking, "run_name": "segmentation", "dataset_dir": str(cohort),
             "output_dir": str(out / "runs" / "segmentation"), "ckpt_dir": str(seg_models), "epochs": s.seg_epochs,
             "val_interval": s.seg_val_interval, "patch_size": list(s.seg_patch_size),
-            "learning_rate": s.seg_learning_rate, "num_workers": 0, **s.seg_overrides}, logs / "segmentation_train.log"))
+            "learning_rate": s.seg_learning_rate, "num_workers": loader_workers, **s.seg_overrides},
+            logs / "segmentation_train.log"))
 
         cand_dir = out / "runs" / "train_candidates"
 
@@ -206,7 +221,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
             stage(name, lambda name=name, seed=seed, ckpt_dir=member_dirs[-1]: bundle_run(
                 CLS, "training", ["configs/train.json"], {**tracking, "run_name": name, "dataset_dir": str(patches),
                 "output_dir": str(out / "runs" / name), "ckpt_dir": str(ckpt_dir), "epochs": s.cls_epochs,
-                "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": 0,
+                "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": loader_workers,
                 **s.cls_overrides, "seed": seed}, logs / f"{name}_train.log"))
 
         prior = detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates)

@@ -1,12 +1,13 @@
 #!/bin/bash
 # The recipe's segmentation stage (`lungnod train-models --until segmentation`) on a GPU machine that cannot
 # read ../shared/data/lidc: the training series arrive converted and packed (tests/benchmarks/device_pack.py;
-# PACK holds <case>.img.xz and converted/ without images/), are restored exactly, and train there with AMP,
-# more cohort copies and loader workers than the 2-core default. A time limit stops the training if it runs
-# long (the best-validation checkpoint is kept). Writes to OUT: the fp16 checkpoint in 15 MB parts
+# PACK holds <case>.img.xz and converted/ without images/), are restored exactly, and train there with AMP
+# and more cohort copies (loader workers: the recipe takes up to 8 with a GPU). A time limit stops the
+# training if it runs long (the best-validation checkpoint is kept). Writes to OUT: the fp16 checkpoint in 15 MB parts
 # (cat seg_model.pt.part-* > model.pt) and logs.tar.gz (training log, histories, timing, stage markers).
 # The rest of the recipe then runs elsewhere: put model.pt in <work>/models/segmentation/, mark the stage
-# done (<work>/stages/segmentation.done) and run the same train-models command without --until.
+# done (<work>/stages/segmentation.done) and run the same train-models command without --until (with fewer
+# --copies if the CPU is to make the candidates: copy k of a series is the same volume whatever the count).
 # usage: bash tests/benchmarks/gpu_train_segmenter.sh PACK WORK OUT [COPIES] [EPOCHS] [LIMIT_S] [VAL_INTERVAL]
 set -u
 PACK=${1:?pack dir}; W=${2:?work dir}; O=${3:?out dir}; COPIES=${4:-24}; EPOCHS=${5:-120}; LIMIT=${6:-420}
@@ -23,8 +24,7 @@ echo '{"report": "converted elsewhere; restored by tests/benchmarks/device_pack.
 step train
 t0=$(date +%s)
 timeout -k 15 "$LIMIT" $PY -m lungnod_ext train-models --lidc "$PACK" --out "$W" --until segmentation --no-mlflow \
-  --copies "$COPIES" --seg-epochs "$EPOCHS" --workers "$(( $(nproc) > 2 ? $(nproc) - 2 : 2 ))" \
-  --seg num_workers="$(( $(nproc) > 4 ? $(nproc) - 4 : 0 ))" --seg val_interval="$VAL"
+  --copies "$COPIES" --seg-epochs "$EPOCHS" --workers "$(( $(nproc) > 2 ? $(nproc) - 2 : 2 ))" --seg val_interval="$VAL"
 echo "train-models rc=$? wall=$(( $(date +%s) - t0 )) s"
 step export
 $PY -c "
