@@ -39,7 +39,7 @@ def detect(inp, out, ckpts, *extra):
 def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts, tmp_path):
     # threshold 0.45 on a random net gives candidates to classify; they are what the report shows
     proc = detect(lidc_series_dir, tmp_path / "out", ckpts, "--seg", "threshold=0.45", "--threshold", "0.0",
-                  "--dicom-seg")
+                  "--dicom-sr")   # implies --dicom-seg
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["cases"]) == 1 and summary["coordinate_system"] == "LPS"
@@ -70,8 +70,42 @@ def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts,
     for n, nod in enumerate(nodules, start=1):
         expected[labels == nod["id"]] = n
     np.testing.assert_array_equal(read_dicom_seg(folder / f"{case['case']}_seg.dcm", geometry), expected)
+    check_measurement_report(folder / f"{case['case']}_sr.dcm", folder / f"{case['case']}_seg.dcm", nodules,
+                             tmp_path)
     assert not list(out.glob(".work-*")) and not list(out.glob(".*part*"))
     assert "report.html" in proc.stdout
+
+
+def check_measurement_report(sr_path, seg_path, nodules, tmp_path):
+    """The SR: same patient / study as the SEG, one TID 1411 group per nodule referencing SEG segment n with
+    the SEG's tracking id, and the nodule's long / short axis, mean axial diameter, volume and probability."""
+    import highdicom as hd
+    import pydicom
+
+    from lungnod_ext.inference.dicom_sr import write_measurement_report
+
+    seg, ds = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
+    assert ds.Modality == "SR" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"   # Comprehensive 3D SR
+    assert (ds.PatientID, ds.StudyInstanceUID) == (seg.PatientID, seg.StudyInstanceUID)
+    assert ds.CompletionFlag == "COMPLETE" and ds.VerificationFlag == "UNVERIFIED"
+    groups = hd.sr.srread(sr_path).content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(nodules) == len(seg.SegmentSequence)
+    for n, (group, nodule) in enumerate(zip(groups, nodules), start=1):
+        assert group.tracking_identifier == seg.SegmentSequence[n - 1].TrackingID == f"nodule {nodule['id']}"
+        refs = [item for item in group[0].ContentSequence if item.name.value == "121191"]   # Referenced Segment
+        assert [(r.ReferencedSOPSequence[0].ReferencedSOPInstanceUID, r.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+                for r in refs] == [(seg.SOPInstanceUID, n)]
+        got = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+        want = {"Long axis": (nodule["long_axis_mm"], "mm"), "Short axis": (nodule["short_axis_mm"], "mm"),
+                "Diameter": (nodule["mean_axial_diameter_mm"], "mm"),
+                "Volume": (round(nodule["volume_mm3"], 1), "mm3"),
+                "Nodule probability (lungnod detector score)": (round(nodule["probability"], 4), "1")}
+        assert got.keys() == want.keys()
+        for name, (value, unit) in want.items():
+            assert got[name][1] == unit and abs(float(got[name][0]) - value) < 1e-6, (name, got[name], value)
+    with pytest.raises(ValueError, match="segment"):   # nodules that are not the SEG's segments: no file
+        write_measurement_report(seg_path, nodules + nodules[:1], tmp_path / "x_sr.dcm")
+    assert not (tmp_path / "x_sr.dcm").exists()
 
 
 def test_nothing_found_gives_an_empty_list(ckpts, tmp_path):
@@ -86,3 +120,14 @@ def test_nothing_found_gives_an_empty_list(ckpts, tmp_path):
     doc = json.loads((tmp_path / "out" / "empty" / "empty_nodules.json").read_text())
     assert doc["candidates"] == []
     assert "No nodule found" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_dicom_outputs_need_a_dicom_input(tmp_path):
+    """--dicom-sr (or --dicom-seg) on a NIfTI file: one error line before any work, exit 2, no output folder."""
+    nib.save(nib.Nifti1Image(np.full((32, 32, 8), -800, np.int16), np.eye(4)), str(tmp_path / "scan.nii.gz"))
+    proc = subprocess.run([sys.executable, "-m", "lungnod_ext", "detect", str(tmp_path / "scan.nii.gz"), "--out",
+                           str(tmp_path / "out"), "--dicom-sr"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "scan.nii.gz" in lines[0] and "need a DICOM folder" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -45,7 +45,8 @@ def _cmd_detect(args) -> int:
     from lungnod_ext.apps.pipeline import PipelineConfig, axes_text, detect
 
     cfg = PipelineConfig(use_classifier=not args.no_classifier, probability_threshold=args.threshold,
-                         overlays=not args.no_overlays, dicom_seg=args.dicom_seg, explain=not args.no_explain,
+                         overlays=not args.no_overlays, dicom_seg=args.dicom_seg or args.dicom_sr,
+                         dicom_sr=args.dicom_sr, explain=not args.no_explain,
                          assume_hu=args.assume_hu,
                          seg_overrides=parse_overrides(args.seg), cls_overrides=parse_overrides(args.cls))
     if args.seg_ckpt:
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-classifier", action="store_true", help="stage 1 only (segmentation candidates)")
     d.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
     d.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG referencing the source series")
+    d.add_argument("--dicom-sr", action="store_true", help="also a DICOM SR measurement report (TID 1500: long / short "
+                   "axis, diameter, volume, probability per nodule) on the SEG's segments; implies --dicom-seg")
     d.add_argument("--no-explain", action="store_true", help="skip the classifier evidence maps (occlusion sensitivity)")
     d.add_argument("--assume-hu", action="store_true",
                    help="the image's values are Hounsfield units even though they do not look like it")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.convert import check_output_dir
+from data_prep.errors import DataPrepError
 from data_prep.nifti_io import read_nifti, write_text_atomic
 from lungnod_ext.data.bundle_paths import REPO_ROOT
 from lungnod_ext.inference.candidates import write_candidates
@@ -63,6 +64,7 @@ class PipelineConfig:
     probability_threshold: float = 0.5
     overlays: bool = True
     dicom_seg: bool = False
+    dicom_sr: bool = False       # with dicom_seg: a TID 1500 measurement report on the SEG's segments
     explain: bool = True                  # classifier evidence map (occlusion sensitivity) per reported nodule
     assume_hu: bool = False               # let images whose values do not look like HU through (--assume-hu)
 
@@ -176,6 +178,10 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
             if nodules:
                 write_dicom_seg(relabel[labels], geometry, source_dicom, nodules, tmp / f"{case}_seg.dcm",
                                 series_uid=series_uid)
+                if cfg.dicom_sr:
+                    from lungnod_ext.inference.dicom_sr import write_measurement_report
+
+                    write_measurement_report(tmp / f"{case}_seg.dcm", nodules, tmp / f"{case}_sr.dcm")
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -241,6 +247,10 @@ def detect(input_path, out_dir, cfg: PipelineConfig | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+NOT_DICOM_FOR_SEG = ("--dicom-seg / --dicom-sr need a DICOM folder as input (a DICOM SEG references the source "
+                     "CT images): this is not one")
+
+
 def _series_uid(converted: Path, case: str) -> str | None:
     prov = converted / "provenance" / f"{case}.json"
     return _read_json(prov).get("series_uid") if prov.is_file() else None
@@ -250,7 +260,11 @@ def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     converted = out / "converted"
+    if cfg.dicom_seg and not Path(input_path).is_dir():
+        raise DataPrepError(input_path, NOT_DICOM_FOR_SEG)
     datalist = resolve_inputs(input_path, converted, assume_hu=cfg.assume_hu)
+    if cfg.dicom_seg and not converted.is_dir():   # a folder of NIfTI files
+        raise DataPrepError(input_path, NOT_DICOM_FOR_SEG)
     seconds["inputs"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

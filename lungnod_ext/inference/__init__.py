@@ -1,5 +1,5 @@
 """From network output to what a person reads: candidates, stage-2 patches and scoring, overlays,
-evidence maps, reports, DICOM SEG, the slab inferer. Imports ``networks``, ``transforms``, ``data``.
+evidence maps, reports, DICOM SEG and SR, the slab inferer. Imports ``networks``, ``transforms``, ``data``.
 """
 
 from lungnod_ext import lazy_exports
@@ -11,6 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
                  "resolve_classification_inputs"],
     "dicom_seg": ["NoNoduleToEncodeError", "find_source_series", "source_slice_headers", "segment_label",
                   "write_dicom_seg", "read_dicom_seg"],
+    "dicom_sr": ["write_measurement_report"],
     "explain": ["last_conv_layer", "evidence_maps", "evidence_overlay", "write_evidence_png"],
     "images2d_writer": ["WriteMask2Dd"],
     "measurements": ["AXIS_KEYS", "axial_axes", "add_axial_axes", "MeasureAxialAxesd"],

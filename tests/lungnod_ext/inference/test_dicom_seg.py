@@ -1,7 +1,8 @@
 """DICOM SEG output: written on the real LIDC-IDRI-0001 series and on a small synthetic two-series folder
 with an unusual orientation, read back with pydicom and highdicom. The SEG must reference the source
 series (Frame of Reference, per-frame source SOP instance at the frame's position) and, re-rasterised
-onto the CT pixel grid from the DICOM headers alone, equal the NIfTI mask voxel for voxel."""
+onto the CT pixel grid from the DICOM headers alone, equal the NIfTI mask voxel for voxel. The TID 1500
+SR on such a SEG (lungnod_ext.inference.dicom_sr) references each segment and holds the nodule's figures."""
 
 from __future__ import annotations
 
@@ -305,3 +306,32 @@ def test_empty_mask_writes_nothing(two_series, tmp_path):
     with pytest.raises(ValueError, match="does not match the geometry"):
         write_dicom_seg(one[:-1], geometry, two_series["root"], [{"id": 1}], tmp_path / "x.dcm")
     assert not list(tmp_path.iterdir())
+
+
+def test_measurement_report_on_two_segments(two_series, tmp_path):
+    """Two segments (named per frame, not in the shared groups): group n references segment n with its
+    tracking id and UID; a nodule without figures gets a group without measurements, not invented ones."""
+    from lungnod_ext.inference.dicom_sr import write_measurement_report
+
+    image, geometry = read_nifti(two_series["image_a"])
+    mask = np.zeros(geometry.shape_zyx, np.uint8)
+    for n, (ijk, d) in enumerate((((10.3, 12.7, 3.2), 5.3), ((33.1, 27.4, 8.6), 7.1)), start=1):
+        mask[sphere_mask(geometry, geometry.voxel_to_world(ijk), d) > 0] = n
+    nodules = [{"id": 7, "probability": 0.91234, "long_axis_mm": 6.1, "short_axis_mm": 4.9,
+                "mean_axial_diameter_mm": 5.5, "volume_mm3": 77.77}, {"id": 9}]
+    seg_path = write_dicom_seg(mask, geometry, two_series["root"], nodules, tmp_path / "seg.dcm",
+                               series_uid=two_series["uid_a"])
+    sr_path = write_measurement_report(seg_path, nodules, tmp_path / "sr.dcm")
+    seg, sr = pydicom.dcmread(seg_path), hd.sr.srread(sr_path)
+    assert sr.SeriesDescription == "lungnod nodule measurements" and sr.StudyInstanceUID == seg.StudyInstanceUID
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["nodule 7", "nodule 9"]
+    assert [str(g.tracking_uid) for g in groups] == [str(s.TrackingUID) for s in seg.SegmentSequence]
+    for n, g in enumerate(groups, start=1):
+        ref = next(i for i in g[0].ContentSequence if i.name.value == "121191").ReferencedSOPSequence[0]
+        assert (ref.ReferencedSOPInstanceUID, ref.ReferencedSegmentNumber) == (seg.SOPInstanceUID, n)
+        assert g.finding_type.value == "27925004"                      # SNOMED CT Nodule
+    first = {m.name.meaning: float(m.value) for m in groups[0].get_measurements()}
+    assert first == {"Long axis": 6.1, "Short axis": 4.9, "Diameter": 5.5, "Volume": 77.8,
+                     "Nodule probability (lungnod detector score)": 0.9123}
+    assert groups[1].get_measurements() == []
