@@ -14,7 +14,7 @@ segment of the SEG (:mod:`lungnod_ext.inference.dicom_seg`) and carry, in the un
 
 Finding: SNOMED CT "Nodule" in "Lung"; tracking identifier "nodule <id>" as in the SEG; observer: the device
 lungnod (algorithm "lungnod", its version). The report is marked complete, not final and not verified: an
-algorithm's proposal for a person to read. Evidence: the SEG and the source CT images it references (same
+algorithm's proposal for a person to read. Evidence: the SEG (which names the source CT images; same
 study). Research software, not a medical device: no Lung-RADS category or recommendation is derived.
 """
 
@@ -37,21 +37,11 @@ def _measurements(nodule: Mapping) -> list:
     from pydicom.sr.codedict import codes
 
     mm, mm3 = hd.sr.CodedConcept("mm", "UCUM", "millimeter"), hd.sr.CodedConcept("mm3", "UCUM", "cubic millimeter")
-    out = []
-    if nodule.get("long_axis_mm") is not None:
-        out.append(hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(nodule["long_axis_mm"]), unit=mm))
-    if nodule.get("short_axis_mm") is not None:
-        out.append(hd.sr.Measurement(name=codes.SCT.ShortAxis, value=float(nodule["short_axis_mm"]), unit=mm))
-    if nodule.get("mean_axial_diameter_mm") is not None:
-        out.append(hd.sr.Measurement(name=codes.SCT.Diameter, value=float(nodule["mean_axial_diameter_mm"]),
-                                     unit=mm))
-    if nodule.get("volume_mm3") is not None:
-        out.append(hd.sr.Measurement(name=codes.SCT.Volume, value=round(float(nodule["volume_mm3"]), 1), unit=mm3))
-    if nodule.get("probability") is not None:
-        out.append(hd.sr.Measurement(name=hd.sr.CodedConcept(*PROBABILITY_CODE),
-                                     value=round(float(nodule["probability"]), 4),
-                                     unit=hd.sr.CodedConcept("1", "UCUM", "no units")))
-    return out
+    fields = (("long_axis_mm", codes.SCT.LongAxis, mm, 2), ("short_axis_mm", codes.SCT.ShortAxis, mm, 2),
+              ("mean_axial_diameter_mm", codes.SCT.Diameter, mm, 2), ("volume_mm3", codes.SCT.Volume, mm3, 1),
+              ("probability", hd.sr.CodedConcept(*PROBABILITY_CODE), hd.sr.CodedConcept("1", "UCUM", "no units"), 4))
+    return [hd.sr.Measurement(name=name, value=round(float(nodule[key]), digits), unit=unit)
+            for key, name, unit, digits in fields if nodule.get(key) is not None]
 
 
 def write_measurement_report(seg_path, nodules: Sequence[Mapping], out_path, series_number: int = 902,
