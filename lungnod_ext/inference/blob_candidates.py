@@ -206,6 +206,7 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     lung_box = np.ascontiguousarray(lung[box]) != 0 if lung is not None else None
     zoom = np.ones(3) if grid_mm is None else np.minimum(spacing / grid_mm, 1.0)          # never upsample
     work = np.clip(hu_box, *HU_CLIP)
+    work_shape = np.asarray(work.shape)
     if np.allclose(zoom, 1.0):
         vol, work_mask, work_spacing = work, lung_box, spacing
     else:
@@ -216,9 +217,10 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
             work_mask = ndi.zoom(lung_box.astype(np.uint8), zoom, order=0, mode="nearest", grid_mode=False).astype(bool)
             if work_mask.shape != vol.shape:
                 work_mask = np.resize(work_mask, vol.shape)
+    del work, lung_box   # full-resolution copies (vol / work_mask when not zoomed): not held through the filter
     response, best_sigma = dot_enhancement(vol, work_spacing, sigmas_mm, work_mask, floor=min_response)
     peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response, max_peaks)
-    scale = (np.asarray(work.shape) - 1) / np.maximum(np.asarray(vol.shape) - 1, 1)
+    scale = (work_shape - 1) / np.maximum(np.asarray(vol.shape) - 1, 1)
     at = tuple(peaks.T)
     return DotPeaks(box, hu_box, peaks * scale, response[at], best_sigma[at])
 

@@ -61,13 +61,15 @@ def extract_patches(hu_zyx: np.ndarray, geometry: Geometry, centres_lps, patch_s
         return out
     offsets = patch_offsets_mm(patch_size, spacing_mm, spatial_dims).reshape(-1, 3)
     direction = geometry.direction_matrix
-    vol = np.asarray(hu_zyx, dtype=np.float32)
+    # sampled as stored (int16 HU from a NIfTI): map_coordinates interpolates in float64 whatever the input,
+    # so a float32 copy of the whole volume (0.5 GB for 500 thin slices) would only cost memory
+    vol = np.asarray(hu_zyx)
     for n, c in enumerate(centres):
         for ch, dk in enumerate(planes):
             ijk = geometry.world_to_voxel(c[None, :] + (offsets + np.array([0.0, 0.0, dk])) @ direction.T)
             coords = np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])  # (z, y, x) order of the array
-            out[n, ch] = ndi.map_coordinates(vol, coords, order=1, mode="constant", cval=AIR_HU,
-                                             prefilter=False).reshape(patch_size)
+            out[n, ch] = ndi.map_coordinates(vol, coords, output=np.float32, order=1, mode="constant",
+                                             cval=AIR_HU, prefilter=False).reshape(patch_size)
     return out
 
 
