@@ -60,6 +60,8 @@ def _cmd_detect(args) -> int:
     summary = detect(args.input, args.out, cfg)
     for case in summary["cases"]:
         print(f"{case['case']}: {case['n_nodules']} nodule(s) from {case['n_candidates']} candidate(s)")
+        for note in case.get("notes", []):
+            print(f"  note: {note}")
         for n in case["nodules"][:MAX_NODULES_PRINTED]:
             x, y, z = n["centre_lps"]
             print(f"  {n['id']:>3}. p {n.get('probability', float('nan')):.2f}  long x short axis {axes_text(n)} mm, "
