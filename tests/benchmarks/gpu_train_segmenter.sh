@@ -9,6 +9,11 @@
 # done (<work>/stages/segmentation.done) and run the same train-models command without --until (with fewer
 # --copies if the CPU is to make the candidates: copy k of a series is the same volume whatever the count).
 # usage: bash tests/benchmarks/gpu_train_segmenter.sh PACK WORK OUT [COPIES] [EPOCHS] [LIMIT_S] [VAL_INTERVAL]
+# On the lent device (64 MiB per call; session 21): move bundles/*/models/*.pt and the example slab out of
+# the working tree for the calls (the tracked tree is 64.03 MiB), then two calls back to back (the machine
+# is released 30 s after a call): (1) carry .whl (wheels of MONAI and the packages the image lacks) and
+# .devdata1 (one packed series + converted/ without images/): pip install --target /tmp/site, copy to
+# /tmp/pack; (2) carry .devdata2 (the other packed series): copy to /tmp/pack, PYTHONPATH=/tmp/site, run this.
 set -u
 PACK=${1:?pack dir}; W=${2:?work dir}; O=${3:?out dir}; COPIES=${4:-24}; EPOCHS=${5:-120}; LIMIT=${6:-420}
 VAL=${7:-15}; PY=${PY:-python3}
