@@ -42,7 +42,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 
 
 def _cmd_detect(args) -> int:
-    from lungnod_ext.apps.pipeline import PipelineConfig, axes_text, detect
+    from lungnod_ext.apps.pipeline import PipelineConfig, axes_text, detect, scan_text
 
     cfg = PipelineConfig(use_classifier=not args.no_classifier, probability_threshold=args.threshold,
                          overlays=not args.no_overlays, dicom_seg=args.dicom_seg or args.dicom_sr,
@@ -59,7 +59,8 @@ def _cmd_detect(args) -> int:
         cfg.use_fast_models()
     summary = detect(args.input, args.out, cfg)
     for case in summary["cases"]:
-        print(f"{case['case']}: {case['n_nodules']} nodule(s) from {case['n_candidates']} candidate(s)")
+        scan = f" ({scan_text(case['scan'])})" if case.get("scan") else ""
+        print(f"{case['case']}: {case['n_nodules']} nodule(s) from {case['n_candidates']} candidate(s){scan}")
         for note in case.get("notes", []):
             print(f"  note: {note}")
         for n in case["nodules"][:MAX_NODULES_PRINTED]:

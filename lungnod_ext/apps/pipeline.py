@@ -203,25 +203,44 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"case": case, "source": image, "n_candidates": len(candidates), "n_nodules": len(nodules),
-            "nodules": nodules, "folder": case, "notes": scan_notes(image),
+            "nodules": nodules, "folder": case, **_scan_and_notes(image),
             "overlays": [str(Path(case) / "overlays" / p.name) for p in overlays]}
 
 
 THICK_SLICE_MM = 3.0
 
 
-def scan_notes(image) -> list[str]:
-    """What the reader of a case's results should know about the scan itself (one sentence each): slices
-    more than ``THICK_SLICE_MM`` apart (mm, from the NIfTI header: the spacing along its third axis)."""
+def scan_geometry(image) -> dict:
+    """The case's grid from its NIfTI header: ``shape`` (voxels along its i, j, k axes; k = slices) and
+    ``spacing_mm`` along them (the affine's column norms, mm)."""
     import nibabel as nib
 
-    step = float(np.linalg.norm(nib.load(str(image)).affine[:3, 2]))
+    img = nib.load(str(image))
+    return {"shape": [int(v) for v in img.shape[:3]],
+            "spacing_mm": [round(float(np.linalg.norm(img.affine[:3, a])), 3) for a in range(3)]}
+
+
+def scan_notes(scan: dict) -> list[str]:
+    """What the reader of a case's results should know about the scan itself (one sentence each), from
+    :func:`scan_geometry`: slices more than ``THICK_SLICE_MM`` apart."""
+    step = scan["spacing_mm"][2]
     if step <= THICK_SLICE_MM:
         return []
     return [f"slices {step:.1f} mm apart: nodules under about 6 mm may be missed and false positives are more "
             f"likely (a 5 mm slab version of LIDC-IDRI-0006, a training scan of the models, lost two of its four "
             f"nodules, of 5.2 and 6.5 mm, and gave 3 false positives; tests/benchmarks/bench_slice_thickness.py); "
             f"use the study's thin-slice series (<= 2.5 mm) if it has one"]
+
+
+def scan_text(scan: dict) -> str:
+    """"512 x 512 x 133 voxels of 0.70 x 0.70 x 2.50 mm"."""
+    return (" x ".join(str(v) for v in scan["shape"]) + " voxels of "
+            + " x ".join(f"{v:.2f}" for v in scan["spacing_mm"]) + " mm")
+
+
+def _scan_and_notes(image) -> dict:
+    scan = scan_geometry(image)
+    return {"scan": scan, "notes": scan_notes(scan)}
 
 
 def axes_text(nodule: dict) -> str:
@@ -245,7 +264,8 @@ def _html_report(summary: dict) -> str:
                        for p in c["overlays"])
         notes = "".join(f"<p class='note'>Note: {html.escape(n)}</p>" for n in c.get("notes", []))
         rows.append(f"<section><h2>{html.escape(c['case'])}</h2><p>{c['n_nodules']} nodule(s) from "
-                    f"{c['n_candidates']} candidate(s); source {html.escape(c['source'])}</p>{notes}{table}"
+                    f"{c['n_candidates']} candidate(s); source {html.escape(c['source'])}"
+                    f"{'; ' + scan_text(c['scan']) if c.get('scan') else ''}</p>{notes}{table}"
                     f"<div class='pics'>{pics}</div></section>")
     timing = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.2f}</td></tr>" for k, v in summary["seconds"].items())
     return f"""<!doctype html>

@@ -1,12 +1,13 @@
-"""The report's notes about the scan itself: a thick-slice scan (slices > 3 mm apart) gets one sentence
-in summary.json, report.html and the terminal; thinner scans get none."""
+"""What the report says about the scan itself: its grid (voxels and mm, from the NIfTI header), and a note
+for a thick-slice scan (slices > 3 mm apart) in summary.json, report.html and the terminal; none for thinner
+scans."""
 
 from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
 
-from lungnod_ext.apps.pipeline import THICK_SLICE_MM, _html_report, scan_notes
+from lungnod_ext.apps.pipeline import THICK_SLICE_MM, _html_report, scan_geometry, scan_notes, scan_text
 
 
 def _nifti(path, slice_mm):
@@ -17,16 +18,20 @@ def _nifti(path, slice_mm):
 
 def test_thick_slices_get_a_note_thin_ones_none(tmp_path):
     assert THICK_SLICE_MM == 3.0
-    assert scan_notes(_nifti(tmp_path / "a.nii.gz", 2.5)) == []
-    assert scan_notes(_nifti(tmp_path / "b.nii.gz", 3.0)) == []
-    notes = scan_notes(_nifti(tmp_path / "c.nii.gz", 5.0))
+    scan = scan_geometry(_nifti(tmp_path / "a.nii.gz", 2.5))
+    assert scan == {"shape": [8, 8, 4], "spacing_mm": [0.7, 0.7, 2.5]}
+    assert scan_text(scan) == "8 x 8 x 4 voxels of 0.70 x 0.70 x 2.50 mm"
+    assert scan_notes(scan) == []
+    assert scan_notes(scan_geometry(_nifti(tmp_path / "b.nii.gz", 3.0))) == []
+    notes = scan_notes(scan_geometry(_nifti(tmp_path / "c.nii.gz", 5.0)))
     assert len(notes) == 1 and notes[0].startswith("slices 5.0 mm apart: nodules under about 6 mm may be missed")
     assert "thin-slice series" in notes[0]
 
 
 def test_the_html_report_shows_the_note():
     case = {"case": "c", "source": "c.nii.gz", "n_candidates": 0, "n_nodules": 0, "nodules": [], "overlays": [],
-            "notes": ["slices 5.0 mm apart: <b>x</b>"]}
+            "notes": ["slices 5.0 mm apart: <b>x</b>"], "scan": {"shape": [8, 8, 4], "spacing_mm": [0.7, 0.7, 5.0]}}
     page = _html_report({"cases": [case], "seconds": {"total": 1.0}, "probability_threshold": 0.5,
                          "classifier": True, "peak_rss_mb": 100.0})
     assert "<p class='note'>Note: slices 5.0 mm apart: &lt;b&gt;x&lt;/b&gt;</p>" in page
+    assert "; 8 x 8 x 4 voxels of 0.70 x 0.70 x 5.00 mm</p>" in page
