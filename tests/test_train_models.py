@@ -104,8 +104,9 @@ def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):
     assert recipe["settings"]["loader_workers"] == 0
     assert "tracking" not in runs[0] and "tracking_uri" not in runs[0]
     assert runs[1]["tracking"] == "mlflow" and runs[1]["tracking_uri"].endswith("tracking_True/mlruns.db")
-    with pytest.raises(ValueError, match="not a stage"):
-        tm.train_models(tmp_path, tmp_path / "x", until="bogus")
+    for bad in ("bogus", "classification"):   # no stop between the classifiers and the export
+        with pytest.raises(ValueError, match="not a stage"):
+            tm.train_models(tmp_path, tmp_path / "x", until=bad)
 
 
 def test_default_loader_workers():

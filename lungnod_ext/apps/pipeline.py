@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.convert import check_output_dir
+from data_prep.coords import Geometry
 from data_prep.errors import DataPrepError
 from data_prep.nifti_io import read_nifti, write_text_atomic
 from lungnod_ext.data.bundle_paths import REPO_ROOT
@@ -173,31 +174,29 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
         write_candidates(nodules, tmp / f"{case}_nodules.json", tmp / f"{case}_nodules.csv", meta)
         write_candidates(candidates, tmp / f"{case}_candidates.json", tmp / f"{case}_candidates.csv", meta)
         overlays = []
+        seg_wanted = bool(cfg.dicom_seg and source_dicom and nodules)
+        if cfg.overlays or seg_wanted:
+            labels, label_geometry = read_nifti(tmp / f"{case}_labels.nii.gz")
+            # candidate label -> its nodule's number in the report (1..n), 0 = not reported; a lookup, not
+            # np.isin (whose temporaries take 1 GB at 500 thin slices)
+            report_number = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
+            report_number[[int(n["id"]) for n in nodules]] = np.arange(1, len(nodules) + 1)
         if cfg.overlays:
             shutil.rmtree(tmp / "overlays", ignore_errors=True)
             hu, geometry = read_nifti(image)
-            labels, _ = read_nifti(tmp / f"{case}_labels.nii.gz")
-            reported = np.zeros(int(labels.max()) + 1, bool)   # label -> reported (np.isin's temporaries: 1 GB)
-            reported[[int(n["id"]) for n in nodules]] = True
-            keep = reported[labels]
+            keep = (report_number > 0)[labels]
             overlays = write_candidate_overlays(hu, keep, nodules, geometry, tmp / "overlays", case)
             if classifier is not None and nodules:
                 overlays += _write_evidence(hu, geometry, nodules[:MAX_EXPLAINED], tmp, case, classifier)
-        if cfg.dicom_seg and source_dicom:
+        if seg_wanted:
             from lungnod_ext.inference.dicom_seg import write_dicom_seg
 
-            labels, geometry = read_nifti(tmp / f"{case}_labels.nii.gz")
-            ids = {int(n["id"]): i + 1 for i, n in enumerate(nodules)}
-            relabel = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
-            for old, new in ids.items():
-                relabel[old] = new
-            if nodules:
-                write_dicom_seg(relabel[labels], geometry, source_dicom, nodules, tmp / f"{case}_seg.dcm",
-                                series_uid=series_uid)
-                if cfg.dicom_sr:
-                    from lungnod_ext.inference.dicom_sr import write_measurement_report
+            write_dicom_seg(report_number[labels], label_geometry, source_dicom, nodules, tmp / f"{case}_seg.dcm",
+                            series_uid=series_uid)
+            if cfg.dicom_sr:
+                from lungnod_ext.inference.dicom_sr import write_measurement_report
 
-                    write_measurement_report(tmp / f"{case}_seg.dcm", nodules, tmp / f"{case}_sr.dcm")
+                write_measurement_report(tmp / f"{case}_seg.dcm", nodules, tmp / f"{case}_sr.dcm")
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -212,12 +211,12 @@ THICK_SLICE_MM = 3.0
 
 def scan_geometry(image) -> dict:
     """The case's grid from its NIfTI header: ``shape`` (voxels along its i, j, k axes; k = slices) and
-    ``spacing_mm`` along them (the affine's column norms, mm)."""
+    ``spacing_mm`` along them (mm, :class:`data_prep.coords.Geometry`'s)."""
     import nibabel as nib
 
     img = nib.load(str(image))
-    return {"shape": [int(v) for v in img.shape[:3]],
-            "spacing_mm": [round(float(np.linalg.norm(img.affine[:3, a])), 3) for a in range(3)]}
+    spacing = Geometry.from_affine_ras(img.affine, img.shape[:3]).spacing
+    return {"shape": [int(v) for v in img.shape[:3]], "spacing_mm": [round(float(v), 3) for v in spacing]}
 
 
 def scan_notes(scan: dict) -> list[str]:

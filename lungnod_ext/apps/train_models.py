@@ -120,7 +120,8 @@ def export_fp16(ckpt, dest: Path) -> Path:
     return dest
 
 
-STAGES = ("convert", "cohort", "segmentation", "candidates", "patches", "classification")
+# where --until may stop (after the patches only the classifiers and the export are left: no stop there)
+STAGES = ("convert", "cohort", "segmentation", "candidates", "patches")
 
 
 class _StoppedAfter(Exception):
