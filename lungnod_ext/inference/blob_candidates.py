@@ -50,16 +50,15 @@ def _sym3_eigenvalues(a, b, c, d, e, f):
     return low, 3.0 * q - high - low, high
 
 
-def _scale_response(vol: np.ndarray, sp: np.ndarray, sigma: float, inner: np.ndarray, min_value: float,
-                    floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """One scale of :func:`dot_enhancement`: (flat indices, float32 responses) of the voxels that can answer."""
-    strides = np.array(vol.shape[1] * vol.shape[2], dtype=np.int64), np.int64(vol.shape[2]), np.int64(1)
-    smooth = ndi.gaussian_filter(vol, sigma=[sigma / s for s in sp], mode="nearest")
-    flat = smooth.ravel()
-    norm = sigma * sigma
-    # the Hessian only at the voxels that can answer: in the mask and above min_value (vessels, nodules;
-    # a fraction of the lung box), by central differences on the flat array (inner voxels: in bounds)
-    idx = np.flatnonzero(inner & (smooth > min_value))
+CHUNK_VOXELS = 1 << 20
+"""Voxels whose Hessian :func:`_scale_response` works out at a time: its temporaries are ~50 bytes a voxel, so
+all of a thin-slice scan's lung at once took hundreds of MB per scale (the results do not depend on it)."""
+
+
+def _hessian_response(flat: np.ndarray, idx: np.ndarray, strides, sp: np.ndarray, norm: float,
+                      floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """The dot response at the flat indices ``idx`` of the smoothed volume ``flat`` -> (the indices that can
+    answer, their float32 responses); see :func:`_scale_response`."""
     diag = [(flat[idx + strides[a]] + flat[idx - strides[a]] - 2.0 * flat[idx]) * np.float32(norm / sp[a] ** 2)
             for a in range(3)]
     keep = (diag[0] < 0) & (diag[1] < 0) & (diag[2] < 0) & (diag[0] + diag[1] + diag[2] < -3.0 * floor)
@@ -76,6 +75,23 @@ def _scale_response(vol: np.ndarray, sp: np.ndarray, sigma: float, inner: np.nda
     low, _, high = _sym3_eigenvalues(*(h[k] for k in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))))
     # low <= mid <= high; all negative <=> high < 0; |high| is the smallest magnitude, |low| the largest
     return idx, np.where(high < 0, high * high / np.maximum(-low, 1e-6), 0.0).astype(np.float32)
+
+
+def _scale_response(vol: np.ndarray, sp: np.ndarray, sigma: float, inner: np.ndarray, min_value: float,
+                    floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """One scale of :func:`dot_enhancement`: (flat indices, float32 responses) of the voxels that can answer."""
+    strides = np.array(vol.shape[1] * vol.shape[2], dtype=np.int64), np.int64(vol.shape[2]), np.int64(1)
+    smooth = ndi.gaussian_filter(vol, sigma=[sigma / s for s in sp], mode="nearest")
+    flat = smooth.ravel()
+    # the Hessian only at the voxels that can answer: in the mask and above min_value (vessels, nodules;
+    # a fraction of the lung box), by central differences on the flat array (inner voxels: in bounds),
+    # CHUNK_VOXELS at a time
+    idx = np.flatnonzero(inner & (smooth > min_value))
+    parts = [_hessian_response(flat, idx[i:i + CHUNK_VOXELS], strides, sp, sigma * sigma, floor)
+             for i in range(0, idx.size, CHUNK_VOXELS)]
+    if not parts:
+        return idx, np.zeros(0, np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def dot_enhancement(volume_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
@@ -163,13 +179,11 @@ def _grow_region(hu_zyx: np.ndarray, spacing_zyx: np.ndarray, centre_zyx: np.nda
 
 
 class DotPeaks(NamedTuple):
-    """What :func:`dot_filter_peaks` found: the peaks of the lung box ``box`` of the input (``hu_box``: its
-    HU, a contiguous float32 copy), as positions ``centres_zyx`` (n, 3) in voxels of ``hu_box`` (float:
-    mapped back from the filter's grid), their ``response`` (HU) and best filter scale ``sigma_mm``,
-    strongest first."""
+    """What :func:`dot_filter_peaks` found: the peaks of the lung box ``box`` of the input, as positions
+    ``centres_zyx`` (n, 3) in voxels of ``input[box]`` (float: mapped back from the filter's grid), their
+    ``response`` (HU) and best filter scale ``sigma_mm``, strongest first."""
 
     box: tuple[slice, ...]
-    hu_box: np.ndarray
     centres_zyx: np.ndarray
     response: np.ndarray
     sigma_mm: np.ndarray
@@ -201,11 +215,12 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
             return None
     else:
         lung, box = None, tuple(slice(0, n) for n in hu.shape)
-    # everything below works on contiguous copies of the lung box (the inputs are often transposed views)
-    hu_box = np.ascontiguousarray(hu[box], dtype=np.float32)
+    # the filter works on one contiguous float32 copy of the lung box, clipped in place (the inputs are often
+    # transposed views; no unclipped copy is kept: on a 0.625 mm scan the box is about 230 MB of float32)
+    work = np.ascontiguousarray(hu[box], dtype=np.float32)
+    np.clip(work, *HU_CLIP, out=work)
     lung_box = np.ascontiguousarray(lung[box]) != 0 if lung is not None else None
     zoom = np.ones(3) if grid_mm is None else np.minimum(spacing / grid_mm, 1.0)          # never upsample
-    work = np.clip(hu_box, *HU_CLIP)
     work_shape = np.asarray(work.shape)
     if np.allclose(zoom, 1.0):
         vol, work_mask, work_spacing = work, lung_box, spacing
@@ -222,7 +237,7 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response, max_peaks)
     scale = (work_shape - 1) / np.maximum(np.asarray(vol.shape) - 1, 1)
     at = tuple(peaks.T)
-    return DotPeaks(box, hu_box, peaks * scale, response[at], best_sigma[at])
+    return DotPeaks(box, peaks * scale, response[at], best_sigma[at])
 
 
 def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray | None = None,
@@ -241,7 +256,8 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
                              min_separation_mm)
     if peaks is None:
         return []
-    box, hu_box = peaks.box, peaks.hu_box
+    box = peaks.box
+    hu_box = np.asarray(hu_zyx)[box]                # a view: the region growing reads small crops of it
     offset = np.array([s.start for s in box])
     taken = (np.ascontiguousarray(taken_zyx[box]) != 0 if taken_zyx is not None
              else np.zeros(hu_box.shape, bool))
@@ -259,7 +275,7 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
         lo, hi = zyx.min(axis=0), zyx.max(axis=0) + 1
         bbox = [int(lo[2]), int(lo[1]), int(lo[0]), int(hi[2]), int(hi[1]), int(hi[0])]
         volume = float(len(zyx) * voxel_mm3)
-        mean_hu = float(hu_box[local_box][region].mean(dtype=np.float64))
+        mean_hu = float(np.asarray(hu_box[local_box], dtype=np.float32)[region].mean(dtype=np.float64))
         found.append(({
             "centre_voxel": [float(v) for v in centre_ijk],
             "centre_lps": [float(v) for v in geometry.voxel_to_world(centre_ijk)],

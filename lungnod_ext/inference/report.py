@@ -56,9 +56,13 @@ def write_segmentation_report(case: str, prob_zyx: np.ndarray, hu_zyx: np.ndarra
     tmp = out_root / f".{case}.part-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        mask = (np.asarray(prob_zyx) >= threshold).astype(np.uint8)
-        write_nifti(tmp / f"{case}_mask.nii.gz", mask, geometry)
-        write_nifti(tmp / f"{case}_labels.nii.gz", np.asarray(labels_zyx).astype(np.uint16), geometry)
+        # each written volume is made once, C-ordered as write_nifti needs (the inputs are usually transposed
+        # views: a plain astype would keep their layout and write_nifti copy it again)
+        mask = np.empty(np.shape(prob_zyx), dtype=bool)
+        np.greater_equal(prob_zyx, threshold, out=mask)
+        write_nifti(tmp / f"{case}_mask.nii.gz", mask.view(np.uint8), geometry)
+        del mask
+        write_nifti(tmp / f"{case}_labels.nii.gz", np.ascontiguousarray(labels_zyx, dtype=np.uint16), geometry)
         if save_prob:
             write_nifti(tmp / f"{case}_prob.nii.gz", np.asarray(prob_zyx, dtype=np.float32), geometry)
         info = {"case": case, "threshold": threshold, "n_candidates": len(candidates),

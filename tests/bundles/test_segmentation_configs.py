@@ -59,3 +59,18 @@ def test_default_decoder_is_the_shipped_network_and_the_width_is_a_config_id():
         light = bundle_network(BUNDLE, [f"configs/{config}"], {"decoder_channels": [128, 64, 32, 16, 8]})
         n_light = sum(p.numel() for p in light.parameters())
         assert n_light == 12_083_097 < sum(p.numel() for p in default.parameters()) == 13_545_585
+
+
+def test_inference_ends_with_a_uint8_mask_at_the_threshold():
+    """The last post-processing step (what MONAI Label returns as the label) thresholds the probability map
+    at ``threshold`` into uint8 0 / 1: a float32 copy of the full-grid map was a thin-slice scan's largest
+    allocation."""
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "inference.json")
+    parser.update({"bundle_root": str(BUNDLE), "threshold": 0.4})
+    last = parser.get_parsed_content("postprocessing#transforms")[-1]
+    assert type(last).__name__ == "AsDiscreted"
+    prob = torch.tensor([[[[0.1, 0.39], [0.4, 0.95]]]])
+    out = last({"pred": prob})["pred"]
+    assert out.dtype == torch.uint8
+    assert torch.equal(torch.as_tensor(out), torch.tensor([[[[0, 0], [1, 1]]]], dtype=torch.uint8))
