@@ -1,0 +1,117 @@
+"""A pleural-cap detector for the small juxta-pleural nodules no stage-1 detector reaches: how many it reaches.
+
+    python tests/benchmarks/bench_pleural_caps.py --series LIDC-IDRI-0006 --copies 24 --seed 2000
+    python tests/benchmarks/bench_pleural_caps.py --series LIDC-IDRI-0001 --copies 10 --seed 1000   # bench_models' copies
+
+A juxta-pleural nodule takes a bite out of the lung's air; the rolling-ball idea of classic lung CAD fills it
+back. Per copy of ``--series`` with inserted nodules (``data_prep.training_cohort``, no scanner augmentation):
+air = HU < ``--air-hu`` inside the lung mask grown 3 mm, holes filled slice by slice; caps = that air closed
+slice by slice with a ``--closing-mm`` disc, minus the air, opened with a 3 x 3 pixel square (the pixel-wide
+rim along every wall goes); 3-D components, ranked by depth (the largest in-plane distance from a cap voxel
+to its outline, mm). Printed and written (``--results``) by nodule type and size band: the fraction whose
+voxels touch any cap ("any"), one of the 20 or 50 deepest, and the caps per scan. Nothing here is a test and
+no model is involved: it is the ceiling such a detector would give the classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
+
+
+def pleural_caps(hu_zyx: np.ndarray, spacing_zyx_mm, closing_mm: float, air_hu: float):
+    """(labels (z, y, x) int32, n, depth per label (mm, index 0 unused)) of the caps of a HU volume."""
+    from lungnod_ext.transforms.lung_mask import close_slices_mm, compute_lung_mask, fill_holes_per_slice
+
+    sp = np.asarray(spacing_zyx_mm, float)
+    lung = compute_lung_mask(hu_zyx, sp, dilate_mm=3.0) > 0
+    air = fill_holes_per_slice((hu_zyx < air_hu) & lung).astype(np.uint8)
+    caps = (close_slices_mm(air, sp[1:], closing_mm) > 0) & (air == 0)
+    caps = ndi.binary_opening(caps, structure=np.ones((1, 3, 3), bool))
+    labels, n = ndi.label(caps)
+    depth = np.zeros(n + 1)
+    for i, box in enumerate(ndi.find_objects(labels), 1):
+        comp = labels[box] == i
+        depth[i] = max(float(ndi.distance_transform_edt(np.pad(plane, 1), sampling=sp[1:]).max())   # padded: the
+                       for plane in comp if plane.any())                                  # outline all round
+    return labels, n, depth
+
+
+def main() -> None:
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+    from data_prep.nifti_io import read_nifti
+    from data_prep.training_cohort import CohortOptions, make_copies, write_tables
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", default="LIDC-IDRI-0006")
+    ap.add_argument("--copies", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=2000)
+    ap.add_argument("--closing-mm", type=float, default=5.0)
+    ap.add_argument("--air-hu", type=float, default=-500.0)
+    ap.add_argument("--work", default="/tmp/bench_pleural_caps")
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "pleural_caps.json"))
+    args = ap.parse_args()
+
+    work = Path(args.work) / f"{args.series}_seed{args.seed}"
+    converted, inserted = work / "converted", work / "inserted"
+    if not (converted / "nodules.csv").is_file():
+        convert_dicom_root(LIDC / args.series, converted, ConvertOptions(workers=2, progress=False))
+    case = next(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
+    names = [f"{case}_c{i:02d}" for i in range(1, args.copies + 1)]
+    if not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
+        write_tables(inserted, make_copies(converted, case, inserted, list(range(1, args.copies + 1)),
+                                           CohortOptions(augment=False, seed=args.seed)))
+    rows = [r for r in csv.DictReader(open(inserted / "nodules.csv")) if r["source"] == "inserted" and r["case_id"] in names]
+    found, per_scan = [], []
+    for name in names:
+        hu, geometry = read_nifti(inserted / "images" / f"{name}.nii.gz")
+        instances, _ = read_nifti(inserted / "instances" / f"{name}.nii.gz")
+        labels, n, depth = pleural_caps(hu.astype(np.float32), geometry.spacing[::-1], args.closing_mm, args.air_hu)
+        rank = np.full(n + 1, n)
+        rank[np.argsort(-depth[1:], kind="stable") + 1] = np.arange(n)
+        per_scan.append(n)
+        for r in rows:
+            if r["case_id"] != name:
+                continue
+            hit = np.unique(labels[instances == int(r["nodule_id"])])
+            hit = hit[hit > 0]
+            found.append({"type": r["type"], "diameter_mm": float(r["diameter_mm"]),
+                          "best_rank": int(rank[hit].min()) if hit.size else None})
+    table = {}
+    for kind in sorted({f["type"] for f in found}):
+        for band, keep in (("3-6 mm", lambda d: d < 6), (">= 6 mm", lambda d: d >= 6)):
+            sel = [f for f in found if f["type"] == kind and keep(f["diameter_mm"])]
+            if not sel:
+                continue
+            table[f"{kind}, {band}"] = {
+                "n": len(sel),
+                "any": round(float(np.mean([f["best_rank"] is not None for f in sel])), 3),
+                "top20": round(float(np.mean([f["best_rank"] is not None and f["best_rank"] < 20 for f in sel])), 3),
+                "top50": round(float(np.mean([f["best_rank"] is not None and f["best_rank"] < 50 for f in sel])), 3)}
+    result = {"command": " ".join(sys.argv), "series": args.series, "copies": args.copies, "seed": args.seed,
+              "closing_mm": args.closing_mm, "air_hu": args.air_hu,
+              "caps_per_scan": round(float(np.mean(per_scan)), 1), "by_type": table}
+    print(f"{args.series}, {args.copies} copies (seed {args.seed}): {result['caps_per_scan']} caps per scan")
+    print(f"{'nodules':<30}{'n':>4}{'any':>7}{'top20':>7}{'top50':>7}")
+    for k, v in table.items():
+        print(f"{k:<30}{v['n']:>4}{v['any']:>7.2f}{v['top20']:>7.2f}{v['top50']:>7.2f}")
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(results.read_text()) if results.is_file() else {}
+    previous[f"{args.series}_seed{args.seed}"] = result
+    results.write_text(json.dumps(previous, indent=1) + "\n")
+    print(f"results: {results}")
+
+
+if __name__ == "__main__":
+    main()
