@@ -5,8 +5,9 @@
   diameter, whichever is larger (a large nodule's candidate centre can sit well off its centre, e.g. one
   merged with the pleura), plus every stage-1 candidate that hits a nodule (LUNA16 rule);
 * hard negatives: the segmentation bundle's false-positive candidates (the most useful negatives); its
-  dot-filter candidates (``detector`` "blob") are kinds ``blob_hit`` / ``blob_negative``, so their share of
-  nodules (:func:`detector_prior`) can be read back;
+  dot-filter candidates (``detector`` "blob") are kinds ``blob_hit`` / ``blob_negative`` and the pleural caps
+  (``detector`` "pleural") ``pleural_hit`` / ``pleural_negative``, so each detector's share of nodules
+  (:func:`detector_prior`) can be read back;
 * random negatives: points in the lung (classic lung mask) away from every nodule, and as many again on
   vessels (lung voxels of -300..200 HU: cross-sections, crossings and branch points, what a 2-D segmenter
   mistakes for nodules).
@@ -60,18 +61,21 @@ def _ignored_marks(converted: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
-BLOB_HIT, BLOB_NEGATIVE = "blob_hit", "blob_negative"
+PRIOR_DETECTORS = ("blob", "pleural")
+"""Candidate detectors whose patches get kinds of their own (``<detector>_hit`` / ``<detector>_negative``)."""
 
 
-def detector_prior(datalist_path, split: str = "training", max_rank: int | None = None) -> float | None:
-    """The fraction of nodules among the dot-filter candidates of a patch datalist's ``split``
-    (``blob_hit`` / (``blob_hit`` + ``blob_negative``)), only those of ``blob_rank`` < ``max_rank`` when
-    given (inference keeping fewer peaks than training saw); None without any. The classification bundle's
-    ``detector_priors`` {"blob": ...} turns the balanced classifier's probability into a posterior with it."""
+def detector_prior(datalist_path, split: str = "training", max_rank: int | None = None,
+                   detector: str = "blob") -> float | None:
+    """The fraction of nodules among one detector's candidates in a patch datalist's ``split``
+    (``<detector>_hit`` / (hits + ``<detector>_negative``)); for the dot filter only those of ``blob_rank`` <
+    ``max_rank`` when given (inference keeping fewer peaks than training saw); None without any. The
+    classification bundle's ``detector_priors`` {detector: ...} turns the balanced classifier's probability
+    into a posterior with it."""
     items = [e for e in json.loads(Path(datalist_path).read_text()).get(split, [])
-             if max_rank is None or e.get("blob_rank", -1) < max_rank]
-    hits = sum(e.get("kind") == BLOB_HIT for e in items)
-    total = hits + sum(e.get("kind") == BLOB_NEGATIVE for e in items)
+             if detector != "blob" or max_rank is None or e.get("blob_rank", -1) < max_rank]
+    hits = sum(e.get("kind") == f"{detector}_hit" for e in items)
+    total = hits + sum(e.get("kind") == f"{detector}_negative" for e in items)
     return hits / total if total else None
 
 
@@ -160,11 +164,13 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
                 for i, c in enumerate(cands):
                     if len(marks) and np.linalg.norm(marks - np.asarray(c["centre_lps"]), axis=1).min() <= ignore_radius_mm:
                         continue
-                    blob = c.get("detector") == "blob"
-                    if blob:
+                    detector = c.get("detector")
+                    if detector == "blob":
                         ranks[len(points)] = int(c.get("blob_rank", 0))
-                    points.append(((BLOB_NEGATIVE if blob else "hard_negative"), 0, np.asarray(c["centre_lps"])) if i in fp
-                                  else ((BLOB_HIT if blob else "candidate_hit"), 1, np.asarray(c["centre_lps"])))
+                    own = detector in PRIOR_DETECTORS
+                    points.append(((f"{detector}_negative" if own else "hard_negative"), 0, np.asarray(c["centre_lps"]))
+                                  if i in fp else
+                                  ((f"{detector}_hit" if own else "candidate_hit"), 1, np.asarray(c["centre_lps"])))
             lung = compute_lung_mask(hu, tuple(float(v) for v in geometry.spacing[::-1]))
             for p in _random_lung_points(hu, geometry, refs, random_negatives_per_case, rng, lung):
                 points.append(("lung", 0, p))

@@ -17,7 +17,8 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    :class:`lungnod_ext.networks.classifier.NoduleCNNEnsemble` (``install=True`` copies them to
    ``bundles/*/models/model.pt``) and ``recipe.json`` (settings, series, seconds per stage, and
    ``detector_priors``: the share of nodules among the top ``blob_candidates`` dot-filter peaks of the
-   training volumes, the value of the classification bundle's ``detector_priors`` for these models).
+   training volumes, and among their pleural caps when the segmentation config makes them, the value of the
+   classification bundle's ``detector_priors`` for these models).
 
 Both trainings are logged to MLflow (``<out>/mlruns.db``, experiment ``lungnod_train_models``). The held-out
 series is never read after conversion: score it with ``tests/benchmarks/bench_models.py``.
@@ -139,7 +140,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         raise ValueError(f"until={until!r}: not a stage of the recipe {STAGES}")
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.training_cohort import CohortOptions, build_training_cohort
-    from lungnod_ext.apps.patch_dataset import build_patch_dataset, detector_prior
+    from lungnod_ext.apps.patch_dataset import PRIOR_DETECTORS, build_patch_dataset, detector_prior
     from lungnod_ext.apps.pipeline import run_bundle_inference
 
     s = settings or RecipeSettings()
@@ -225,13 +226,15 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                 "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": loader_workers,
                 **s.cls_overrides, "seed": seed}, logs / f"{name}_train.log"))
 
-        prior = detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates)
+        priors = {d: round(p, 4) for d in PRIOR_DETECTORS
+                  if (p := detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates,
+                                          detector=d)) is not None}
         export = out / "export"
         seg_out = export_fp16(seg_models / "model.pt", export / "segmentation" / "model.pt")
         cls_out = export_fp16([d / "model.pt" for d in member_dirs], export / "classification" / "model.pt")
         recipe = {"settings": asdict(s), "lidc_dir": str(lidc), "train_series": train_cases, "held_out_series": held_out,
                   "seconds": seconds, "models": {"segmentation": str(seg_out), "classification": str(cls_out)},
-                  "detector_priors": {"blob": round(prior, 4)} if prior is not None else {},
+                  "detector_priors": priors,
                   "mlflow": f"mlflow ui --backend-store-uri sqlite:///{out / 'mlruns.db'}"}
         recipe_path.write_text(json.dumps(recipe, indent=1) + "\n")
         if install:
@@ -239,10 +242,10 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                 with atomic_path(bundle / "models" / "model.pt") as tmp:
                     shutil.copyfile(src, tmp)
             log(f"[train-models] installed into {SEG / 'models'} and {CLS / 'models'}")
-        if prior is not None:
-            log(f"[train-models] classification detector_priors: {{\"blob\": {prior:.4f}}} (nodules among the top "
-                f"{s.blob_candidates} dot-filter candidates of the training volumes; the classification bundle's "
-                "inference config takes it)")
+        if priors:
+            log(f"[train-models] classification detector_priors: {json.dumps(priors)} (nodules among the top "
+                f"{s.blob_candidates} dot-filter candidates of the training volumes, and among their pleural caps; "
+                "the classification bundle's inference config takes it)")
         log(f"[train-models] models: {seg_out}, {cls_out}; recipe: {recipe_path}")
         log(f"[train-models] MLflow: {recipe['mlflow']}")
         return recipe

@@ -261,7 +261,6 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
     offset = np.array([s.start for s in box])
     taken = (np.ascontiguousarray(taken_zyx[box]) != 0 if taken_zyx is not None
              else np.zeros(hu_box.shape, bool))
-    voxel_mm3 = geometry.voxel_volume_mm3
     found = []
     for rank, (centre, response, sigma) in enumerate(zip(peaks.centres_zyx, peaks.response, peaks.sigma_mm)):
         grown = _grow_region(hu_box, spacing, centre, float(np.sqrt(3.0) * float(sigma)), taken)
@@ -270,43 +269,55 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
         local_box, region = grown
         taken[local_box] |= region
         rbox = tuple(slice(b.start + o, b.stop + o) for b, o in zip(local_box, offset))
-        zyx = np.argwhere(region) + np.array([s.start for s in rbox])
-        centre_ijk = zyx.mean(axis=0)[::-1]
-        lo, hi = zyx.min(axis=0), zyx.max(axis=0) + 1
-        bbox = [int(lo[2]), int(lo[1]), int(lo[0]), int(hi[2]), int(hi[1]), int(hi[0])]
-        volume = float(len(zyx) * voxel_mm3)
         mean_hu = float(np.asarray(hu_box[local_box], dtype=np.float32)[region].mean(dtype=np.float64))
-        found.append(({
-            "centre_voxel": [float(v) for v in centre_ijk],
+        found.append(({**region_candidate(rbox, region, geometry, mean_hu), "detector": "blob",
+                       "blob_response": float(response), "blob_rank": int(rank)}, rbox, region))
+    return found
+
+
+def region_candidate(box: tuple[slice, ...], region: np.ndarray, geometry: Geometry, mean_hu: float) -> dict:
+    """The candidate fields of a region (bool ``region`` inside the (z, y, x) ``box`` of a volume on
+    ``geometry``) with the segmenter's keys: centre (voxel i, j, k and LPS mm), bounding box (voxel and LPS mm),
+    equivalent diameter (mm), volume (mm3), ``mean_hu`` as given, voxel count."""
+    zyx = np.argwhere(region) + np.array([s.start for s in box])
+    centre_ijk = zyx.mean(axis=0)[::-1]
+    lo, hi = zyx.min(axis=0), zyx.max(axis=0) + 1
+    bbox = [int(lo[2]), int(lo[1]), int(lo[0]), int(hi[2]), int(hi[1]), int(hi[0])]
+    volume = float(len(zyx) * geometry.voxel_volume_mm3)
+    return {"centre_voxel": [float(v) for v in centre_ijk],
             "centre_lps": [float(v) for v in geometry.voxel_to_world(centre_ijk)],
             "bbox_voxel": bbox,
             "bbox_lps_mm": bbox_lps(geometry, bbox),
             "diameter_mm": equivalent_diameter_mm(volume),
             "volume_mm3": volume,
             "mean_hu": mean_hu,
-            "n_voxels": int(len(zyx)),
-            "detector": "blob",
-            "blob_response": float(response),
-            "blob_rank": int(rank),
-        }, rbox, region))
-    return found
+            "n_voxels": int(len(zyx))}
+
+
+def append_region_candidates(candidates: list[dict], found, label_map_zyx: np.ndarray,
+                             prob_zyx: np.ndarray | None) -> list[dict]:
+    """``candidates`` (ids 1..n, their voxels in ``label_map_zyx``; without a ``detector``: the segmenter's) +
+    ``found`` (``[(candidate dict without id / probabilities, box, region)]``), ids n+1.., written into
+    ``label_map_zyx`` (in place); each new one's ``max_prob`` / ``mean_prob`` are the segmenter's probabilities
+    over its region (``prob_zyx``; 0 without one)."""
+    out = [{**c, "detector": c.get("detector", "segmentation")} for c in candidates]
+    next_id = max((int(c["id"]) for c in candidates), default=0) + 1
+    for cand, box, region in found:
+        values = np.asarray(prob_zyx[box])[region] if prob_zyx is not None else np.zeros(1)
+        label_map_zyx[box][region] = next_id
+        out.append({"id": next_id, **cand, "max_prob": float(values.max()), "mean_prob": float(values.mean())})
+        next_id += 1
+    return out
 
 
 def add_blob_candidates(candidates: list[dict], label_map_zyx: np.ndarray, prob_zyx: np.ndarray | None,
                         hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray | None = None,
                         **options) -> list[dict]:
     """``candidates`` (the segmenter's, ids 1..n, their voxels in ``label_map_zyx``) + the blobs of
-    :func:`find_blob_candidates` that do not overlap them, ids n+1.., written into ``label_map_zyx`` (in
-    place). A blob's ``max_prob`` / ``mean_prob`` are the segmenter's probabilities over its region
-    (``prob_zyx``; 0 without one). The segmenter's candidates get ``detector`` "segmentation"."""
-    out = [{**c, "detector": c.get("detector", "segmentation")} for c in candidates]
-    next_id = max((int(c["id"]) for c in candidates), default=0) + 1
-    for cand, box, region in find_blob_candidates(hu_zyx, geometry, lung_zyx, taken_zyx=label_map_zyx, **options):
-        values = np.asarray(prob_zyx[box])[region] if prob_zyx is not None else np.zeros(1)
-        label_map_zyx[box][region] = next_id
-        out.append({"id": next_id, **cand, "max_prob": float(values.max()), "mean_prob": float(values.mean())})
-        next_id += 1
-    return out
+    :func:`find_blob_candidates` that do not overlap them (:func:`append_region_candidates`). The segmenter's
+    candidates get ``detector`` "segmentation"."""
+    found = find_blob_candidates(hu_zyx, geometry, lung_zyx, taken_zyx=label_map_zyx, **options)
+    return append_region_candidates(candidates, found, label_map_zyx, prob_zyx)
 
 
 class AddBlobCandidatesd(MapTransform):
@@ -347,6 +358,11 @@ class AddBlobCandidatesd(MapTransform):
             if not label_zyx.flags.writeable or not isinstance(labels, torch.Tensor):
                 raise ValueError(f"{self.labels_key!r} must be a writable (1, X, Y, Z) tensor")
             prob = channel_view_zyx(d[key], -1)
-            d[self.candidates_key] = add_blob_candidates(list(d.get(self.candidates_key) or []), label_zyx, prob, hu,
-                                                         geometry, lung, **self.options)
+            d[self.candidates_key] = self.add(list(d.get(self.candidates_key) or []), label_zyx, prob, hu,
+                                              geometry, lung)
         return d
+
+    def add(self, candidates: list[dict], label_zyx: np.ndarray, prob_zyx: np.ndarray, hu_zyx: np.ndarray,
+            geometry: Geometry, lung_zyx: np.ndarray | None) -> list[dict]:
+        """The candidates after this step (all arrays (z, y, x) views on the CT's grid; ``label_zyx`` written)."""
+        return add_blob_candidates(candidates, label_zyx, prob_zyx, hu_zyx, geometry, lung_zyx, **self.options)

@@ -4,11 +4,9 @@
     python tests/benchmarks/bench_pleural_caps.py --series LIDC-IDRI-0001 --copies 10 --seed 1000   # bench_models' copies
 
 A juxta-pleural nodule takes a bite out of the lung's air; the rolling-ball idea of classic lung CAD fills it
-back. Per copy of ``--series`` with inserted nodules (``data_prep.training_cohort``, no scanner augmentation):
-air = HU < ``--air-hu`` inside the lung mask grown 3 mm, holes filled slice by slice; caps = that air closed
-slice by slice with a ``--closing-mm`` disc, minus the air, opened with a 3 x 3 pixel square (the pixel-wide
-rim along every wall goes); 3-D components, ranked by depth (the largest in-plane distance from a cap voxel
-to its outline, mm). Printed and written (``--results``) by nodule type and size band: the fraction whose
+back. Per copy of ``--series`` with inserted nodules (``data_prep.training_cohort``, no scanner augmentation),
+the caps of :func:`lungnod_ext.inference.pleural_caps.pleural_caps` (``--air-hu``, ``--closing-mm``), ranked
+by depth (the largest in-plane distance from a cap voxel to its outline, mm). Printed and written (``--results``) by nodule type and size band: the fraction whose
 voxels touch any cap ("any"), one of the 20 or 50 deepest, and the caps per scan. Nothing here is a test and
 no model is involved: it is the ceiling such a detector would give the classifier.
 """
@@ -22,35 +20,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
 
 
-def pleural_caps(hu_zyx: np.ndarray, spacing_zyx_mm, closing_mm: float, air_hu: float):
-    """(labels (z, y, x) int32, n, depth per label (mm, index 0 unused)) of the caps of a HU volume."""
-    from lungnod_ext.transforms.lung_mask import close_slices_mm, compute_lung_mask, fill_holes_per_slice
-
-    sp = np.asarray(spacing_zyx_mm, float)
-    lung = compute_lung_mask(hu_zyx, sp, dilate_mm=3.0) > 0
-    air = fill_holes_per_slice((hu_zyx < air_hu) & lung).astype(np.uint8)
-    caps = (close_slices_mm(air, sp[1:], closing_mm) > 0) & (air == 0)
-    caps = ndi.binary_opening(caps, structure=np.ones((1, 3, 3), bool))
-    labels, n = ndi.label(caps)
-    depth = np.zeros(n + 1)
-    for i, box in enumerate(ndi.find_objects(labels), 1):
-        comp = labels[box] == i
-        depth[i] = max(float(ndi.distance_transform_edt(np.pad(plane, 1), sampling=sp[1:]).max())   # padded: the
-                       for plane in comp if plane.any())                                  # outline all round
-    return labels, n, depth
-
-
 def main() -> None:
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions, make_copies, write_tables
+    from lungnod_ext.inference.pleural_caps import pleural_caps
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", default="LIDC-IDRI-0006")
@@ -76,7 +56,8 @@ def main() -> None:
     for name in names:
         hu, geometry = read_nifti(inserted / "images" / f"{name}.nii.gz")
         instances, _ = read_nifti(inserted / "instances" / f"{name}.nii.gz")
-        labels, n, depth = pleural_caps(hu.astype(np.float32), geometry.spacing[::-1], args.closing_mm, args.air_hu)
+        labels, depth, _ = pleural_caps(hu, geometry.spacing[::-1], args.closing_mm, args.air_hu)
+        n = len(depth) - 1
         rank = np.full(n + 1, n)
         rank[np.argsort(-depth[1:], kind="stable") + 1] = np.arange(n)
         per_scan.append(n)

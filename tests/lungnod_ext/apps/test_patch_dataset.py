@@ -73,3 +73,20 @@ def test_dot_filter_candidates_get_their_own_kinds_and_prior(tmp_path, sphere_vo
     assert detector_prior(path) == 1 / 3
     assert detector_prior(path, max_rank=5) == 1 / 2
     assert detector_prior(path, split="validation") is None
+
+
+def test_pleural_caps_get_their_own_kinds_and_prior(tmp_path, sphere_volume):
+    """Candidates with ``detector`` "pleural" become ``pleural_hit`` / ``pleural_negative``; their prior is their
+    own share of hits (1 of 2), whatever ``max_rank`` (a dot-filter setting), and the dot filter's is apart."""
+    conv, cands = _converted_case(tmp_path, sphere_volume, [
+        {"id": 1, "centre_lps": [10.5, -20.0, 30.0], "max_prob": 0.0, "detector": "pleural", "cap_rank": 3},
+        {"id": 2, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.0, "detector": "pleural", "cap_rank": 0},
+        {"id": 3, "centre_lps": [0.0, 10.0, 0.0], "max_prob": 0.0, "detector": "blob", "blob_rank": 0}])
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=1,
+                               random_negatives_per_case=1)
+    entries = json.loads(path.read_text())["training"]
+    kinds = sorted((e["kind"], e["label"]) for e in entries if e["kind"].startswith(("pleural", "blob")))
+    assert kinds == [("blob_negative", [0]), ("pleural_hit", [1]), ("pleural_negative", [0])]
+    assert detector_prior(path, detector="pleural") == 1 / 2
+    assert detector_prior(path, max_rank=0, detector="pleural") == 1 / 2
+    assert detector_prior(path) == 0.0
