@@ -43,8 +43,8 @@ def test_the_nodule_on_the_wall_is_the_one_cap_and_the_vessel_none():
 
 
 def test_cap_candidates_have_the_segmenters_keys_and_skip_taken_voxels():
-    """The cap becomes a "pleural" candidate centred in the nodule (LPS mm); a cap touching another
-    candidate's voxels is that candidate; none are asked for: none."""
+    """The cap becomes a "pleural" candidate centred in the nodule (LPS mm); a cap overlapping or touching
+    another candidate's voxels is part of that candidate; none are asked for: none."""
     hu, lung, nodule, g = _chest()
     found = find_cap_candidates(hu, g, max_candidates=5, lung_zyx=lung)
     assert len(found) == 1
@@ -56,6 +56,10 @@ def test_cap_candidates_have_the_segmenters_keys_and_skip_taken_voxels():
     taken = np.zeros(hu.shape, np.int32)
     taken[nodule] = 7
     assert find_cap_candidates(hu, g, taken_zyx=taken, lung_zyx=lung) == []
+    cap_zyx = np.argwhere(region) + [b.start for b in box]
+    beside = np.zeros(hu.shape, np.int32)
+    beside[tuple(cap_zyx[np.argmax(cap_zyx[:, 2])] + [0, 0, 1])] = 3      # one voxel just beyond the cap's tip
+    assert find_cap_candidates(hu, g, taken_zyx=beside, lung_zyx=lung) == []
     assert find_cap_candidates(hu, g, max_candidates=0, lung_zyx=lung) == []
 
 
