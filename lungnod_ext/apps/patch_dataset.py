@@ -168,9 +168,11 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
                     if detector == "blob":
                         ranks[len(points)] = int(c.get("blob_rank", 0))
                     own = detector in PRIOR_DETECTORS
-                    points.append(((f"{detector}_negative" if own else "hard_negative"), 0, np.asarray(c["centre_lps"]))
-                                  if i in fp else
-                                  ((f"{detector}_hit" if own else "candidate_hit"), 1, np.asarray(c["centre_lps"])))
+                    if i in fp:
+                        kind, label = (f"{detector}_negative" if own else "hard_negative"), 0
+                    else:
+                        kind, label = (f"{detector}_hit" if own else "candidate_hit"), 1
+                    points.append((kind, label, np.asarray(c["centre_lps"])))
             lung = compute_lung_mask(hu, tuple(float(v) for v in geometry.spacing[::-1]))
             for p in _random_lung_points(hu, geometry, refs, random_negatives_per_case, rng, lung):
                 points.append(("lung", 0, p))
