@@ -61,6 +61,8 @@ class CohortOptions:
     augment: bool = True            # scanner variety (kernel, noise, slice thickness)
     seed: int = 0
     workers: int = 2
+    size_bands: tuple = SIZE_BANDS_MM   # inserted diameters: (low mm, high mm, share), log-uniform within
+    type_weights: tuple = tuple(TYPE_WEIGHTS.items())   # (nodule type, share) of the inserted nodules
 
 
 def crop_to_lungs(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray, margin_mm: float):
@@ -131,12 +133,13 @@ def augment_scanner(hu_zyx: np.ndarray, geometry: Geometry, rng: np.random.Gener
     return x, done
 
 
-def _random_count_specs(rng: np.random.Generator, n: int) -> list[dict]:
-    types, weights = list(TYPE_WEIGHTS), np.array(list(TYPE_WEIGHTS.values()))
-    bands = np.array([b[2] for b in SIZE_BANDS_MM])
+def _random_count_specs(rng: np.random.Generator, n: int, size_bands=SIZE_BANDS_MM,
+                        type_weights=tuple(TYPE_WEIGHTS.items())) -> list[dict]:
+    types, weights = [t for t, _ in type_weights], np.array([w for _, w in type_weights], dtype=float)
+    bands = np.array([b[2] for b in size_bands], dtype=float)
     out = []
     for _ in range(n):
-        lo, hi, _share = SIZE_BANDS_MM[rng.choice(len(SIZE_BANDS_MM), p=bands / bands.sum())]
+        lo, hi, _share = size_bands[rng.choice(len(size_bands), p=bands / bands.sum())]
         out.append({"type": str(rng.choice(types, p=weights / weights.sum())),
                     "diameter_mm": float(np.exp(rng.uniform(np.log(lo), np.log(hi)))),
                     "shape": str(rng.choice(SHAPES, p=[0.4, 0.3, 0.3]))})
@@ -213,8 +216,8 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
             nodule_mask, instances = label, real_instance
         else:
             n = int(rng.integers(options.nodules[0], options.nodules[1] + 1))
-            new, instance, inserted = insert_nodules(hu, cgeo, _random_count_specs(rng, n), rng, lung,
-                                                     style="psf", forbidden_zyx=forbidden)
+            specs = _random_count_specs(rng, n, options.size_bands, options.type_weights)
+            new, instance, inserted = insert_nodules(hu, cgeo, specs, rng, lung, style="psf", forbidden_zyx=forbidden)
             done = {}
             if options.augment:
                 aug, done = augment_scanner(new, cgeo, rng)
@@ -261,5 +264,40 @@ def build_training_cohort(converted_dir, out_dir, train_cases: list[str], option
                 "source_cases": list(train_cases), "training": training, "validation": validation}
     write_tables(out, [r for recs in results for r in recs])
     path = out / "datalist.json"
+    write_text_atomic(path, json.dumps(datalist, indent=1) + "\n")
+    return path
+
+
+MASS_SIZE_BANDS_MM = ((3.0, 6.0, 0.2), (6.0, 15.0, 0.2), (15.0, 30.0, 0.2), (30.0, 50.0, 0.4))
+MASS_TYPE_WEIGHTS = (("solid", 0.25), ("part_solid", 0.1), ("ground_glass", 0.1), ("juxta_pleural", 0.35),
+                     ("juxta_vascular", 0.2))
+
+
+def add_mass_copies(cohort_dir, train_cases: list[str], converted_dir, copies: int,
+                    options: CohortOptions | None = None) -> Path:
+    """Append ``copies`` more training volumes per case to a cohort built by :func:`build_training_cohort`,
+    with masses: 40 % of the inserted lesions 30-50 mm (lung cancers larger than LIDC's 3-30 mm nodules), juxta-pleural
+    ones more often (``MASS_SIZE_BANDS_MM``, ``MASS_TYPE_WEIGHTS``; 4-7 per volume). They are numbered after the
+    cohort's copies (``options.copies + options.val_copies`` on) and go to its ``datalist.json`` "training" list
+    and its tables; calling it again writes the same copies and lists them once. Returns the datalist path."""
+    base = options or CohortOptions()
+    opts = replace(base, size_bands=MASS_SIZE_BANDS_MM, type_weights=MASS_TYPE_WEIGHTS, nodules=(4, 7))
+    out = Path(cohort_dir)
+    first = base.copies + base.val_copies
+    indices = list(range(first, first + copies))
+    jobs = [(converted_dir, case, out, indices, opts) for case in train_cases]
+    if opts.workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(opts.workers, len(jobs))) as pool:
+            results = list(pool.map(_task, jobs))
+    else:
+        results = [_task(j) for j in jobs]
+    path = out / "datalist.json"
+    datalist = json.loads(path.read_text())
+    added = {r["name"] for recs in results for r in recs}
+    datalist["training"] = [e for e in datalist["training"] if e["case"] not in added] + [
+        {"image": f"images/{r['name']}.nii.gz", "label": f"labels/{r['name']}.nii.gz", "case": r["name"],
+         "source_case": r["source_case"]} for recs in results for r in recs]
+    records = [json.loads(p.read_text()) for p in sorted((out / "nodules").glob("*.json"))]
+    write_tables(out, records)
     write_text_atomic(path, json.dumps(datalist, indent=1) + "\n")
     return path

@@ -43,15 +43,22 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     assert [c.split("_")[0] for c in recipe["train_series"]] == ["LIDC-IDRI-0006"]
     assert sorted(c.split("_")[0] for c in recipe["held_out_series"]) == ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
     cohort = json.loads((out / "cohort" / "datalist.json").read_text())
-    assert len(cohort["training"]) == 2 and len(cohort["validation"]) == 1
+    # two copies, one for validation, then one with masses (30-50 mm) for the segmenter's fine-tuning
+    assert len(cohort["training"]) == 3 and len(cohort["validation"]) == 1
     assert all("LIDC-IDRI-0006" in e["image"] for e in cohort["training"] + cohort["validation"])
+    assert cohort["training"][-1]["case"].endswith("_c03")
+    mass_copy = json.loads((out / "cohort" / "nodules" / f"{cohort['training'][-1]['case']}.json").read_text())
+    assert 4 <= len(mass_copy["inserted"]) <= 7
+    assert (out / "stages" / "segmentation_masses.done").is_file()
+    assert recipe["models"]["segmentation"] == str(out / "export" / "segmentation" / "model.pt")
+
     assert recipe["settings"]["seg_overrides"] == {"decoder_channels": json.loads(NARROW), "inference_scales": [1.0]}
     # the candidate run built the narrow network too (its strict checkpoint load would have failed otherwise)
     assert (out / "stages" / "candidates.done").is_file()
     # the candidate run added the dot filter's peaks (at most train_blob_candidates per volume); the classifier
     # learned from them (kinds blob_hit / blob_negative) and the recipe reports their share of nodules
     cand_docs = [json.loads(p.read_text())["candidates"] for p in (out / "runs" / "train_candidates").glob("*/*_candidates.json")]
-    assert len(cand_docs) == 3
+    assert len(cand_docs) == 4
     blob_counts = [sum(c.get("detector") == "blob" for c in doc) for doc in cand_docs]
     assert all(0 < n <= 100 for n in blob_counts), blob_counts
     kinds = [e["kind"] for e in json.loads((out / "patches" / "datalist.json").read_text())["training"]]
@@ -61,6 +68,12 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     bundle_network(SEG_BUNDLE, overrides={"decoder_channels": json.loads(NARROW)}).load_state_dict(seg_state, strict=True)
     with pytest.raises(RuntimeError, match="size mismatch"):
         bundle_network(SEG_BUNDLE).load_state_dict(seg_state, strict=True)
+    # the export is the fine-tuned segmenter, which moved away from the first one
+    first, tuned = (torch.load(out / "models" / d / "model.pt", map_location="cpu", weights_only=True)
+                    for d in ("segmentation", "segmentation_masses"))
+    first, tuned = first.get("model", first), tuned.get("model", tuned)
+    key = "decoder.blocks.0.convs.conv_0.conv.weight"
+    assert torch.equal(seg_state[key], tuned[key].half()) and not torch.equal(first[key], tuned[key])
     cls_path = out / "export" / "classification" / "model.pt"
     cls_state = torch.load(cls_path, map_location="cpu", weights_only=True)["model"]
     assert recipe["settings"]["cls_overrides"] == {"network_def#centre_features": True}
@@ -73,10 +86,10 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
         bundle_network(CLS_BUNDLE, overrides=ckpt).load_state_dict(cls_state, strict=True)
     with sqlite3.connect(out / "mlruns.db") as db:
         runs = {r[0] for r in db.execute("select name from runs")}
-    assert {"segmentation", "classification", "classification_seed1"} <= runs
+    assert {"segmentation", "segmentation_masses", "classification", "classification_seed1"} <= runs
     # a rerun keeps every finished stage
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
-    assert again.returncode == 0 and again.stdout.count("done before, kept") == 7, again.stdout
+    assert again.returncode == 0 and again.stdout.count("done before, kept") == 9, again.stdout
 
 
 def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):

@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",
                    help="classification config override for training, e.g. network_def#centre_features=true")
-    t.add_argument("--until", metavar="STAGE", help="stop after this stage (convert, cohort, segmentation, candidates, "
-                   "patches); the same command without it goes on "
+    t.add_argument("--until", metavar="STAGE", help="stop after this stage (convert, cohort, segmentation, masses, "
+                   "segmentation_masses, candidates, patches); the same command without it goes on "
                    "(e.g. the segmenter on a GPU machine, the rest elsewhere from a copy of --out)")
     t.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow (where it is not installed)")
     t.set_defaults(func=_cmd_train_models)

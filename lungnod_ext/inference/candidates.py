@@ -8,7 +8,11 @@ A candidate is one 3D connected component (26-connectivity) of ``prob >= thresho
 (distances in mm, so anisotropic voxels are handled); with ``min_lung_core_fraction`` > 0, a component
 must also have that share of its voxels inside the lung core, the air lung mask closed slice by slice by a
 ``lung_core_closing_mm`` disc (given, or worked out from the HU image:
-:func:`lungnod_ext.transforms.lung_mask.lung_core_mask`). Candidates are numbered 1..n by descending
+:func:`lungnod_ext.transforms.lung_mask.lung_core_mask`), unless it is a mass against the wall: at least
+``mass_min_diameter_mm`` (equivalent sphere) with at least ``mass_min_air_contact`` of the 2 mm in-plane shell
+around it below -500 HU (a lung cancer of 3-5 cm on the chest wall is a bite too large for the core's
+closing, but lung air borders it; soft tissue of the mediastinum or chest wall borders soft tissue).
+Candidates are numbered 1..n by descending
 maximum probability (ties: larger first, then scan order); the label map carries the same ids.
 
 Each candidate is a plain dict (JSON-ready):
@@ -64,6 +68,17 @@ CSV_COLUMNS = tuple(c for k in CANDIDATE_KEYS for c in _FLAT_COLUMNS.get(k, (k,)
 """The CSV header written by :func:`write_candidates` (extra candidate keys are appended after these)."""
 
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+MASS_SHELL_MM = 2.0
+AIR_HU = -500.0
+
+
+def air_contact(component_crop: np.ndarray, hu_crop: np.ndarray, spacing_zyx, shell_mm: float = MASS_SHELL_MM) -> float:
+    """Share of the in-plane shell of ``shell_mm`` around a (z, y, x) component that is air (< -500 HU).
+
+    The crops must hold the shell (the component's box grown by ``shell_mm`` in y and x)."""
+    steps = max(1, int(round(shell_mm / float(min(spacing_zyx[1], spacing_zyx[2])))))
+    shell = ndi.binary_dilation(component_crop, structure=np.ones((1, 3, 3), bool), iterations=steps) & ~component_crop
+    return float((np.asarray(hu_crop)[shell] < AIR_HU).mean()) if shell.any() else 0.0
 
 
 def _touches_lung(component_crop: np.ndarray, lung_crop: np.ndarray, spacing_zyx, dilate_mm: float) -> bool:
@@ -85,7 +100,8 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
                                   max_candidates: int | None = None,
                                   label_map_out: np.ndarray | None = None,
                                   lung_core_zyx: np.ndarray | None = None,
-                                  min_lung_core_fraction: float = 0.0) -> tuple[list[dict], np.ndarray]:
+                                  min_lung_core_fraction: float = 0.0, mass_min_diameter_mm: float = 0.0,
+                                  mass_min_air_contact: float = 0.4) -> tuple[list[dict], np.ndarray]:
     """Candidates of a probability map and their label map.
 
     Args:
@@ -105,6 +121,9 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
             :func:`lungnod_ext.transforms.lung_mask.lung_core_mask`): components with less than
             ``min_lung_core_fraction`` of their voxels in it are dropped (soft tissue of the chest wall,
             hilum or mediastinum that only touches the lung). An empty mask is ignored.
+        mass_min_diameter_mm, mass_min_air_contact: a component the core rule would drop is kept when it is at
+            least this large (equivalent sphere, mm; 0: never) and bordered by lung air (:func:`air_contact`,
+            needs ``hu_zyx``) at least this much (module doc).
 
     Returns:
         (candidates, label_map): the list described in the module docstring (empty when nothing passes),
@@ -164,7 +183,18 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
         core = np.asarray(lung_core_zyx)
         if core.any():                          # an empty core (no lung found) restricts nothing
             inside = np.bincount(labels[core[work] != 0], minlength=n_components + 1)
-            big_enough = big_enough[inside[big_enough] >= min_lung_core_fraction * counts[big_enough]]
+            keep = inside[big_enough] >= min_lung_core_fraction * counts[big_enough]
+            if hu_zyx is not None and mass_min_diameter_mm > 0:
+                pad = np.array([0, *np.ceil(MASS_SHELL_MM / spacing_zyx[1:]).astype(int) + 1])
+                for i in np.nonzero(~keep)[0]:
+                    label = big_enough[i]
+                    if equivalent_diameter_mm(float(counts[label]) * voxel_mm3) < mass_min_diameter_mm:
+                        continue
+                    obj = objects[label - 1]
+                    wide = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(obj, pad, shape))
+                    hu_wide = np.asarray(hu_zyx)[tuple(slice(o + w.start, o + w.stop) for o, w in zip(origin, wide))]
+                    keep[i] = air_contact(labels[wide] == label, hu_wide, spacing_zyx) >= mass_min_air_contact
+            big_enough = big_enough[keep]
             if big_enough.size == 0:
                 return [], label_map
 
@@ -311,7 +341,8 @@ class ExtractCandidates(Transform):
     def __init__(self, threshold: float = 0.5, min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
                  lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM, max_candidates: int | None = None,
                  prob_channel: int = -1, min_lung_core_fraction: float = 0.0,
-                 lung_core_closing_mm: float = 15.0) -> None:
+                 lung_core_closing_mm: float = 15.0, mass_min_diameter_mm: float = 0.0,
+                 mass_min_air_contact: float = 0.4) -> None:
         self.threshold = threshold
         self.min_volume_mm3 = min_volume_mm3
         self.lung_dilate_mm = lung_dilate_mm
@@ -319,6 +350,8 @@ class ExtractCandidates(Transform):
         self.prob_channel = prob_channel
         self.min_lung_core_fraction = float(min_lung_core_fraction)
         self.lung_core_closing_mm = float(lung_core_closing_mm)
+        self.mass_min_diameter_mm = float(mass_min_diameter_mm or 0.0)
+        self.mass_min_air_contact = float(mass_min_air_contact)
 
     def __call__(self, pred: MetaTensor, image=None, lung_mask=None,
                  lung_core=None) -> tuple[list[dict], MetaTensor]:
@@ -347,7 +380,8 @@ class ExtractCandidates(Transform):
         candidates, _ = extract_candidates_and_labels(
             prob, geometry, hu, lung, self.threshold, self.min_volume_mm3, self.lung_dilate_mm, self.max_candidates,
             label_map_out=labels.numpy()[0].transpose(2, 1, 0), lung_core_zyx=core,
-            min_lung_core_fraction=self.min_lung_core_fraction)
+            min_lung_core_fraction=self.min_lung_core_fraction, mass_min_diameter_mm=self.mass_min_diameter_mm,
+            mass_min_air_contact=self.mass_min_air_contact)
         return candidates, MetaTensor(labels, meta=dict(pred.meta))
 
 
@@ -359,7 +393,8 @@ class ExtractCandidatesd(MapTransform):
     ``data[output_key]`` and the label map to ``data[labels_key]`` (skipped when None). With ``output_dir``
     the list is also written as ``<output_dir>/<case>_candidates.json`` and ``.csv``, ``<case>`` being the
     prediction's source file name without extension. ``min_lung_core_fraction`` /
-    ``lung_core_closing_mm``: see :class:`ExtractCandidates`; the lung core is ``data[lung_core_key]`` when
+    ``lung_core_closing_mm`` / ``mass_min_diameter_mm`` / ``mass_min_air_contact``: see
+    :class:`ExtractCandidates`; the lung core is ``data[lung_core_key]`` when
     that key is set and present, else computed from the image.
     """
 
@@ -369,7 +404,8 @@ class ExtractCandidatesd(MapTransform):
                  min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3, lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM,
                  max_candidates: int | None = None, prob_channel: int = -1, output_dir: str | None = None,
                  min_lung_core_fraction: float = 0.0, lung_core_closing_mm: float = 15.0,
-                 lung_core_key: str | None = None, allow_missing_keys: bool = False) -> None:
+                 lung_core_key: str | None = None, mass_min_diameter_mm: float = 0.0,
+                 mass_min_air_contact: float = 0.4, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"ExtractCandidatesd takes one prediction key, got {self.keys}")
@@ -380,7 +416,8 @@ class ExtractCandidatesd(MapTransform):
         self.labels_key = labels_key
         self.output_dir = output_dir
         self.extractor = ExtractCandidates(threshold, min_volume_mm3, lung_dilate_mm, max_candidates, prob_channel,
-                                           min_lung_core_fraction, lung_core_closing_mm)
+                                           min_lung_core_fraction, lung_core_closing_mm, mass_min_diameter_mm,
+                                           mass_min_air_contact)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

@@ -11,7 +11,8 @@ import pytest
 from scipy import ndimage
 
 from data_prep.nifti_io import read_nifti
-from data_prep.training_cohort import IGNORE_LABEL, CohortOptions, augment_scanner, build_training_cohort
+from data_prep.training_cohort import (IGNORE_LABEL, CohortOptions, _random_count_specs, add_mass_copies,
+                                       augment_scanner, build_training_cohort)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,37 @@ def test_inserted_copy(cohort):
     if not rec["augmentation"]:
         far = ndimage.binary_dilation(inst > 0, iterations=4)
         assert np.array_equal(hu[~far], base[~far])                           # nothing else moved
+
+
+def test_size_bands_and_type_weights_choose_the_inserted_nodules():
+    rng = np.random.default_rng(5)
+    specs = _random_count_specs(rng, 200, ((30.0, 50.0, 1.0),), (("solid", 1.0), ("juxta_pleural", 3.0)))
+    assert all(30.0 <= s["diameter_mm"] <= 50.0 for s in specs)
+    kinds = [s["type"] for s in specs]
+    assert set(kinds) == {"solid", "juxta_pleural"} and 0.65 < kinds.count("juxta_pleural") / 200 < 0.85
+    # the defaults draw as before the options existed (the shipped recipe's cohort)
+    a = _random_count_specs(np.random.default_rng(9), 20)
+    b = _random_count_specs(np.random.default_rng(9), 20, CohortOptions().size_bands, CohortOptions().type_weights)
+    assert a == b and all(3.0 <= s["diameter_mm"] <= 30.0 for s in a)
+
+
+def test_mass_copies_join_the_training_list_once(cohort, lidc_converted, tmp_path):
+    import shutil
+
+    src, case, dl = cohort
+    out = tmp_path / "cohort"
+    shutil.copytree(src, out)
+    options = CohortOptions(copies=2, val_copies=1, workers=1, seed=3)
+    for _ in range(2):                                 # a second call rewrites the same copies, listed once
+        path = add_mass_copies(out, [case], lidc_converted, 2, options)
+    new = json.loads(path.read_text())
+    assert [e["case"] for e in new["training"]] == [e["case"] for e in dl["training"]] + [f"{case}_c03", f"{case}_c04"]
+    assert new["validation"] == dl["validation"]
+    rows = list(csv.DictReader(open(out / "nodules.csv")))
+    masses = [r for r in rows if r["case_id"] in (f"{case}_c03", f"{case}_c04") and r["source"] == "inserted"]
+    assert 8 <= len(masses) <= 14 and len({(r["case_id"], r["nodule_id"]) for r in rows}) == len(rows)
+    assert max(float(r["diameter_mm"]) for r in masses) > 30.0                  # a mass among them
+    assert {r["case_id"] for r in rows} >= {e["case"] for e in new["training"] + new["validation"]}
 
 
 def test_augment_scanner_records_what_it_did():

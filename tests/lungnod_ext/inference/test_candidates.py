@@ -241,25 +241,34 @@ def test_lung_core_fraction_drops_segments_outside_the_lung():
                                              min_lung_core_fraction=0.35)[0]) == 2
 
 
-def test_dict_transform_computes_the_lung_core_from_the_image():
-    """A chest: body 40 HU, one -850 HU lung; a segment inside the lung is kept, one in the soft tissue beside
-    it (touching the lung, so the 10 mm lung filter alone keeps it) is dropped by the core rule."""
-    g = geometry(shape_ijk=(200, 160, 24))           # 140 x 112 mm, 0.7 mm pixels, 2.5 mm slices
+def chest_phantom():
+    """A chest of 200 x 160 x 24 voxels (140 x 112 mm, 0.7 mm pixels, 2.5 mm slices): body 40 HU, one -850 HU
+    lung at z 2-21, y 30-129, x 40-119, noise 10 HU -> (geometry, (z, y, x) index grids, hu, lung, to_cxyz: a
+    (z, y, x) array as a (1, X, Y, Z) MetaTensor on the geometry)."""
+    g = geometry(shape_ijk=(200, 160, 24))
     z, y, x = np.meshgrid(*[np.arange(n) for n in g.shape_zyx], indexing="ij")
     hu = np.full(g.shape_zyx, -1000.0, np.float32)
-    hu[:, 10:150, 10:190] = 40.0                      # body
+    hu[:, 10:150, 10:190] = 40.0
     lung = (z >= 2) & (z < 22) & (y >= 30) & (y < 130) & (x >= 40) & (x < 120)
     hu[lung] = -850.0
     hu += np.random.default_rng(0).normal(0, 10, hu.shape).astype(np.float32)
+
+    def to_cxyz(a):
+        return MetaTensor(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 1, 0)[None])),
+                          affine=torch.from_numpy(g.affine_ras()))
+    return g, (z, y, x), hu, lung, to_cxyz
+
+
+def test_dict_transform_computes_the_lung_core_from_the_image():
+    """A chest: body 40 HU, one -850 HU lung; a segment inside the lung is kept, one in the soft tissue beside
+    it (touching the lung, so the 10 mm lung filter alone keeps it) is dropped by the core rule."""
+    g, (z, y, x), hu, lung, to_cxyz = chest_phantom()
     prob = np.zeros(g.shape_zyx, dtype=np.float32)
     inside = (np.abs(z - 12) <= 1) & (np.abs(y - 80) <= 6) & (np.abs(x - 80) <= 6)
     outside = (np.abs(z - 12) <= 1) & (np.abs(y - 80) <= 6) & (x >= 120) & (x < 140)
     prob[inside] = 0.9
     prob[outside] = 0.95
     hu[inside] = 40.0
-    def to_cxyz(a):
-        return MetaTensor(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 1, 0)[None])),
-                          affine=torch.from_numpy(g.affine_ras()))
     data = {"pred": to_cxyz(prob), "image": to_cxyz(hu), "lung": to_cxyz(lung.astype(np.uint8))}
     everything = ExtractCandidatesd(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0)(data)["candidates"]
     assert len(everything) == 2
@@ -278,6 +287,34 @@ def test_dict_transform_computes_the_lung_core_from_the_image():
     assert len(extract(data)["candidates"]) == 1                     # no core in the data: from the image
     with pytest.raises(ValueError, match="lung_core"):
         extract({**data, "core": MetaTensor(torch.zeros(1, 10, 10, 10))})
+
+
+def test_a_mass_against_the_wall_survives_the_lung_core_rule():
+    """A 45 mm mass on the chest wall (its lung half segmented: 35 mm equivalent diameter) is a bite too big for
+    the core's 15 mm closing, so the core rule alone drops it; lung air borders most of it, so with
+    mass_min_diameter_mm 30 it stays, while a block of soft tissue as large beside the lung (air on one side
+    only) is still dropped, and so is the mass when smaller masses only are exempt."""
+    g, (z, y, x), hu, lung, to_cxyz = chest_phantom()
+    ball = ((z - 12) * 2.5) ** 2 + ((y - 80) * 0.7) ** 2 + ((x - 120) * 0.7) ** 2 <= 22.5 ** 2
+    hu[ball] = 40.0
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    prob[ball & (x < 120)] = 0.95                     # the mass's lung half
+    block = (z >= 6) & (z < 19) & (y >= 40) & (y < 80) & (x >= 15) & (x < 40)
+    prob[block] = 0.9                                  # soft tissue beside the lung, as large
+    data = {"pred": to_cxyz(prob), "image": to_cxyz(hu), "lung": to_cxyz(lung.astype(np.uint8))}
+    common = dict(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0, min_lung_core_fraction=0.35,
+                  lung_core_closing_mm=15.0)
+    everything = ExtractCandidatesd(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0)(data)["candidates"]
+    assert sorted(round(c["diameter_mm"]) for c in everything) == [31, 35]
+    assert ExtractCandidatesd(**common)(data)["candidates"] == []
+    kept = ExtractCandidatesd(**common, mass_min_diameter_mm=30.0)(data)["candidates"]
+    assert len(kept) == 1 and kept[0]["max_prob"] == pytest.approx(0.95)
+    assert ExtractCandidatesd(**common, mass_min_diameter_mm=40.0)(data)["candidates"] == []
+    assert ExtractCandidatesd(**common, mass_min_diameter_mm=30.0, mass_min_air_contact=0.9)(data)["candidates"] == []
+    k, j, i = 12, 80, 105                              # a slice of the mass: its shell is mostly lung air
+    from lungnod_ext.inference.candidates import air_contact
+    seg = (ball & (x < 120))[k - 1:k + 2, j - 40:j + 40, i - 30:i + 30]
+    assert 0.5 < air_contact(seg, hu[k - 1:k + 2, j - 40:j + 40, i - 30:i + 30], (2.5, 0.7, 0.7)) < 0.8
 
 
 def test_windowed_image_warns_and_grid_mismatch_fails():

@@ -1,0 +1,182 @@
+"""Masses (> 30 mm) and external scans: what the models report where a lung cancer is larger than a nodule.
+
+    python tests/benchmarks/bench_masses.py --models bundles
+    python tests/benchmarks/bench_masses.py --models bundles --external lung2.nii.gz=lung2_label.nii.gz
+
+LIDC-IDRI nodules are 3-30 mm, and so are the benchmark copies of ``bench_models.py``; a user's scan may hold a
+lung cancer of 3-5 cm, often against the chest wall. Per ``--models`` (``bundles`` or a ``lungnod train-models``
+output, as ``bench_models.py`` takes them) this runs ``lungnod detect`` (default configs) on:
+
+* ``--copies`` copies of the held-out series (``--held-out``, default LIDC-IDRI-0001, the shipped models' test
+  patient) with 2-3 masses of 30-50 mm imaged in (every nodule type, no scanner augmentation, seed 3000: never
+  used for training), its real nodules ignored;
+* optional ``--external IMAGE=LABEL`` pairs (NIfTI, HU; each connected component of the label > 0 a lesion).
+
+Per lesion: a hit is a candidate centre within its radius (LUNA16); printed and written (``--results``,
+keyed by the models and data): the best hit's segmentation and classifier probabilities, reported at
+``--threshold`` or not, its Dice, and the false positives at the threshold per scan. Nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
+RESULTS = Path(__file__).resolve().parent / "results" / "masses.json"
+MASS_SEED = 3000
+MASS_BANDS = ((30.0, 50.0, 1.0),)
+
+
+def _label_references(label_path: Path) -> tuple[list[dict], np.ndarray]:
+    """Lesions of a label NIfTI: each connected component of label > 0 -> (references, instance mask)."""
+    from scipy import ndimage as ndi
+
+    from data_prep.masks import equivalent_diameter_mm
+    from data_prep.nifti_io import read_nifti
+
+    label, geometry = read_nifti(label_path)
+    instances, n = ndi.label(np.asarray(label) > 0)
+    refs = []
+    for i in range(1, n + 1):
+        k, j, ii = np.nonzero(instances == i)
+        centre = geometry.voxel_to_world(np.array([ii.mean(), j.mean(), k.mean()]))
+        volume = float(k.size * geometry.voxel_volume_mm3)
+        refs.append({"nodule_id": i, "centre_lps": [float(v) for v in centre],
+                     "diameter_mm": float(equivalent_diameter_mm(volume)), "source": "external", "type": "lesion",
+                     "n_readers": None})
+    return refs, instances
+
+
+def score_case(candidates: list[dict], refs: list[dict], ignored: list[dict], labels_zyx, instances_zyx,
+               threshold: float) -> tuple[list[dict], int]:
+    """Per reference lesion its best hit; and the candidates at ``threshold`` that hit no lesion and no
+    ``ignored`` reference (the scan's own nodules, LIDC small marks) -> (rows, false positives)."""
+    from lungnod_ext.metrics.model_evaluation import per_nodule_dice
+
+    def hits(c, r):
+        return np.linalg.norm(np.asarray(c["centre_lps"]) - np.asarray(r["centre_lps"])) < r["diameter_mm"] / 2
+
+    dice = per_nodule_dice(labels_zyx, instances_zyx, [r["nodule_id"] for r in refs])
+    rows = []
+    for r in refs:
+        hit = [c for c in candidates if hits(c, r)]
+        best = max(hit, key=lambda c: c.get("cls_prob", c["max_prob"]), default=None)
+        rows.append({"nodule_id": r["nodule_id"], "type": r["type"], "diameter_mm": round(r["diameter_mm"], 1),
+                     "candidate": best is not None,
+                     "max_prob": None if best is None else round(float(best["max_prob"]), 4),
+                     "cls_prob": None if best is None else round(float(best.get("cls_prob", best["max_prob"])), 4),
+                     "reported": best is not None and best.get("cls_prob", best["max_prob"]) >= threshold,
+                     "dice": round(dice.get(r["nodule_id"], 0.0), 3)})
+    fp = sum(1 for c in candidates if c.get("cls_prob", c["max_prob"]) >= threshold
+             and not any(hits(c, r) for r in refs + ignored))
+    return rows, fp
+
+
+def main() -> None:
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+    from data_prep.nifti_io import read_nifti
+    from data_prep.training_cohort import CohortOptions, make_copies, write_tables
+    from lungnod_ext.apps.pipeline import PipelineConfig, detect
+    from lungnod_ext.metrics.model_evaluation import read_references, read_small_marks
+    from bench_models import _models, _recipe_priors
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="bundles", help="bundles | a lungnod train-models output")
+    ap.add_argument("--held-out", default="LIDC-IDRI-0001", help="series the models never saw (copies with masses)")
+    ap.add_argument("--copies", type=int, default=6)
+    ap.add_argument("--external", action="append", default=[], metavar="IMAGE=LABEL")
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--seg", action="append", default=[], metavar="KEY=VALUE", help="segmentation config override")
+    ap.add_argument("--work", default="/tmp/bench_masses")
+    ap.add_argument("--results", default=str(RESULTS))
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    converted, inserted = work / args.held_out / "converted", work / args.held_out / "masses"
+    items = []
+    if args.copies:
+        if not (converted / "nodules.csv").is_file():
+            convert_dicom_root(LIDC / args.held_out, converted, ConvertOptions(workers=2, progress=False))
+        case = next(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
+        names = [f"{case}_c{i:02d}" for i in range(1, args.copies + 1)]
+        if not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
+            write_tables(inserted, make_copies(converted, case, inserted, list(range(1, args.copies + 1)),
+                                               CohortOptions(augment=False, seed=MASS_SEED, nodules=(2, 3),
+                                                             size_bands=MASS_BANDS)))
+        refs = read_references(inserted / "nodules.csv", names)
+        marks = read_small_marks(inserted / "small_marks.csv", names)
+        for n in names:
+            items.append({"name": n, "image": inserted / "images" / f"{n}.nii.gz", "group": "inserted masses",
+                          "refs": [r for r in refs.get(n, []) if r["source"] == "inserted"],
+                          "ignored": [r for r in refs.get(n, []) if r["source"] != "inserted"] + marks.get(n, []),
+                          "instances": inserted / "instances" / f"{n}.nii.gz"})
+    for pair in args.external:
+        image, _, label = pair.partition("=")
+        if not label:
+            ap.error(f"--external {pair!r}: give IMAGE=LABEL")
+        refs, instances = _label_references(Path(label))
+        items.append({"name": Path(image).name.split(".")[0], "image": Path(image), "group": "external",
+                      "refs": refs, "ignored": [], "instances": instances, "label": label})
+
+    seg_ckpt, cls_ckpt = _models(args.models)
+    priors = _recipe_priors(cls_ckpt)
+    overrides = dict(kv.split("=", 1) for kv in args.seg)
+    cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
+                         probability_threshold=args.threshold, seg_overrides=overrides,
+                         cls_overrides={"detector_priors": priors} if priors else {})
+    datalist = work / "datalist.json"
+    datalist.write_text(json.dumps({"testing": [{"image": str(i["image"])} for i in items]}))
+    out = work / "detect"
+    t = time.perf_counter()
+    detect(datalist, out, cfg)
+    seconds = time.perf_counter() - t
+
+    result = {"command": " ".join(sys.argv), "models": args.models, "threshold": args.threshold,
+              "detect_seconds": round(seconds, 1), "scans": {}}
+    for it in items:
+        case = Path(str(it["image"])).name[:-7]
+        cands = json.loads((out / case / f"{case}_candidates.json").read_text())["candidates"]
+        labels, _ = read_nifti(out / case / f"{case}_labels.nii.gz")
+        inst = it["instances"] if isinstance(it["instances"], np.ndarray) else read_nifti(it["instances"])[0]
+        rows, fp = score_case(cands, it["refs"], it["ignored"], labels, inst, args.threshold)
+        result["scans"][it["name"]] = {"group": it["group"], "lesions": rows, "fp_at_threshold": fp}
+    print(f"models {args.models}: {seconds:.0f} s for {len(items)} scans (threshold {args.threshold})")
+    print(f"{'scan':<32}{'lesion':<22}{'candidate':>10}{'seg p':>8}{'cls p':>8}{'reported':>9}{'Dice':>7}")
+    for name, s in result["scans"].items():
+        for r in s["lesions"]:
+            print(f"{name:<32}{r['type'] + ' ' + str(r['diameter_mm']) + ' mm':<22}{str(r['candidate']):>10}"
+                  f"{r['max_prob'] if r['max_prob'] is not None else '-':>8}{r['cls_prob'] if r['cls_prob'] is not None else '-':>8}"
+                  f"{str(r['reported']):>9}{r['dice']:>7.2f}")
+        print(f"{name:<32}false positives at {args.threshold}: {s['fp_at_threshold']}")
+    for group in ("inserted masses", "external"):
+        rows = [r for s in result["scans"].values() if s["group"] == group for r in s["lesions"]]
+        scans = [s for s in result["scans"].values() if s["group"] == group]
+        if rows:
+            summary = {"lesions": len(rows), "candidate": sum(r["candidate"] for r in rows),
+                       "reported": sum(r["reported"] for r in rows),
+                       "dice_median": float(np.median([r["dice"] for r in rows])),
+                       "fp_per_scan": float(np.mean([s["fp_at_threshold"] for s in scans]))}
+            result.setdefault("summary", {})[group] = summary
+            print(f"{group}: reported {summary['reported']} of {summary['lesions']} (a candidate for "
+                  f"{summary['candidate']}), Dice median {summary['dice_median']:.2f}, "
+                  f"{summary['fp_per_scan']:.1f} false positives per scan")
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(results.read_text()) if results.is_file() else {}
+    key = args.models + (f" {' '.join(args.seg)}" if args.seg else "") + ("" if not args.external else " +external")
+    previous[key] = result
+    results.write_text(json.dumps(previous, indent=1) + "\n")
+    print(f"results: {results}")
+
+
+if __name__ == "__main__":
+    main()
