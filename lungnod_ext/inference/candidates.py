@@ -12,6 +12,11 @@ must also have that share of its voxels inside the lung core, the air lung mask 
 ``mass_min_diameter_mm`` (equivalent sphere) with at least ``mass_min_air_contact`` of the 2 mm in-plane shell
 around it below -500 HU (a lung cancer of 3-5 cm on the chest wall is a bite too large for the core's
 closing, but lung air borders it; soft tissue of the mediastinum or chest wall borders soft tissue).
+With ``max_enhanced_share`` set (and an HU image), a component is dropped when at least that share of its
+voxels is contrast-filled vessel or heart: at least ``enhanced_hu`` and connected, at that density, to
+tissue more than ``ENHANCED_MARGIN_MM`` beyond its box (:func:`enhanced_share`). A nodule's own tissue
+stays below it (soft tissue 0-100 HU, enhancing by < 60 HU); a calcified nodule is as dense but ends
+within its box; the edge of a contrast-filled aorta is neither.
 Candidates are numbered 1..n by descending
 maximum probability (ties: larger first, then scan order); the label map carries the same ids.
 
@@ -70,6 +75,9 @@ CSV_COLUMNS = tuple(c for k in CANDIDATE_KEYS for c in _FLAT_COLUMNS.get(k, (k,)
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 MASS_SHELL_MM = 2.0
 AIR_HU = -500.0
+ENHANCED_HU = 150.0
+"""Contrast-filled blood (arterial or portal phase, 150-400 HU) and bone lie above it; nodules below."""
+ENHANCED_MARGIN_MM = 10.0
 
 
 def air_contact(component_crop: np.ndarray, hu_crop: np.ndarray, spacing_zyx, shell_mm: float = MASS_SHELL_MM) -> float:
@@ -79,6 +87,40 @@ def air_contact(component_crop: np.ndarray, hu_crop: np.ndarray, spacing_zyx, sh
     steps = max(1, int(round(shell_mm / float(min(spacing_zyx[1], spacing_zyx[2])))))
     shell = ndi.binary_dilation(component_crop, structure=np.ones((1, 3, 3), bool), iterations=steps) & ~component_crop
     return float((np.asarray(hu_crop)[shell] < AIR_HU).mean()) if shell.any() else 0.0
+
+
+def enhanced_share(component_crop: np.ndarray, hu_crop: np.ndarray, enhanced_hu: float = ENHANCED_HU) -> float:
+    """Share of a (z, y, x) component's voxels that are at least ``enhanced_hu`` and connected at that density
+    (26-connectivity, through the component or not) to the crop's border: the crop is the component's box
+    grown by the margin the caller chose (:data:`ENHANCED_MARGIN_MM`), so a dense region that reaches the
+    border continues beyond it (a vessel, the heart, bone), while a calcified nodule ends inside it."""
+    dense = np.asarray(hu_crop) >= enhanced_hu
+    n = int(component_crop.sum())
+    if n == 0 or not (dense & component_crop).any():
+        return 0.0
+    regions, _ = ndi.label(dense, structure=_STRUCTURE_26)
+    border = np.zeros(dense.shape, bool)
+    for axis in range(3):
+        border[(slice(None),) * axis + (0,)] = True
+        border[(slice(None),) * axis + (-1,)] = True
+    reaching = np.unique(regions[border & dense])
+    return float(np.isin(regions[component_crop], reaching[reaching > 0]).sum()) / n
+
+
+def _enhanced_share_of(labels_work: np.ndarray, obj: tuple[slice, ...], label: int, hu_zyx: np.ndarray,
+                       origin: np.ndarray, spacing_zyx: np.ndarray, enhanced_hu: float) -> float:
+    """:func:`enhanced_share` of component ``label`` of ``labels_work`` (the working box at ``origin`` of the
+    volume; ``obj`` its box there), in its box grown by :data:`ENHANCED_MARGIN_MM` within the volume."""
+    hu = np.asarray(hu_zyx)
+    component = labels_work[obj] == label
+    if float(hu[tuple(slice(o + s.start, o + s.stop) for o, s in zip(origin, obj))][component].max()) < enhanced_hu:
+        return 0.0
+    grow = np.ceil(ENHANCED_MARGIN_MM / spacing_zyx).astype(int)
+    start = [max(o + s.start - g, 0) for o, s, g in zip(origin, obj, grow)]
+    stop = [min(o + s.stop + g, n) for o, s, g, n in zip(origin, obj, grow, hu.shape)]
+    crop = np.zeros([b - a for a, b in zip(start, stop)], bool)
+    crop[tuple(slice(o + s.start - a, o + s.stop - a) for o, s, a in zip(origin, obj, start))] = component
+    return enhanced_share(crop, hu[tuple(slice(a, b) for a, b in zip(start, stop))], enhanced_hu)
 
 
 def _touches_lung(component_crop: np.ndarray, lung_crop: np.ndarray, spacing_zyx, dilate_mm: float) -> bool:
@@ -101,7 +143,8 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
                                   label_map_out: np.ndarray | None = None,
                                   lung_core_zyx: np.ndarray | None = None,
                                   min_lung_core_fraction: float = 0.0, mass_min_diameter_mm: float = 0.0,
-                                  mass_min_air_contact: float = 0.4) -> tuple[list[dict], np.ndarray]:
+                                  mass_min_air_contact: float = 0.4, max_enhanced_share: float | None = None,
+                                  enhanced_hu: float = ENHANCED_HU) -> tuple[list[dict], np.ndarray]:
     """Candidates of a probability map and their label map.
 
     Args:
@@ -124,6 +167,9 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
         mass_min_diameter_mm, mass_min_air_contact: a component the core rule would drop is kept when it is at
             least this large (equivalent sphere, mm; 0: never) and bordered by lung air (:func:`air_contact`,
             needs ``hu_zyx``) at least this much (module doc).
+        max_enhanced_share, enhanced_hu: with ``hu_zyx``, a component with at least ``max_enhanced_share`` of
+            its voxels in contrast-filled vessel or heart (:func:`enhanced_share`, in its box grown by
+            :data:`ENHANCED_MARGIN_MM`) is dropped; None (default): no such rule.
 
     Returns:
         (candidates, label_map): the list described in the module docstring (empty when nothing passes),
@@ -197,6 +243,13 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
             big_enough = big_enough[keep]
             if big_enough.size == 0:
                 return [], label_map
+
+    if hu_zyx is not None and max_enhanced_share is not None:
+        dense = [_enhanced_share_of(labels, objects[label - 1], label, hu_zyx, origin, spacing_zyx, enhanced_hu)
+                 for label in big_enough]
+        big_enough = big_enough[np.asarray(dense) < max_enhanced_share]
+        if big_enough.size == 0:
+            return [], label_map
 
     # per-component statistics, each inside the component's own box
     prob_work = prob[work]
@@ -342,7 +395,8 @@ class ExtractCandidates(Transform):
                  lung_dilate_mm: float = DEFAULT_LUNG_DILATE_MM, max_candidates: int | None = None,
                  prob_channel: int = -1, min_lung_core_fraction: float = 0.0,
                  lung_core_closing_mm: float = 15.0, mass_min_diameter_mm: float = 0.0,
-                 mass_min_air_contact: float = 0.4) -> None:
+                 mass_min_air_contact: float = 0.4, max_enhanced_share: float | None = None,
+                 enhanced_hu: float = ENHANCED_HU) -> None:
         self.threshold = threshold
         self.min_volume_mm3 = min_volume_mm3
         self.lung_dilate_mm = lung_dilate_mm
@@ -352,6 +406,8 @@ class ExtractCandidates(Transform):
         self.lung_core_closing_mm = float(lung_core_closing_mm)
         self.mass_min_diameter_mm = float(mass_min_diameter_mm or 0.0)
         self.mass_min_air_contact = float(mass_min_air_contact)
+        self.max_enhanced_share = None if max_enhanced_share is None else float(max_enhanced_share)
+        self.enhanced_hu = float(enhanced_hu)
 
     def __call__(self, pred: MetaTensor, image=None, lung_mask=None,
                  lung_core=None) -> tuple[list[dict], MetaTensor]:
@@ -381,7 +437,8 @@ class ExtractCandidates(Transform):
             prob, geometry, hu, lung, self.threshold, self.min_volume_mm3, self.lung_dilate_mm, self.max_candidates,
             label_map_out=labels.numpy()[0].transpose(2, 1, 0), lung_core_zyx=core,
             min_lung_core_fraction=self.min_lung_core_fraction, mass_min_diameter_mm=self.mass_min_diameter_mm,
-            mass_min_air_contact=self.mass_min_air_contact)
+            mass_min_air_contact=self.mass_min_air_contact, max_enhanced_share=self.max_enhanced_share,
+            enhanced_hu=self.enhanced_hu)
         return candidates, MetaTensor(labels, meta=dict(pred.meta))
 
 
@@ -393,7 +450,8 @@ class ExtractCandidatesd(MapTransform):
     ``data[output_key]`` and the label map to ``data[labels_key]`` (skipped when None). With ``output_dir``
     the list is also written as ``<output_dir>/<case>_candidates.json`` and ``.csv``, ``<case>`` being the
     prediction's source file name without extension. ``min_lung_core_fraction`` /
-    ``lung_core_closing_mm`` / ``mass_min_diameter_mm`` / ``mass_min_air_contact``: see
+    ``lung_core_closing_mm`` / ``mass_min_diameter_mm`` / ``mass_min_air_contact`` /
+    ``max_enhanced_share`` / ``enhanced_hu``: see
     :class:`ExtractCandidates`; the lung core is ``data[lung_core_key]`` when
     that key is set and present, else computed from the image.
     """
@@ -405,7 +463,8 @@ class ExtractCandidatesd(MapTransform):
                  max_candidates: int | None = None, prob_channel: int = -1, output_dir: str | None = None,
                  min_lung_core_fraction: float = 0.0, lung_core_closing_mm: float = 15.0,
                  lung_core_key: str | None = None, mass_min_diameter_mm: float = 0.0,
-                 mass_min_air_contact: float = 0.4, allow_missing_keys: bool = False) -> None:
+                 mass_min_air_contact: float = 0.4, max_enhanced_share: float | None = None,
+                 enhanced_hu: float = ENHANCED_HU, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"ExtractCandidatesd takes one prediction key, got {self.keys}")
@@ -417,7 +476,7 @@ class ExtractCandidatesd(MapTransform):
         self.output_dir = output_dir
         self.extractor = ExtractCandidates(threshold, min_volume_mm3, lung_dilate_mm, max_candidates, prob_channel,
                                            min_lung_core_fraction, lung_core_closing_mm, mass_min_diameter_mm,
-                                           mass_min_air_contact)
+                                           mass_min_air_contact, max_enhanced_share, enhanced_hu)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

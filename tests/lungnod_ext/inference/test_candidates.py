@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+from scipy import ndimage as ndi
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -315,6 +316,38 @@ def test_a_mass_against_the_wall_survives_the_lung_core_rule():
     from lungnod_ext.inference.candidates import air_contact
     seg = (ball & (x < 120))[k - 1:k + 2, j - 40:j + 40, i - 30:i + 30]
     assert 0.5 < air_contact(seg, hu[k - 1:k + 2, j - 40:j + 40, i - 30:i + 30], (2.5, 0.7, 0.7)) < 0.8
+
+
+def test_a_segment_on_a_contrast_filled_vessel_is_dropped_but_not_a_calcified_or_juxta_vascular_nodule():
+    """A contrast-filled aorta (250 HU, 20 mm across, through every slice) beside the lung: a segment on its edge
+    (about 60 % of its voxels in the aorta) is dropped with max_enhanced_share 0.5, while a calcified nodule (400
+    HU, 6 mm, its density ending within 10 mm) and a soft nodule touching the aorta (40 HU) are kept."""
+    g, (z, y, x), hu, lung, to_cxyz = chest_phantom()
+    aorta = ((y - 80) * 0.7) ** 2 + ((x - 135) * 0.7) ** 2 <= 10.0 ** 2
+    hu[aorta] = 250.0
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    edge = (np.abs(z - 12) <= 2) & (np.abs(y - 80) <= 5) & (x >= 117) & (x < 127)
+    prob[edge] = 0.95
+    calcified = ((z - 12) * 2.5) ** 2 + ((y - 50) * 0.7) ** 2 + ((x - 70) * 0.7) ** 2 <= 3.0 ** 2
+    hu[calcified] = 400.0
+    prob[calcified] = 0.9
+    soft = ((z - 6) * 2.5) ** 2 + ((y - 90) * 0.7) ** 2 + ((x - 113) * 0.7) ** 2 <= 6.0 ** 2
+    hu[soft] = 40.0
+    prob[soft] = 0.85
+    assert (soft & aorta).sum() == 0 and ndi.binary_dilation(soft, iterations=2)[aorta].any()
+    data = {"pred": to_cxyz(prob), "image": to_cxyz(hu), "lung": to_cxyz(lung.astype(np.uint8))}
+    common = dict(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0)
+    assert len(ExtractCandidatesd(**common)(data)["candidates"]) == 3            # off by default
+    kept = ExtractCandidatesd(**common, max_enhanced_share=0.5)(data)["candidates"]
+    assert sorted(c["max_prob"] for c in kept) == pytest.approx([0.85, 0.9])
+    assert len(ExtractCandidatesd(**common, max_enhanced_share=0.7)(data)["candidates"]) == 3
+    assert len(ExtractCandidatesd(**common, max_enhanced_share=0.5, enhanced_hu=300.0)(data)["candidates"]) == 3
+
+    from lungnod_ext.inference.candidates import enhanced_share
+    box = (slice(4, 21), slice(60, 101), slice(100, 144))           # the edge segment's box grown by 10 mm
+    assert 0.5 < enhanced_share(edge[box], hu[box]) < 0.7
+    box = (slice(7, 18), slice(31, 70), slice(51, 90))              # the calcified nodule's, likewise
+    assert calcified[box].sum() == calcified.sum() and enhanced_share(calcified[box], hu[box]) == 0.0
 
 
 def test_windowed_image_warns_and_grid_mismatch_fails():
