@@ -122,6 +122,25 @@ def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):
             tm.train_models(tmp_path, tmp_path / "x", until=bad)
 
 
+def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
+    """``lungnod train-models --cls-seeds 123 --seg decoder_channels=[...]`` (the fast pair's recipe) reaches the
+    recipe as one classifier seed and the override; without it, the three seeds of the shipped ensemble; a
+    seed that is no integer is a usage error (exit 2)."""
+    from lungnod_ext.apps import cli
+    from lungnod_ext.apps import train_models as tm
+
+    seen = []
+    monkeypatch.setattr(tm, "train_models", lambda lidc, out, settings, **kw: seen.append(settings))
+    base = ["train-models", "--out", str(tmp_path / "r"), "--lidc", str(tmp_path)]
+    assert cli.main(base + ["--cls-seeds", "123", "--seg", "decoder_channels=[128,64,32,16,8]"]) == 0
+    assert cli.main(base) == 0
+    assert [s.cls_seeds for s in seen] == [[123], [123, 1, 2]]
+    assert seen[0].seg_overrides == {"decoder_channels": [128, 64, 32, 16, 8]} and seen[1].seg_overrides == {}
+    with pytest.raises(SystemExit) as exc:
+        cli.main(base + ["--cls-seeds", "1,x"])
+    assert exc.value.code == 2
+
+
 def test_default_loader_workers():
     """None on a CPU (the training takes every core), with a GPU up to 8, two cores kept for the main process."""
     from lungnod_ext.apps.train_models import default_loader_workers

@@ -94,6 +94,17 @@ def _cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _seed_list(text: str) -> list[int]:
+    """``--cls-seeds`` "123,1,2" -> [123, 1, 2] (at least one)."""
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers expected") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("at least one seed")
+    return seeds
+
+
 def _cmd_train_models(args) -> int:
     from lungnod_ext.apps.train_models import DEFAULT_LIDC, RecipeSettings, train_models
 
@@ -102,6 +113,8 @@ def _cmd_train_models(args) -> int:
     for key in ("copies", "seg_epochs", "cls_epochs", "workers"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
+    if args.cls_seeds is not None:
+        settings.cls_seeds = args.cls_seeds
     settings.seg_overrides = parse_overrides(args.seg)
     settings.cls_overrides = parse_overrides(args.cls)
     train_models(args.lidc or DEFAULT_LIDC, args.out, settings, install=args.install, until=args.until,
@@ -152,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--copies", type=int, help="cohort volumes per training series (10)")
     t.add_argument("--seg-epochs", type=int, help="segmentation epochs (140)")
     t.add_argument("--cls-epochs", type=int, help="classification epochs (20)")
+    t.add_argument("--cls-seeds", type=_seed_list, metavar="S[,S...]",
+                   help="one classifier per seed, averaged as one ensemble (123,1,2); one seed: one classifier")
     t.add_argument("--workers", type=int, help="processes for the conversion and the cohort (2)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")

@@ -4,8 +4,8 @@
     python tests/benchmarks/bench_masses.py --models bundles --external lung2.nii.gz=lung2_label.nii.gz
 
 LIDC-IDRI nodules are 3-30 mm, and so are the benchmark copies of ``bench_models.py``; a user's scan may hold a
-lung cancer of 3-5 cm, often against the chest wall. Per ``--models`` (``bundles`` or a ``lungnod train-models``
-output, as ``bench_models.py`` takes them) this runs ``lungnod detect`` (default configs) on:
+lung cancer of 3-5 cm, often against the chest wall. Per ``--models`` (``bundles``, ``bundles-fast`` or a
+``lungnod train-models`` output, as ``bench_models.py`` takes them) this runs ``lungnod detect`` (default configs) on:
 
 * ``--copies`` copies of the held-out series (``--held-out``, default LIDC-IDRI-0001, the shipped models' test
   patient) with 2-3 masses of 30-50 mm imaged in (every nodule type, no scanner augmentation, seed 3000: never
@@ -90,7 +90,8 @@ def main() -> None:
     from bench_models import _models, _recipe_priors
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="bundles", help="bundles | a lungnod train-models output")
+    ap.add_argument("--models", default="bundles",
+                    help="bundles | bundles-fast (the shipped fast pair) | a lungnod train-models output")
     ap.add_argument("--held-out", default="LIDC-IDRI-0001", help="series the models never saw (copies with masses)")
     ap.add_argument("--copies", type=int, default=6)
     ap.add_argument("--external", action="append", default=[], metavar="IMAGE=LABEL")
@@ -129,10 +130,14 @@ def main() -> None:
 
     seg_ckpt, cls_ckpt = _models(args.models)
     priors = _recipe_priors(cls_ckpt)
-    overrides = dict(kv.split("=", 1) for kv in args.seg)
+    from lungnod_ext.apps.cli import parse_overrides
+
+    overrides = parse_overrides(args.seg)       # JSON values, as lungnod detect --seg takes them
     cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
                          probability_threshold=args.threshold, seg_overrides=overrides,
                          cls_overrides={"detector_priors": priors} if priors else {})
+    if args.models == "bundles-fast":
+        cfg.use_fast_models()
     datalist = work / "datalist.json"
     datalist.write_text(json.dumps({"testing": [{"image": str(i["image"])} for i in items]}))
     out = work / "detect"
