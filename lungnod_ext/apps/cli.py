@@ -110,11 +110,9 @@ def _cmd_train_models(args) -> int:
 
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
-    for key in ("copies", "seg_epochs", "cls_epochs", "workers"):
+    for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
-    if args.cls_seeds is not None:
-        settings.cls_seeds = args.cls_seeds
     settings.seg_overrides = parse_overrides(args.seg)
     settings.cls_overrides = parse_overrides(args.cls)
     train_models(args.lidc or DEFAULT_LIDC, args.out, settings, install=args.install, until=args.until,

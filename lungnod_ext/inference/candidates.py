@@ -99,10 +99,8 @@ def enhanced_share(component_crop: np.ndarray, hu_crop: np.ndarray, enhanced_hu:
     if n == 0 or not (dense & component_crop).any():
         return 0.0
     regions, _ = ndi.label(dense, structure=_STRUCTURE_26)
-    border = np.zeros(dense.shape, bool)
-    for axis in range(3):
-        border[(slice(None),) * axis + (0,)] = True
-        border[(slice(None),) * axis + (-1,)] = True
+    border = np.ones(dense.shape, bool)
+    border[1:-1, 1:-1, 1:-1] = False
     reaching = np.unique(regions[border & dense])
     return float(np.isin(regions[component_crop], reaching[reaching > 0]).sum()) / n
 
@@ -113,14 +111,18 @@ def _enhanced_share_of(labels_work: np.ndarray, obj: tuple[slice, ...], label: i
     volume; ``obj`` its box there), in its box grown by :data:`ENHANCED_MARGIN_MM` within the volume."""
     hu = np.asarray(hu_zyx)
     component = labels_work[obj] == label
-    if float(hu[tuple(slice(o + s.start, o + s.stop) for o, s in zip(origin, obj))][component].max()) < enhanced_hu:
+    box = tuple(slice(o + s.start, o + s.stop) for o, s in zip(origin, obj))        # in the volume
+    if float(hu[box][component].max()) < enhanced_hu:
         return 0.0
-    grow = np.ceil(ENHANCED_MARGIN_MM / spacing_zyx).astype(int)
-    start = [max(o + s.start - g, 0) for o, s, g in zip(origin, obj, grow)]
-    stop = [min(o + s.stop + g, n) for o, s, g, n in zip(origin, obj, grow, hu.shape)]
-    crop = np.zeros([b - a for a, b in zip(start, stop)], bool)
-    crop[tuple(slice(o + s.start - a, o + s.stop - a) for o, s, a in zip(origin, obj, start))] = component
-    return enhanced_share(crop, hu[tuple(slice(a, b) for a, b in zip(start, stop))], enhanced_hu)
+    wide = _grown(box, np.ceil(ENHANCED_MARGIN_MM / spacing_zyx).astype(int), hu.shape)
+    crop = np.zeros([w.stop - w.start for w in wide], bool)
+    crop[tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))] = component
+    return enhanced_share(crop, hu[wide], enhanced_hu)
+
+
+def _grown(box: tuple[slice, ...], margin, shape) -> tuple[slice, ...]:
+    """A box of slices grown by ``margin`` voxels per axis, clipped to ``shape``."""
+    return tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(box, margin, shape))
 
 
 def _touches_lung(component_crop: np.ndarray, lung_crop: np.ndarray, spacing_zyx, dilate_mm: float) -> bool:
@@ -218,7 +220,7 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
         kept = []
         for label in big_enough:
             obj = objects[label - 1]
-            wide = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(obj, margin, shape))
+            wide = _grown(obj, margin, shape)
             component = labels[wide] == label
             if _touches_lung(component, lung_work[wide], spacing_zyx, lung_dilate_mm):
                 kept.append(label)
@@ -237,7 +239,7 @@ def extract_candidates_and_labels(prob_zyx: np.ndarray, geometry: Geometry, hu_z
                     if equivalent_diameter_mm(float(counts[label]) * voxel_mm3) < mass_min_diameter_mm:
                         continue
                     obj = objects[label - 1]
-                    wide = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(obj, pad, shape))
+                    wide = _grown(obj, pad, shape)
                     hu_wide = np.asarray(hu_zyx)[tuple(slice(o + w.start, o + w.stop) for o, w in zip(origin, wide))]
                     keep[i] = air_contact(labels[wide] == label, hu_wide, spacing_zyx) >= mass_min_air_contact
             big_enough = big_enough[keep]

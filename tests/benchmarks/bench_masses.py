@@ -30,7 +30,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
 RESULTS = Path(__file__).resolve().parent / "results" / "masses.json"
 MASS_SEED = 3000
 MASS_BANDS = ((30.0, 50.0, 1.0),)
@@ -82,12 +81,11 @@ def score_case(candidates: list[dict], refs: list[dict], ignored: list[dict], la
 
 
 def main() -> None:
-    from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.nifti_io import read_nifti
-    from data_prep.training_cohort import CohortOptions, make_copies, write_tables
+    from data_prep.training_cohort import CohortOptions
     from lungnod_ext.apps.pipeline import PipelineConfig, detect
     from lungnod_ext.metrics.model_evaluation import read_references, read_small_marks
-    from bench_models import _models, _recipe_priors
+    from bench_models import _models, _recipe_priors, held_out_copies
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="bundles",
@@ -105,14 +103,8 @@ def main() -> None:
     converted, inserted = work / args.held_out / "converted", work / args.held_out / "masses"
     items = []
     if args.copies:
-        if not (converted / "nodules.csv").is_file():
-            convert_dicom_root(LIDC / args.held_out, converted, ConvertOptions(workers=2, progress=False))
-        case = next(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
-        names = [f"{case}_c{i:02d}" for i in range(1, args.copies + 1)]
-        if not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
-            write_tables(inserted, make_copies(converted, case, inserted, list(range(1, args.copies + 1)),
-                                               CohortOptions(augment=False, seed=MASS_SEED, nodules=(2, 3),
-                                                             size_bands=MASS_BANDS)))
+        _, names = held_out_copies(args.held_out, converted, inserted, args.copies,
+                                   CohortOptions(augment=False, seed=MASS_SEED, nodules=(2, 3), size_bands=MASS_BANDS))
         refs = read_references(inserted / "nodules.csv", names)
         marks = read_small_marks(inserted / "small_marks.csv", names)
         for n in names:

@@ -59,6 +59,22 @@ def _recipe_priors(cls_ckpt: Path | None) -> dict:
     return {}
 
 
+def held_out_copies(patient: str, converted: Path, inserted: Path, n_copies: int, options) -> tuple[str, list[str]]:
+    """The held-out series converted into ``converted`` and ``n_copies`` copies of it with nodules imaged in
+    (``data_prep.training_cohort.make_copies`` with ``options``, numbered 1..n) in ``inserted``, each made only
+    when missing -> (the series' case id, the copies' case ids)."""
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+    from data_prep.training_cohort import make_copies, write_tables
+
+    if not (converted / "nodules.csv").is_file():
+        convert_dicom_root(LIDC / patient, converted, ConvertOptions(workers=2, progress=False))
+    case = next(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
+    names = [f"{case}_c{i:02d}" for i in range(1, n_copies + 1)]
+    if not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
+        write_tables(inserted, make_copies(converted, case, inserted, list(range(1, n_copies + 1)), options))
+    return case, names
+
+
 def reference_subsets(group: str) -> dict:
     """The scored subsets of a fold's ``real`` or ``inserted`` references: name -> keep(reference)."""
     if group == "real":
@@ -84,23 +100,14 @@ def _stage_tables(detections, refs, marks, subsets, threshold):
 
 def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float,
              seg_overrides: dict | None = None) -> dict:
-    from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.nifti_io import read_nifti
-    from data_prep.training_cohort import CohortOptions, make_copies, write_tables
+    from data_prep.training_cohort import CohortOptions
     from lungnod_ext.metrics.model_evaluation import (per_nodule_axes, per_nodule_dice, read_references,
                                                        read_small_marks, size_band)
     from lungnod_ext.apps.pipeline import PipelineConfig, detect
 
-    converted = work / "converted"
-    if not (converted / "nodules.csv").is_file():
-        convert_dicom_root(LIDC / patient, converted, ConvertOptions(workers=2, progress=False))
-    case = next(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
-    inserted = work / "inserted"
-    names = [f"{case}_c{i:02d}" for i in range(1, n_inserted + 1)]
-    if n_inserted and not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
-        recs = make_copies(converted, case, inserted, list(range(1, n_inserted + 1)),
-                           CohortOptions(augment=False, seed=TEST_SEED))
-        write_tables(inserted, recs)
+    converted, inserted = work / "converted", work / "inserted"
+    case, names = held_out_copies(patient, converted, inserted, n_inserted, CohortOptions(augment=False, seed=TEST_SEED))
 
     seg_ckpt, cls_ckpt = _models(models)
     items = [{"image": str(converted / "images" / f"{case}.nii.gz"), "group": "real"}]

@@ -23,14 +23,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.nifti_io import read_nifti
-    from data_prep.training_cohort import CohortOptions, make_copies, write_tables
+    from data_prep.training_cohort import CohortOptions
     from lungnod_ext.inference.pleural_caps import pleural_caps
+    from bench_models import held_out_copies
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", default="LIDC-IDRI-0006")
@@ -44,13 +44,8 @@ def main() -> None:
 
     work = Path(args.work) / f"{args.series}_seed{args.seed}"
     converted, inserted = work / "converted", work / "inserted"
-    if not (converted / "nodules.csv").is_file():
-        convert_dicom_root(LIDC / args.series, converted, ConvertOptions(workers=2, progress=False))
-    case = next(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
-    names = [f"{case}_c{i:02d}" for i in range(1, args.copies + 1)]
-    if not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
-        write_tables(inserted, make_copies(converted, case, inserted, list(range(1, args.copies + 1)),
-                                           CohortOptions(augment=False, seed=args.seed)))
+    _, names = held_out_copies(args.series, converted, inserted, args.copies,
+                               CohortOptions(augment=False, seed=args.seed))
     rows = [r for r in csv.DictReader(open(inserted / "nodules.csv")) if r["source"] == "inserted" and r["case_id"] in names]
     found, per_scan = [], []
     for name in names:
