@@ -115,11 +115,13 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
                         positive_copies: int = 4, jitter_mm: float = 2.0, random_negatives_per_case: int = 8,
                         seed: int = 0, slab_mm: Sequence[float] | None = DEFAULT_SLAB_MM, ignore_radius_mm: float = 5.0,
                         vessel_negatives_per_case: int | None = None, jitter_fraction: float = 0.0,
-                        small_positive_copies: int | None = None, small_nodule_mm: float = 6.0) -> Path:
+                        small_positive_copies: int | None = None, small_nodule_mm: float = 6.0,
+                        fine_spacing_mm: float | None = None) -> Path:
     """Write the patch dataset (module doc) and return the path of its ``datalist.json``.
 
     ``slab_mm``: 2-D patches with these planes as channels (see :func:`extract_patches`), saved (C, H, W);
     the default is the classification bundle's; ``None`` gives single-plane (H, W) patches; 3-D ignores it.
+    ``fine_spacing_mm``: the planes again at that finer sample spacing, as more channels (2-D only).
     Candidates within ``ignore_radius_mm`` of a LIDC small mark (``small_marks.csv``) are left out.
     ``vessel_negatives_per_case`` defaults to ``random_negatives_per_case``; ``small_positive_copies`` (copies of
     each nodule under ``small_nodule_mm`` diameter) to ``positive_copies``."""
@@ -139,6 +141,7 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
                     "patch_size": list(patch_size or DEFAULTS[spatial_dims]["patch_size"]),
                     "spacing_mm": float(spacing_mm or DEFAULTS[spatial_dims]["spacing_mm"]),
                     "slab_mm": [float(v) for v in slab_mm] if slab_mm else None,
+                    "fine_spacing_mm": float(fine_spacing_mm) if fine_spacing_mm else None,
                     "training": [], "validation": [], "testing": []}
     for split in ("training", "validation", "testing"):
         for entry in splits.get(split, []):
@@ -180,10 +183,11 @@ def build_patch_dataset(converted_dir, out_dir, candidates_dir=None, spatial_dim
                 points.append(("vessel", 0, p))
             if not points:
                 continue
-            patches = extract_patches(hu, geometry, [p[2] for p in points], patch_size, spacing_mm, spatial_dims, slab_mm)
+            patches = extract_patches(hu, geometry, [p[2] for p in points], patch_size, spacing_mm, spatial_dims, slab_mm,
+                                      fine_spacing_mm)
             for n, ((kind, label, _), patch) in enumerate(zip(points, patches)):
                 rel = f"patches/{case}_{kind}_{n:03d}.npy"
-                np.save(out / rel, patch if slab_mm else patch[0])
+                np.save(out / rel, patch if slab_mm or fine_spacing_mm else patch[0])
                 # every entry carries blob_rank (-1: not a dot-filter candidate): a training batch needs one set of keys
                 result[split].append({"image": rel, "label": [label], "case": case, "kind": kind,
                                       "blob_rank": ranks.get(n, -1)})

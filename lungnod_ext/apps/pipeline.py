@@ -126,7 +126,8 @@ def _classifier(cfg: PipelineConfig):
     ckpt = parser.get_parsed_content("ckpt_path")
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
     settings = {k: parser.get_parsed_content(k) for k in ("spatial_dims", "patch_size", "spacing_mm", "hu_window")}
-    settings["slab_mm"] = parser.get_parsed_content("slab_mm") if "slab_mm" in parser else None
+    for key in ("slab_mm", "fine_spacing_mm"):
+        settings[key] = parser.get_parsed_content(key) if key in parser else None
     return net.eval(), settings
 
 
@@ -137,16 +138,18 @@ def _write_evidence(hu: np.ndarray, geometry, nodules: list[dict], folder: Path,
 
     from lungnod_ext.inference.explain import evidence_maps, write_evidence_png
     from lungnod_ext.transforms.hu_window import HUWindow
-    from lungnod_ext.inference.patches import extract_patches
+    from lungnod_ext.inference.patches import extract_patches, patch_channels
 
     net, st = classifier
     patches = extract_patches(hu, geometry, [n["centre_lps"] for n in nodules], st["patch_size"], st["spacing_mm"],
-                              st["spatial_dims"], st["slab_mm"])
+                              st["spatial_dims"], st["slab_mm"], st["fine_spacing_mm"])
     window = HUWindow(preset=st["hu_window"])
     x = torch.stack([torch.as_tensor(window(torch.from_numpy(p))) for p in patches])
     maps = evidence_maps(net, x)
-    # a 2.5D patch's centre plane (the only plane of a 2-D patch, the cube of a 3-D one)
-    return [write_evidence_png(p[p.shape[0] // 2], m, folder / "overlays" / f"{case}_cand{int(n['id']):03d}_evidence.png",
+    # a 2.5D patch's centre plane (the only plane of a 2-D patch, the cube of a 3-D one); with a finer second
+    # sampling, the centre plane of the first (the planes at spacing_mm come first)
+    centre = patch_channels(st["slab_mm"]) // 2
+    return [write_evidence_png(p[centre], m, folder / "overlays" / f"{case}_cand{int(n['id']):03d}_evidence.png",
                                f"cand {n['id']} p={n['probability']:.2f}")
             for p, m, n in zip(patches, maps, nodules)]
 

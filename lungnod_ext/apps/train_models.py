@@ -232,7 +232,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         stage("patches", lambda: {"datalist": str(build_patch_dataset(
             cohort, patches, candidates_dir=cand_dir, spatial_dims=2, seed=s.seed,
             positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case,
-            small_positive_copies=s.small_positive_copies, jitter_fraction=s.positive_jitter_fraction))})
+            small_positive_copies=s.small_positive_copies, jitter_fraction=s.positive_jitter_fraction,
+            fine_spacing_mm=s.cls_overrides.get("fine_spacing_mm")))})
         member_dirs = []
         for k, seed in enumerate(s.cls_seeds):
             name = "classification" if k == 0 else f"classification_seed{seed}"

@@ -65,13 +65,15 @@ def _load_single_patch(path: str, spatial_dims: int, patch_size: Sequence[int], 
 
 class CandidatePatchesd(MapTransform):
     """``{"image", "candidates"?}`` -> ``image`` (N, C, *patch) HU patches (C = 1, or one plane per
-    ``slab_mm`` offset), ``candidates`` list, ``case`` id."""
+    ``slab_mm`` offset; twice that with ``fine_spacing_mm``, see :func:`extract_patches`), ``candidates``
+    list, ``case`` id."""
 
     def __init__(self, keys="image", candidates_key: str = "candidates", spatial_dims: int = 3,
                  patch_size: Sequence[int] | None = None, spacing_mm: float | None = None,
-                 slab_mm: Sequence[float] | None = None) -> None:
+                 slab_mm: Sequence[float] | None = None, fine_spacing_mm: float | None = None) -> None:
         super().__init__(keys)
         self.slab_mm = [float(v) for v in slab_mm] if slab_mm else None
+        self.fine_spacing_mm = float(fine_spacing_mm) if fine_spacing_mm else None
         self.candidates_key = candidates_key
         self.spatial_dims = int(spatial_dims)
         self.patch_size = tuple(patch_size or DEFAULTS[self.spatial_dims]["patch_size"])
@@ -83,7 +85,8 @@ class CandidatePatchesd(MapTransform):
             image = str(d[key])
             source = d.get(self.candidates_key)
             if source is None:  # a single patch (MONAI Label)
-                patches = _load_single_patch(image, self.spatial_dims, self.patch_size, patch_channels(self.slab_mm))
+                patches = _load_single_patch(image, self.spatial_dims, self.patch_size,
+                                             patch_channels(self.slab_mm, self.fine_spacing_mm))
                 candidates = [{"id": 1, "source": image}]
             else:
                 doc = json.loads(Path(str(source)).read_text()) if not isinstance(source, (list, dict)) else source
@@ -91,9 +94,10 @@ class CandidatePatchesd(MapTransform):
                 if candidates:
                     hu, geometry = read_nifti(image)
                     patches = extract_patches(hu, geometry, [c["centre_lps"] for c in candidates], self.patch_size,
-                                              self.spacing_mm, self.spatial_dims, self.slab_mm)
+                                              self.spacing_mm, self.spatial_dims, self.slab_mm, self.fine_spacing_mm)
                 else:
-                    patches = np.zeros((0, patch_channels(self.slab_mm), *self.patch_size), np.float32)
+                    patches = np.zeros((0, patch_channels(self.slab_mm, self.fine_spacing_mm), *self.patch_size),
+                                       np.float32)
             d[key] = torch.from_numpy(patches)
             d[self.candidates_key] = json.dumps(candidates)  # text: survives batch collation unchanged
             d["case"] = _case(image)

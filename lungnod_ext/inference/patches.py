@@ -3,7 +3,8 @@
 A patch is sampled (trilinear) on a grid centred on an LPS point, with ``spacing_mm`` between samples
 along the image's own axes (its direction cosines), whatever the scan's voxel size: 3D patches are
 ``(D, H, W)`` = (slice, row, column) cubes, 2D patches ``(H, W)`` the axial plane through the centre (or
-``len(slab_mm)`` planes as channels, 2.5D). Values are HU; outside the scan is air (-1024 HU). The
+``len(slab_mm)`` planes as channels, 2.5D; with ``fine_spacing_mm`` the same planes again, sampled that much
+finer around the same centre, as more channels: a 3-6 mm nodule spans 3-6 pixels of a 1 mm patch). Values are HU; outside the scan is air (-1024 HU). The
 classifier's training set is built from them by :mod:`lungnod_ext.apps.patch_dataset`.
 """
 from __future__ import annotations
@@ -36,37 +37,44 @@ def patch_offsets_mm(patch_size: Sequence[int], spacing_mm: float, spatial_dims:
     return np.stack([di, dj, dk], axis=-1)
 
 
-def patch_channels(slab_mm: Sequence[float] | None) -> int:
-    """Input channels of a classifier fed patches cut with ``slab_mm`` (1 without a slab)."""
-    return 1 if not slab_mm else len(slab_mm)
+def patch_channels(slab_mm: Sequence[float] | None, fine_spacing_mm: float | None = None) -> int:
+    """Input channels of a classifier fed patches cut with ``slab_mm`` (1 plane without a slab), twice as many
+    with a second, finer sampling (``fine_spacing_mm``)."""
+    planes = 1 if not slab_mm else len(slab_mm)
+    return planes * (2 if fine_spacing_mm else 1)
 
 
 def extract_patches(hu_zyx: np.ndarray, geometry: Geometry, centres_lps, patch_size: Sequence[int] | None = None,
                     spacing_mm: float | None = None, spatial_dims: int = 3,
-                    slab_mm: Sequence[float] | None = None) -> np.ndarray:
+                    slab_mm: Sequence[float] | None = None, fine_spacing_mm: float | None = None) -> np.ndarray:
     """Patches around LPS centres (mm) of a (z, y, x) HU volume -> float32 (N, C, *patch_size).
 
     C = 1, or for 2-D patches with ``slab_mm`` (offsets in mm along the image's slice axis, e.g.
     ``[-5, -2.5, 0, 2.5, 5]``) one axial plane per offset, as channels (2.5D: a vessel runs on through the
-    planes, a nodule ends)."""
+    planes, a nodule ends). ``fine_spacing_mm`` (2-D only): the planes are cut a second time with that sample
+    spacing (e.g. 0.5 mm: a 32 mm field at twice the detail), channels ``C .. 2C - 1``."""
     d = DEFAULTS[spatial_dims]
     patch_size = tuple(patch_size or d["patch_size"])
     spacing_mm = float(spacing_mm or d["spacing_mm"])
     if slab_mm and spatial_dims != 2:
         raise ValueError("slab_mm (planes as channels) is for 2-D patches")
+    if fine_spacing_mm and spatial_dims != 2:
+        raise ValueError("fine_spacing_mm (a second sampling as channels) is for 2-D patches")
     planes = [float(v) for v in slab_mm] if slab_mm else [0.0]
+    spacings = [spacing_mm] + ([float(fine_spacing_mm)] if fine_spacing_mm else [])
+    channels = [(dk, sp) for sp in spacings for dk in planes]
     centres = np.asarray(centres_lps, dtype=float).reshape(-1, 3)
-    out = np.empty((len(centres), len(planes), *patch_size), dtype=np.float32)
+    out = np.empty((len(centres), len(channels), *patch_size), dtype=np.float32)
     if not len(centres):
         return out
-    offsets = patch_offsets_mm(patch_size, spacing_mm, spatial_dims).reshape(-1, 3)
+    offsets = {sp: patch_offsets_mm(patch_size, sp, spatial_dims).reshape(-1, 3) for sp in spacings}
     direction = geometry.direction_matrix
     # sampled as stored (int16 HU from a NIfTI): map_coordinates interpolates in float64 whatever the input,
     # so a float32 copy of the whole volume (0.5 GB for 500 thin slices) would only cost memory
     vol = np.asarray(hu_zyx)
     for n, c in enumerate(centres):
-        for ch, dk in enumerate(planes):
-            ijk = geometry.world_to_voxel(c[None, :] + (offsets + np.array([0.0, 0.0, dk])) @ direction.T)
+        for ch, (dk, sp) in enumerate(channels):
+            ijk = geometry.world_to_voxel(c[None, :] + (offsets[sp] + np.array([0.0, 0.0, dk])) @ direction.T)
             coords = np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])  # (z, y, x) order of the array
             out[n, ch] = ndi.map_coordinates(vol, coords, output=np.float32, order=1, mode="constant",
                                              cval=AIR_HU, prefilter=False).reshape(patch_size)

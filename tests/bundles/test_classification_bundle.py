@@ -145,3 +145,30 @@ def test_3d_overlay_trains_and_infers(data, tmp_path):
                 str(patch), "--output_dir", str(tmp_path / "inf"), "--ckpt_path", str(tmp_path / "models" / "model.pt")])
     doc = json.loads((tmp_path / "inf" / f"{patch.stem}_classified.json").read_text())
     assert len(doc["candidates"]) == 1
+
+
+def test_finer_second_sampling_trains_and_infers(data, tmp_path):
+    """fine_spacing_mm 0.5 (measured, not the default): patches and network get the 5 planes twice (10
+    channels) in training and in inference on a CT + candidates."""
+    import csv
+
+    from lungnod_ext.apps.patch_dataset import build_patch_dataset
+
+    build_patch_dataset(data["converted"], tmp_path / "pf", positive_copies=2, random_negatives_per_case=4,
+                        fine_spacing_mm=0.5)
+    run_bundle(["training", "--config_file", "configs/train.json", "--dataset_dir", str(tmp_path / "pf"),
+                "--output_dir", str(tmp_path / "eval"), "--ckpt_dir", str(tmp_path / "models"), "--epochs", "1",
+                "--val_interval", "1", "--num_workers", "0", "--fine_spacing_mm", "0.5"])
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    first_conv = next(v for v in state.values() if v.ndim == 4)
+    assert first_conv.shape[1] == 10
+    with open(data["converted"] / "nodules.csv") as f:
+        row = next(csv.DictReader(f))
+    image = data["converted"] / "images" / f"{row['case_id']}.nii.gz"
+    nodule = [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"]
+    cands = _candidates_json(tmp_path / "c.json", [nodule])
+    run_bundle(["inference", "--config_file", "configs/inference.json", "--input", str(image), "--candidates",
+                str(cands), "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(tmp_path / "models" / "model.pt"),
+                "--fine_spacing_mm", "0.5"])
+    doc = json.loads((tmp_path / "out" / f"{row['case_id']}_classified.json").read_text())
+    assert len(doc["candidates"]) == 1 and 0.0 <= doc["candidates"][0]["probability"] <= 1.0

@@ -55,6 +55,23 @@ def test_build_dataset_slab_vessels_and_small_marks(tmp_path, sphere_volume):
     assert np.load(tmp_path / "patches" / d["training"][0]["image"]).shape == (3, 64, 64)
 
 
+def test_build_dataset_with_a_finer_second_sampling(tmp_path, sphere_volume):
+    """fine_spacing_mm: every patch holds the planes twice (spacing_mm, then the finer sampling), the datalist
+    says so, and a single plane keeps its channel axis."""
+    conv, cands = _converted_case(tmp_path, sphere_volume, [])
+    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=1,
+                               random_negatives_per_case=1, slab_mm=[-2.5, 0.0, 2.5], fine_spacing_mm=0.5)
+    d = json.loads(path.read_text())
+    nodule = np.load(tmp_path / "patches" / d["training"][0]["image"])
+    assert d["fine_spacing_mm"] == 0.5 and nodule.shape == (6, 64, 64)
+    # the 12 mm sphere at the centre: pi 6^2 = 113 samples at 1 mm, 4x as many at 0.5 mm
+    assert 90 < (nodule[1] > -430).sum() < 130 and 400 < (nodule[4] > -430).sum() < 510
+    single = build_patch_dataset(conv, tmp_path / "single", candidates_dir=cands, positive_copies=1,
+                                 random_negatives_per_case=1, slab_mm=None, fine_spacing_mm=0.5)
+    first = json.loads(single.read_text())["training"][0]["image"]
+    assert np.load(tmp_path / "single" / first).shape == (2, 64, 64)
+
+
 def test_dot_filter_candidates_get_their_own_kinds_and_prior(tmp_path, sphere_volume):
     """Candidates with ``detector`` "blob" become ``blob_hit`` / ``blob_negative`` with their rank; the prior is
     their share of hits (1 of 3), or of those ranked below ``max_rank`` (1 of 2); the segmenter's keep theirs."""

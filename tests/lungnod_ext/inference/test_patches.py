@@ -43,3 +43,21 @@ def test_slab_patches_are_planes_along_the_slice_axis(sphere_volume):
     assert bright[1] > bright[0] > 0 and bright[1] > bright[2] > 0
     with pytest.raises(ValueError, match="2-D patches"):
         extract_patches(hu, g, centre, spatial_dims=3, slab_mm=[0.0])
+
+
+def test_fine_spacing_adds_the_planes_again_at_twice_the_detail(sphere_volume):
+    """fine_spacing_mm: channels C..2C-1 are the same planes sampled finer around the same centre, so the
+    6 mm radius sphere covers 4x the pixels (pi 12^2 at 0.5 mm) and the first C channels are unchanged."""
+    hu, g = sphere_volume((0.7, 0.7, 2.5))
+    centre = [[10.0, -20.0, 30.0]]
+    planes = [-2.5, 0.0, 2.5]
+    slab = extract_patches(hu, g, centre, spatial_dims=2, slab_mm=planes)
+    both = extract_patches(hu, g, centre, spatial_dims=2, slab_mm=planes, fine_spacing_mm=0.5)
+    assert both.shape == (1, 6, 64, 64) and patch_channels(planes, 0.5) == 6 and patch_channels(None, 0.5) == 2
+    np.testing.assert_array_equal(both[:, :3], slab)
+    coarse, fine = (both[0, 1] > -430).sum(), (both[0, 4] > -430).sum()
+    assert 90 < coarse < 130 and 400 < fine < 510 and 3.6 < fine / coarse < 4.4
+    inside = np.argwhere(both[0, 4] > -430).mean(axis=0)
+    assert np.abs(inside - 31.5).max() < 1.0
+    with pytest.raises(ValueError, match="2-D"):
+        extract_patches(hu, g, centre, (16, 16, 16), 1.0, 3, fine_spacing_mm=0.5)
