@@ -13,6 +13,10 @@ runs them) on:
 * ``--inserted`` copies of that series' lungs with simulated nodules imaged in (3-30 mm, every type,
   no scanner augmentation, a seed never used for training), its real nodules ignored there.
 
+``--noise-hu S`` adds S HU of correlated noise to all of them first (``bench_dose.py``'s low-dose model;
+the same nodules and references), e.g. 40 HU: LIDC-IDRI-0001's lung noise 16 -> 32 HU, about a quarter of
+its dose.
+
 Printed and written to ``tests/benchmarks/results/models.json``: FROC at 0.125-8 FP/scan, CPM,
 sensitivity and FP/scan at the default threshold (0.5), stage 1 (segmentation max probability) vs stage
 1+2 (classifier probability), by subset (all real nodules, >= 3 readers, inserted 3-6 mm / >= 6 mm), and
@@ -98,8 +102,25 @@ def _stage_tables(detections, refs, marks, subsets, threshold):
     return out
 
 
+def noisy_versions(images: list[Path], folder: Path, sd_hu: float) -> list[Path]:
+    """``images`` with ``sd_hu`` of correlated noise added (``bench_dose.noisier``: a lower dose), written once
+    to ``folder`` under their own names (the case ids stay, so the reference tables still score them)."""
+    import nibabel as nib
+
+    from bench_dose import noisier
+
+    out = []
+    for path in images:
+        dest = folder / path.name
+        if not dest.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            nib.save(noisier(nib.load(path), sd_hu), dest)
+        out.append(dest)
+    return out
+
+
 def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float,
-             seg_overrides: dict | None = None) -> dict:
+             seg_overrides: dict | None = None, noise_hu: float = 0.0) -> dict:
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions
     from lungnod_ext.metrics.model_evaluation import (per_nodule_axes, per_nodule_dice, read_references,
@@ -110,24 +131,28 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     case, names = held_out_copies(patient, converted, inserted, n_inserted, CohortOptions(augment=False, seed=TEST_SEED))
 
     seg_ckpt, cls_ckpt = _models(models)
-    items = [{"image": str(converted / "images" / f"{case}.nii.gz"), "group": "real"}]
-    items += [{"image": str(inserted / "images" / f"{n}.nii.gz"), "group": "inserted"} for n in names]
-    (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": i["image"]} for i in items]}))
+    images = [converted / "images" / f"{case}.nii.gz"] + [inserted / "images" / f"{n}.nii.gz" for n in names]
+    detect_dir = work / "detect"
+    if noise_hu > 0:
+        images = noisy_versions(images, work / f"noise{noise_hu:g}", noise_hu)
+        detect_dir = work / f"detect_noise{noise_hu:g}"
+    (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": str(i)} for i in images]}))
     t = time.perf_counter()
     priors = _recipe_priors(cls_ckpt)
     cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
                          probability_threshold=threshold, seg_overrides=dict(seg_overrides or {}),
                          cls_overrides={"detector_priors": priors} if priors else {})
-    summary = detect(work / "test_datalist.json", work / "detect", cfg.use_fast_models() if models == "bundles-fast" else cfg)
+    summary = detect(work / "test_datalist.json", detect_dir, cfg.use_fast_models() if models == "bundles-fast" else cfg)
     seconds = time.perf_counter() - t
 
     result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,
+                    "added_noise_hu": noise_hu,
                     "detector_priors": priors or "the classification bundle's",
                     "detect_seconds": round(seconds, 1), "pipeline_seconds": summary["seconds"]}
     for group, table_dir, cases in (("real", converted, [case]), ("inserted", inserted, names)):
         if not cases:
             continue
-        dets = {c: json.loads((work / "detect" / c / f"{c}_candidates.json").read_text())["candidates"] for c in cases}
+        dets = {c: json.loads((detect_dir / c / f"{c}_candidates.json").read_text())["candidates"] for c in cases}
         for cands in dets.values():
             for c in cands:
                 c.setdefault("cls_prob", c["max_prob"])
@@ -137,7 +162,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
         result.setdefault("detection", {}).update(_stage_tables(dets, refs, marks, subsets, threshold))
         dice_rows = []
         for c in cases:
-            labels, geometry = read_nifti(work / "detect" / c / f"{c}_labels.nii.gz")
+            labels, geometry = read_nifti(detect_dir / c / f"{c}_labels.nii.gz")
             inst_dir = table_dir / "instances"
             instances, _ = read_nifti(inst_dir / f"{c}.nii.gz")
             ids = [r["nodule_id"] for r in refs.get(c, []) if group == "real" or r["source"] == "inserted"]
@@ -193,12 +218,15 @@ def main() -> None:
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--seg", action="append", metavar="KEY=VALUE",
                     help="segmentation inference config override, e.g. inference_scales=[1,1.5]")
+    ap.add_argument("--noise-hu", type=float, default=0.0,
+                    help="correlated noise (HU) added to the held-out scan and its copies: a lower dose (bench_dose.py)")
     a = ap.parse_args()
     from lungnod_ext.apps.cli import parse_overrides
     results = {"command": " ".join(sys.argv), "folds": []}
     for fold in a.fold:
         patient, _, models = fold.partition("=")
-        r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, parse_overrides(a.seg))
+        r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, parse_overrides(a.seg),
+                     a.noise_hu)
         _print(r)
         results["folds"].append(r)
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)

@@ -94,13 +94,13 @@ def score(nodules: list[dict], references: list[dict], marks: list[dict]) -> dic
     return {"nodules": rows, "false_positives": len(nodules) - len(used | on_marks)}
 
 
-def run_version(image_path: Path, out: Path) -> dict:
-    """``lungnod detect`` in a fresh process, under GNU time for its peak RSS where that is installed (the
+def run_version(image_path: Path, out: Path, extra_args=()) -> dict:
+    """``lungnod detect`` (with ``extra_args``, e.g. ``--fast``) in a fresh process, under GNU time for its peak RSS where that is installed (the
     run's own ru_maxrss would start from this benchmark's RSS: Linux keeps a forked child's high-water mark
     across exec), else sampled every 50 ms (which can miss a short peak)."""
     import psutil
 
-    cmd = [sys.executable, "-m", "lungnod_ext", "detect", str(image_path), "--out", str(out)]
+    cmd = [sys.executable, "-m", "lungnod_ext", "detect", str(image_path), "--out", str(out), *extra_args]
     gnu_time = Path("/usr/bin/time")
     rss_file = out.parent / f".{out.name}.maxrss"
     if gnu_time.is_file():

@@ -1,0 +1,125 @@
+"""The shipped models on noisier versions of the real scans, as a low-dose screening CT would look.
+
+    python tests/benchmarks/bench_dose.py [--work DIR] [--noise 0,20,40,60,100] [--fast] [--results FILE]
+
+Each LIDC series (``../shared/data/lidc``, converted by data_prep) gets correlated Gaussian noise added in
+every axial slice (the training cohort's scanner augmentation, ``data_prep.training_cohort._correlated_noise``:
+white noise smoothed in-plane with sigma 0.6 voxel, scaled to the given standard deviation in HU; slices
+independent; seed fixed). CT quantum noise goes as 1 / sqrt(dose), so a version whose lung noise is s HU,
+made from a scan with s0, looks like one taken at about (s0 / s)^2 of its dose. Both are measured the same way
+(:func:`lung_noise_hu`: the median, over the slices, of a robust standard deviation of the difference of
+neighbouring pixels / sqrt 2 in lung parenchyma; slow changes of the lung's density cancel in the difference;
+it reads correlated noise low, so the ratio is a rough estimate: the scanner's own noise and the added noise
+need not be correlated alike). The noise model is the image-domain one of
+the training augmentation, not a projection-domain simulation: real low-dose noise is streakier near
+bone and shoulders.
+
+For each version ``lungnod detect`` (shipped models, default configs or ``--fast``, a fresh process)
+reports nodules at p >= 0.5, scored as ``bench_slice_thickness.py`` does: per reference nodule found (a
+reported centre within its radius, LUNA16), its probability and long x short axis; false positives
+(reported, hitting no nodule and no small mark); wall seconds and peak memory. LIDC-IDRI-0001 is the
+shipped models' unseen patient; 0002 and 0006 are their training series (robustness, not accuracy).
+Printed and written to ``tests/benchmarks/results/dose.json``. Nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
+RESULTS = Path(__file__).resolve().parent / "results" / "dose.json"
+NOISE_SEED = 7
+PARENCHYMA_HU = (-950.0, -700.0)
+
+
+def lung_noise_hu(hu_xyz: np.ndarray) -> float:
+    """The scan's noise (HU) in lung parenchyma: the median over axial slices (the third axis) of a robust
+    standard deviation (1.4826 x the median absolute deviation) of (pixel - its neighbour along the first axis) /
+    sqrt 2, over pixel pairs whose 5 x 5 neighbourhood lies where the slice's 7 x 7 mean is within
+    ``PARENCHYMA_HU`` (the mean, not the pixels: strong noise would empty a test on the pixels themselves);
+    NaN when no slice has 1000 such pairs."""
+    sds = []
+    for k in range(hu_xyz.shape[2]):
+        s = np.asarray(hu_xyz[:, :, k], dtype=np.float32)
+        mean = ndi.uniform_filter(s, 7)
+        calm = ndi.binary_erosion((mean >= PARENCHYMA_HU[0]) & (mean <= PARENCHYMA_HU[1]), structure=np.ones((5, 5), bool))
+        pair = calm[:-1, :] & calm[1:, :]
+        if pair.sum() < 1000:
+            continue
+        d = (s[:-1, :] - s[1:, :])[pair]
+        sds.append(float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)))
+    return float(np.median(sds)) if sds else float("nan")
+
+
+def noisier(image: nib.Nifti1Image, sd_hu: float, seed: int = NOISE_SEED) -> nib.Nifti1Image:
+    """``image`` (int16 HU, axial slices along its third axis) + correlated noise of ``sd_hu`` (module doc)."""
+    from data_prep.training_cohort import _correlated_noise
+
+    data = np.asarray(image.dataobj).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    # (x, y, z) array: in-plane correlation on the first two axes, none along z
+    data += _correlated_noise(data.shape, rng, sd_hu, (0.6, 0.6, 0.0))
+    img = nib.Nifti1Image(np.clip(np.rint(data), -1024, 3071).astype(np.int16), image.affine)
+    img.set_qform(image.affine, 1)
+    img.set_sform(image.affine, 1)
+    return img
+
+
+def main() -> None:
+    from bench_slice_thickness import _table, run_version, score
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/bench_dose")
+    ap.add_argument("--noise", default="0,20,40,60,100", help="added noise levels, HU (comma-separated)")
+    ap.add_argument("--fast", action="store_true", help="lungnod detect --fast (the fast pair)")
+    ap.add_argument("--results", default=str(RESULTS))
+    args = ap.parse_args()
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+
+    work = Path(args.work)
+    converted = work / "converted"
+    convert_dicom_root(LIDC, converted, ConvertOptions(progress=False))
+    levels = [float(v) for v in args.noise.split(",")]
+    extra = ["--fast"] if args.fast else []
+    results = []
+    for src in sorted((converted / "images").glob("*.nii.gz")):
+        case = src.name[:-7]
+        image = nib.load(src)
+        refs = _table(converted / "nodules.csv", case)
+        marks = [m for m in _table(converted / "small_marks.csv", case) if m["kind"] == "small_nodule"]
+        own = lung_noise_hu(np.asarray(image.dataobj))
+        for sd in levels:
+            path = src
+            if sd > 0:
+                path = work / f"noise{sd:g}" / f"{case}.nii.gz"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                nib.save(noisier(image, sd), path)
+            measured = lung_noise_hu(np.asarray(nib.load(path).dataobj)) if sd > 0 else own
+            dose = (own / measured) ** 2
+            got = run_version(path, work / "out" / case / f"noise{sd:g}", extra)
+            scored = score(got.pop("nodules"), refs, marks)
+            row = {"case": case, "added_noise_hu": sd, "lung_noise_hu": round(measured, 1),
+                   "own_noise_hu": round(own, 1), "dose_fraction": round(dose, 3), **scored, **got}
+            results.append(row)
+            found = ", ".join(f"{n['diameter_mm']} mm/{n['n_readers']}r: "
+                              + (f"p {n['probability']:.2f}" if n["found"] else "missed") for n in scored["nodules"])
+            print(f"{case[:14]} +{sd:3g} HU (lung noise {measured:5.1f} HU, ~{100 * dose:3.0f} % dose) "
+                  f"FP {scored['false_positives']}  {got['wall_s']:5.1f} s {got['peak_rss_gb']:.2f} GB  {found}",
+                  flush=True)
+    Path(args.results).write_text(json.dumps({"command": " ".join(sys.argv), "models": "fast" if args.fast else "default",
+                                              "results": results}, indent=1) + "\n")
+    print(f"results: {args.results}")
+
+
+if __name__ == "__main__":
+    main()
