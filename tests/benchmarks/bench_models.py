@@ -15,7 +15,8 @@ runs them) on:
 
 ``--noise-hu S`` adds S HU of correlated noise to all of them first (``bench_dose.py``'s low-dose model;
 the same nodules and references), e.g. 40 HU: LIDC-IDRI-0001's lung noise 16 -> 32 HU, about a quarter of
-its dose.
+its dose; ``--sharpen A`` first passes them through a sharper reconstruction kernel (``bench_dose.sharper``,
+an in-plane unsharp mask of amount A; the training cohort's go to 1.0).
 
 Printed and written to ``tests/benchmarks/results/models.json``: FROC at 0.125-8 FP/scan, CPM,
 sensitivity and FP/scan at the default threshold (0.5), stage 1 (segmentation max probability) vs stage
@@ -102,25 +103,29 @@ def _stage_tables(detections, refs, marks, subsets, threshold):
     return out
 
 
-def noisy_versions(images: list[Path], folder: Path, sd_hu: float) -> list[Path]:
-    """``images`` with ``sd_hu`` of correlated noise added (``bench_dose.noisier``: a lower dose), written once
-    to ``folder`` under their own names (the case ids stay, so the reference tables still score them)."""
+def noisy_versions(images: list[Path], folder: Path, sd_hu: float, sharpen: float = 0.0) -> list[Path]:
+    """``images`` through a sharper kernel (``bench_dose.sharper`` with amount ``sharpen``, when > 0) and then with
+    ``sd_hu`` of correlated noise added (``bench_dose.noisier``: a lower dose; none at 0), written once to
+    ``folder`` under their own names (the case ids stay, so the reference tables still score them)."""
     import nibabel as nib
 
-    from bench_dose import noisier
+    from bench_dose import noisier, sharper
 
     out = []
     for path in images:
         dest = folder / path.name
         if not dest.is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            nib.save(noisier(nib.load(path), sd_hu), dest)
+            image = nib.load(path)
+            if sharpen > 0:
+                image = sharper(image, sharpen)
+            nib.save(noisier(image, sd_hu) if sd_hu > 0 else image, dest)
         out.append(dest)
     return out
 
 
 def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float,
-             seg_overrides: dict | None = None, noise_hu: float = 0.0) -> dict:
+             seg_overrides: dict | None = None, noise_hu: float = 0.0, sharpen: float = 0.0) -> dict:
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions
     from lungnod_ext.metrics.model_evaluation import (per_nodule_axes, per_nodule_dice, read_references,
@@ -133,9 +138,10 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     seg_ckpt, cls_ckpt = _models(models)
     images = [converted / "images" / f"{case}.nii.gz"] + [inserted / "images" / f"{n}.nii.gz" for n in names]
     detect_dir = work / "detect"
-    if noise_hu > 0:
-        images = noisy_versions(images, work / f"noise{noise_hu:g}", noise_hu)
-        detect_dir = work / f"detect_noise{noise_hu:g}"
+    if noise_hu > 0 or sharpen > 0:
+        version = f"noise{noise_hu:g}" + (f"_sharpen{sharpen:g}" if sharpen > 0 else "")
+        images = noisy_versions(images, work / version, noise_hu, sharpen)
+        detect_dir = work / f"detect_{version}"
     (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": str(i)} for i in images]}))
     t = time.perf_counter()
     priors = _recipe_priors(cls_ckpt)
@@ -146,7 +152,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     seconds = time.perf_counter() - t
 
     result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,
-                    "added_noise_hu": noise_hu,
+                    "added_noise_hu": noise_hu, "sharpen": sharpen,
                     "detector_priors": priors or "the classification bundle's",
                     "detect_seconds": round(seconds, 1), "pipeline_seconds": summary["seconds"]}
     for group, table_dir, cases in (("real", converted, [case]), ("inserted", inserted, names)):
@@ -220,13 +226,15 @@ def main() -> None:
                     help="segmentation inference config override, e.g. inference_scales=[1,1.5]")
     ap.add_argument("--noise-hu", type=float, default=0.0,
                     help="correlated noise (HU) added to the held-out scan and its copies: a lower dose (bench_dose.py)")
+    ap.add_argument("--sharpen", type=float, default=0.0,
+                    help="a sharper reconstruction kernel first: unsharp-mask amount (bench_dose.sharper; cohort 0.3-1.0)")
     a = ap.parse_args()
     from lungnod_ext.apps.cli import parse_overrides
     results = {"command": " ".join(sys.argv), "folds": []}
     for fold in a.fold:
         patient, _, models = fold.partition("=")
         r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, parse_overrides(a.seg),
-                     a.noise_hu)
+                     a.noise_hu, a.sharpen)
         _print(r)
         results["folds"].append(r)
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
