@@ -36,7 +36,6 @@ from scipy import ndimage as ndi
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
 RESULTS = Path(__file__).resolve().parent / "results" / "dose.json"
 NOISE_SEED = 7
 PARENCHYMA_HU = (-950.0, -700.0)
@@ -61,6 +60,14 @@ def lung_noise_hu(hu_xyz: np.ndarray) -> float:
     return float(np.median(sds)) if sds else float("nan")
 
 
+def _hu_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """float HU -> an int16 NIfTI (rounded, clipped to -1024..3071) with ``affine`` as qform and sform."""
+    img = nib.Nifti1Image(np.clip(np.rint(data), -1024, 3071).astype(np.int16), affine)
+    img.set_qform(affine, 1)
+    img.set_sform(affine, 1)
+    return img
+
+
 def noisier(image: nib.Nifti1Image, sd_hu: float, seed: int = NOISE_SEED) -> nib.Nifti1Image:
     """``image`` (int16 HU, axial slices along its third axis) + correlated noise of ``sd_hu`` (module doc)."""
     from data_prep.training_cohort import _correlated_noise
@@ -69,10 +76,7 @@ def noisier(image: nib.Nifti1Image, sd_hu: float, seed: int = NOISE_SEED) -> nib
     rng = np.random.default_rng(seed)
     # (x, y, z) array: in-plane correlation on the first two axes, none along z
     data += _correlated_noise(data.shape, rng, sd_hu, (0.6, 0.6, 0.0))
-    img = nib.Nifti1Image(np.clip(np.rint(data), -1024, 3071).astype(np.int16), image.affine)
-    img.set_qform(image.affine, 1)
-    img.set_sform(image.affine, 1)
-    return img
+    return _hu_image(data, image.affine)
 
 
 def sharper(image: nib.Nifti1Image, amount: float, sigma_mm: float = 0.8) -> nib.Nifti1Image:
@@ -84,14 +88,11 @@ def sharper(image: nib.Nifti1Image, amount: float, sigma_mm: float = 0.8) -> nib
     spacing = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
     blurred = ndi.gaussian_filter(data, sigma=(sigma_mm / spacing[0], sigma_mm / spacing[1], 0.0))
     data += amount * (data - blurred)
-    img = nib.Nifti1Image(np.clip(np.rint(data), -1024, 3071).astype(np.int16), image.affine)
-    img.set_qform(image.affine, 1)
-    img.set_sform(image.affine, 1)
-    return img
+    return _hu_image(data, image.affine)
 
 
 def main() -> None:
-    from bench_slice_thickness import _table, run_version, score
+    from bench_slice_thickness import converted_series, run_version, score
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/bench_dose")
@@ -99,19 +100,11 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true", help="lungnod detect --fast (the fast pair)")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
-    from data_prep.convert import ConvertOptions, convert_dicom_root
-
     work = Path(args.work)
-    converted = work / "converted"
-    convert_dicom_root(LIDC, converted, ConvertOptions(progress=False))
     levels = [float(v) for v in args.noise.split(",")]
     extra = ["--fast"] if args.fast else []
     results = []
-    for src in sorted((converted / "images").glob("*.nii.gz")):
-        case = src.name[:-7]
-        image = nib.load(src)
-        refs = _table(converted / "nodules.csv", case)
-        marks = [m for m in _table(converted / "small_marks.csv", case) if m["kind"] == "small_nodule"]
+    for src, case, image, refs, marks in converted_series(work):
         own = lung_noise_hu(np.asarray(image.dataobj))
         for sd in levels:
             path = src

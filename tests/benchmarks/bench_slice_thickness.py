@@ -94,6 +94,19 @@ def score(nodules: list[dict], references: list[dict], marks: list[dict]) -> dic
     return {"nodules": rows, "false_positives": len(nodules) - len(used | on_marks)}
 
 
+def converted_series(work: Path):
+    """The LIDC series converted into ``work/converted`` (done once): per series ``(NIfTI path, case id, nibabel
+    image, its reference nodules, its LIDC small-nodule marks)``, rows of ``nodules.csv`` / ``small_marks.csv``."""
+    from data_prep.convert import ConvertOptions, convert_dicom_root
+
+    converted = work / "converted"
+    convert_dicom_root(LIDC, converted, ConvertOptions(progress=False))
+    for src in sorted((converted / "images").glob("*.nii.gz")):
+        case = src.name[:-7]
+        marks = [m for m in _table(converted / "small_marks.csv", case) if m["kind"] == "small_nodule"]
+        yield src, case, nib.load(src), _table(converted / "nodules.csv", case), marks
+
+
 def run_version(image_path: Path, out: Path, extra_args=()) -> dict:
     """``lungnod detect`` (with ``extra_args``, e.g. ``--fast``) in a fresh process, under GNU time for its peak RSS where that is installed (the
     run's own ru_maxrss would start from this benchmark's RSS: Linux keeps a forked child's high-water mark
@@ -132,17 +145,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_slice_thickness")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
-    from data_prep.convert import ConvertOptions, convert_dicom_root
-
     work = Path(args.work)
-    converted = work / "converted"
-    convert_dicom_root(LIDC, converted, ConvertOptions(progress=False))
     results = []
-    for src in sorted((converted / "images").glob("*.nii.gz")):
-        case = src.name[:-7]
-        image = nib.load(src)
-        refs = _table(converted / "nodules.csv", case)
-        marks = [m for m in _table(converted / "small_marks.csv", case) if m["kind"] == "small_nodule"]
+    for src, case, image, refs, marks in converted_series(work):
         step = float(np.linalg.norm(image.affine[:3, 2]))
         versions = {f"original {step:g} mm": src}
         for target in (THICK_MM, THIN_MM):
