@@ -4,8 +4,9 @@ A patch is sampled (trilinear) on a grid centred on an LPS point, with ``spacing
 along the image's own axes (its direction cosines), whatever the scan's voxel size: 3D patches are
 ``(D, H, W)`` = (slice, row, column) cubes, 2D patches ``(H, W)`` the axial plane through the centre (or
 ``len(slab_mm)`` planes as channels, 2.5D; with ``fine_spacing_mm`` the same planes again, sampled that much
-finer around the same centre, as more channels: a 3-6 mm nodule spans 3-6 pixels of a 1 mm patch). Values are HU; outside the scan is air (-1024 HU). The
-classifier's training set is built from them by :mod:`lungnod_ext.apps.patch_dataset`.
+finer around the same centre, as more channels: a 3-6 mm nodule spans 3-6 pixels of a 1 mm patch). Values
+are HU; outside the scan is air (-1024 HU). The classifier's training set is built from them by
+:mod:`lungnod_ext.apps.patch_dataset`.
 """
 from __future__ import annotations
 
@@ -67,14 +68,15 @@ def extract_patches(hu_zyx: np.ndarray, geometry: Geometry, centres_lps, patch_s
     out = np.empty((len(centres), len(channels), *patch_size), dtype=np.float32)
     if not len(centres):
         return out
+    # each channel's sample offsets in world mm (LPS), the same for every centre
     offsets = {sp: patch_offsets_mm(patch_size, sp, spatial_dims).reshape(-1, 3) for sp in spacings}
-    direction = geometry.direction_matrix
+    world = [(offsets[sp] + np.array([0.0, 0.0, dk])) @ geometry.direction_matrix.T for dk, sp in channels]
     # sampled as stored (int16 HU from a NIfTI): map_coordinates interpolates in float64 whatever the input,
     # so a float32 copy of the whole volume (0.5 GB for 500 thin slices) would only cost memory
     vol = np.asarray(hu_zyx)
     for n, c in enumerate(centres):
-        for ch, (dk, sp) in enumerate(channels):
-            ijk = geometry.world_to_voxel(c[None, :] + (offsets[sp] + np.array([0.0, 0.0, dk])) @ direction.T)
+        for ch, grid in enumerate(world):
+            ijk = geometry.world_to_voxel(c[None, :] + grid)
             coords = np.stack([ijk[:, 2], ijk[:, 1], ijk[:, 0]])  # (z, y, x) order of the array
             out[n, ch] = ndi.map_coordinates(vol, coords, output=np.float32, order=1, mode="constant",
                                              cval=AIR_HU, prefilter=False).reshape(patch_size)

@@ -107,12 +107,13 @@ def main() -> None:
     for src, case, image, refs, marks in converted_series(work):
         own = lung_noise_hu(np.asarray(image.dataobj))
         for sd in levels:
-            path = src
+            path, measured = src, own
             if sd > 0:
                 path = work / f"noise{sd:g}" / f"{case}.nii.gz"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                nib.save(noisier(image, sd), path)
-            measured = lung_noise_hu(np.asarray(nib.load(path).dataobj)) if sd > 0 else own
+                version = noisier(image, sd)
+                nib.save(version, path)
+                measured = lung_noise_hu(np.asarray(version.dataobj))     # the int16 volume just written
             dose = (own / measured) ** 2
             got = run_version(path, work / "out" / case / f"noise{sd:g}", extra)
             scored = score(got.pop("nodules"), refs, marks)
