@@ -122,6 +122,50 @@ def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):
             tm.train_models(tmp_path, tmp_path / "x", until=bad)
 
 
+def test_patches_are_cut_with_the_classifier_overrides_geometry(tmp_path, monkeypatch):
+    """``--cls slab_mm=[...] --cls fine_spacing_mm=0.5`` cuts the recipe's patches with those planes and spacing,
+    as the classifier then trains with them (before, only fine_spacing_mm reached the patches and a slab_mm
+    override trained a network whose channels did not match its patches); other overrides stay the network's."""
+    from lungnod_ext.apps import patch_dataset
+    from lungnod_ext.apps import train_models as tm
+
+    cuts = []
+    monkeypatch.setattr(patch_dataset, "build_patch_dataset",
+                        lambda *a, **kw: cuts.append(kw) or tmp_path / "datalist.json")
+    for n, overrides in enumerate(({}, {"slab_mm": [-2.5, 0.0, 2.5], "fine_spacing_mm": 0.5, "dropout": 0.1})):
+        out = tmp_path / f"run{n}"
+        (out / "converted" / "images").mkdir(parents=True)
+        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
+        for done in ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "candidates"):
+            tm._mark(out / "stages" / f"{done}.done", {})
+        tm.train_models(tmp_path, out, tm.RecipeSettings(cls_overrides=overrides), until="patches", tracking=False,
+                        log=lambda *a: None)
+    geometry = [{k: kw[k] for k in kw if k in patch_dataset.PATCH_GEOMETRY_KEYS} for kw in cuts]
+    assert geometry == [{"spatial_dims": 2}, {"spatial_dims": 2, "slab_mm": [-2.5, 0.0, 2.5], "fine_spacing_mm": 0.5}]
+    assert "dropout" not in cuts[1]
+
+
+def test_a_bundle_run_stopped_by_bad_data_raises_that_error(tmp_path):
+    """A recipe stage's ``monai.bundle run`` that stops on our bad-input check (here patches cut with other planes
+    than the classifier's config) raises that one-line error again, path first, with the log named, instead of
+    the last lines of MONAI's traceback; the classifier is not trained."""
+    from data_prep.errors import InputNotFoundError
+    from lungnod_ext.apps.bundle_runs import bundle_run
+    from lungnod_ext.apps.train_models import CLS
+
+    datalist = tmp_path / "patches" / "datalist.json"
+    datalist.parent.mkdir()
+    datalist.write_text(json.dumps({"spatial_dims": 2, "slab_mm": [0.0], "training": [], "validation": []}))
+    log = tmp_path / "logs" / "classification_train.log"
+    with pytest.raises(InputNotFoundError) as exc:
+        bundle_run(CLS, "training", ["configs/train.json"], {"dataset_dir": str(datalist.parent),
+                   "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}, log)
+    assert exc.value.path == str(datalist)
+    assert exc.value.problem.startswith("patches cut with slab_mm [0.0] (the config has [-5.0, -2.5, 0.0, 2.5, 5.0])")
+    assert exc.value.problem.endswith(f"(lung_nodule_ct_classification training, log {log})")
+    assert "Traceback" in log.read_text() and not (tmp_path / "models").exists()
+
+
 def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
     """``lungnod train-models --cls-seeds 123 --seg decoder_channels=[...]`` (the fast pair's recipe) reaches the
     recipe as one classifier seed and the override; without it, the three seeds of the shipped ensemble; a

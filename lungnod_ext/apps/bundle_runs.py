@@ -1,16 +1,20 @@
 """``python -m monai.bundle run`` of a lungnod bundle in a child process, as a user would type it.
 
 Overrides are config ids -> values (``--key value`` on MONAI's command line; non-strings as JSON). The
-child's output goes to a log file; a failure raises with the log's last lines.
+child's output goes to a log file; a failure raises with the log's last lines, or, where the child stopped on
+bad user data (a :class:`data_prep.errors.DataPrepError` inside MONAI's traceback), that error again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from data_prep import errors
 
 
 def cli_args(overrides: dict) -> list[str]:
@@ -32,5 +36,16 @@ def bundle_run(bundle: Path, run_id: str | None, configs: list[str], overrides: 
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=bundle, env=child_env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        tail = log.read_text().strip().splitlines()[-3:]
-        raise RuntimeError(f"{Path(bundle).name} {run_id or 'run'} failed (log {log}): {' | '.join(tail)}")
+        lines = log.read_text(errors="replace").strip().splitlines()
+        what = f"{Path(bundle).name} {run_id or 'run'}"
+        user = [m for line in lines if (m := _USER_ERROR.match(line))]
+        if user:   # the child's one line, e.g. "<datalist>: patches cut with ..."
+            kind = getattr(errors, user[-1].group(1), None)
+            kind = kind if isinstance(kind, type) and issubclass(kind, errors.DataPrepError) else errors.DataPrepError
+            path, _, problem = user[-1].group(2).partition(": ")
+            raise kind(path, f"{problem} ({what}, log {log})")
+        raise RuntimeError(f"{what} failed (log {log}): {' | '.join(lines[-3:])}")
+
+
+_USER_ERROR = re.compile(r"^data_prep\.errors\.(\w+): (.+)$")
+"""How a bad-input error of ours ends a child's traceback (MONAI then wraps it in a RuntimeError)."""

@@ -63,6 +63,9 @@ def _ignored_marks(converted: Path) -> dict[str, np.ndarray]:
 
 PRIOR_DETECTORS = ("blob", "pleural")
 """Candidate detectors whose patches get kinds of their own (``<detector>_hit`` / ``<detector>_negative``)."""
+PATCH_GEOMETRY_KEYS = ("spatial_dims", "patch_size", "spacing_mm", "slab_mm", "fine_spacing_mm")
+"""Arguments of :func:`build_patch_dataset` that fix how a patch is cut, named as the classification bundle's
+config ids: a classifier must be trained and run with the values its patches were cut with."""
 
 
 def detector_prior(datalist_path, split: str = "training", max_rank: int | None = None,

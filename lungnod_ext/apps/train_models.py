@@ -146,7 +146,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
         raise ValueError(f"until={until!r}: not a stage of the recipe {STAGES}")
     from data_prep.convert import ConvertOptions, convert_dicom_root
     from data_prep.training_cohort import CohortOptions, add_mass_copies, build_training_cohort
-    from lungnod_ext.apps.patch_dataset import PRIOR_DETECTORS, build_patch_dataset, detector_prior
+    from lungnod_ext.apps.patch_dataset import (PATCH_GEOMETRY_KEYS, PRIOR_DETECTORS, build_patch_dataset,
+                                                detector_prior)
     from lungnod_ext.apps.pipeline import run_bundle_inference
 
     s = settings or RecipeSettings()
@@ -229,11 +230,12 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
 
         stage("candidates", candidates)
         patches = out / "patches"
+        # the patches are cut with the geometry the classifier is trained on (--cls slab_mm=... etc.)
+        geometry = {"spatial_dims": 2, **{k: v for k, v in s.cls_overrides.items() if k in PATCH_GEOMETRY_KEYS}}
         stage("patches", lambda: {"datalist": str(build_patch_dataset(
-            cohort, patches, candidates_dir=cand_dir, spatial_dims=2, seed=s.seed,
+            cohort, patches, candidates_dir=cand_dir, seed=s.seed,
             positive_copies=s.positive_copies, random_negatives_per_case=s.random_negatives_per_case,
-            small_positive_copies=s.small_positive_copies, jitter_fraction=s.positive_jitter_fraction,
-            fine_spacing_mm=s.cls_overrides.get("fine_spacing_mm")))})
+            small_positive_copies=s.small_positive_copies, jitter_fraction=s.positive_jitter_fraction, **geometry))})
         member_dirs = []
         for k, seed in enumerate(s.cls_seeds):
             name = "classification" if k == 0 else f"classification_seed{seed}"

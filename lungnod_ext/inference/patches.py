@@ -10,12 +10,15 @@ are HU; outside the scan is air (-1024 HU). The classifier's training set is bui
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from data_prep.coords import Geometry
+from data_prep.errors import InputNotFoundError
 
 AIR_HU = -1024.0
 DEFAULTS = {2: {"patch_size": (64, 64), "spacing_mm": 1.0}, 3: {"patch_size": (32, 32, 32), "spacing_mm": 1.25}}
@@ -43,6 +46,40 @@ def patch_channels(slab_mm: Sequence[float] | None, fine_spacing_mm: float | Non
     with a second, finer sampling (``fine_spacing_mm``)."""
     planes = 1 if not slab_mm else len(slab_mm)
     return planes * (2 if fine_spacing_mm else 1)
+
+
+def check_patch_geometry(datalist, spatial_dims: int, slab_mm: Sequence[float] | None,
+                         fine_spacing_mm: float | None = None) -> str:
+    """Fail in one line (``<datalist>: <problem>``) when a patch dataset was cut with another geometry than the
+    classification config trains on: ``spatial_dims``, the planes ``slab_mm`` (mm along the slice axis; None for
+    3-D and single-plane patches, as the network's input channels count them) or ``fine_spacing_mm``. A datalist
+    that records no geometry passes. Returns the datalist path."""
+    path = Path(str(datalist))
+    if not path.is_file():
+        raise InputNotFoundError(path, "patch datalist not found: build the patches first "
+                                       "(lungnod train-models, or lungnod_ext.apps.patch_dataset) or set --dataset_dir")
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputNotFoundError(path, f"not a readable JSON datalist ({exc})") from None
+    if not isinstance(recorded, dict) or "spatial_dims" not in recorded:
+        return str(path)
+
+    def planes(values) -> list[float] | None:
+        return [round(float(v), 6) for v in values] if values else None
+
+    def fine(value) -> float | None:
+        return round(float(value), 6) if value else None
+
+    config = {"spatial_dims": int(spatial_dims), "slab_mm": planes(slab_mm),
+              "fine_spacing_mm": fine(fine_spacing_mm)}
+    data = {"spatial_dims": int(recorded["spatial_dims"]), "slab_mm": planes(recorded.get("slab_mm")),
+            "fine_spacing_mm": fine(recorded.get("fine_spacing_mm"))}
+    wrong = [f"{k} {data[k]} (the config has {config[k]})" for k in config if data[k] != config[k]]
+    if wrong:
+        raise InputNotFoundError(path, "patches cut with " + ", ".join(wrong) + ": rebuild the patches or pass the "
+                                       "same values to the bundle (e.g. --slab_mm, --fine_spacing_mm)")
+    return str(path)
 
 
 def extract_patches(hu_zyx: np.ndarray, geometry: Geometry, centres_lps, patch_size: Sequence[int] | None = None,

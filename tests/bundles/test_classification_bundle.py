@@ -149,7 +149,7 @@ def test_3d_overlay_trains_and_infers(data, tmp_path):
 
 def test_finer_second_sampling_trains_and_infers(data, tmp_path):
     """fine_spacing_mm 0.5 (measured, not the default): patches and network get the 5 planes twice (10
-    channels) in training and in inference on a CT + candidates."""
+    channels) in training and in inference on a CT + candidates; training on them without it is one clear error."""
     import csv
 
     from lungnod_ext.apps.patch_dataset import build_patch_dataset
@@ -162,6 +162,16 @@ def test_finer_second_sampling_trains_and_infers(data, tmp_path):
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     first_conv = next(v for v in state.values() if v.ndim == 4)
     assert first_conv.shape[1] == 10
+    # the same patches with the default config (5 channels): one line naming the datalist, nothing written
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    wrong = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+                            "configs/train.json", "--dataset_dir", str(tmp_path / "pf"), "--output_dir",
+                            str(tmp_path / "eval5"), "--ckpt_dir", str(tmp_path / "models5"), "--epochs", "1"],
+                           cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0
+    assert f"{tmp_path / 'pf' / 'datalist.json'}: patches cut with fine_spacing_mm 0.5 (the config has None)" in \
+        wrong.stdout + wrong.stderr
+    assert not (tmp_path / "models5").exists() and not (tmp_path / "eval5").exists()
     with open(data["converted"] / "nodules.csv") as f:
         row = next(csv.DictReader(f))
     image = data["converted"] / "images" / f"{row['case_id']}.nii.gz"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from lungnod_ext.inference.patches import extract_patches, patch_channels
+from data_prep.errors import InputNotFoundError
+from lungnod_ext.inference.patches import check_patch_geometry, extract_patches, patch_channels
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.5)])
@@ -61,3 +64,30 @@ def test_fine_spacing_adds_the_planes_again_at_twice_the_detail(sphere_volume):
     assert np.abs(inside - 31.5).max() < 1.0
     with pytest.raises(ValueError, match="2-D"):
         extract_patches(hu, g, centre, (16, 16, 16), 1.0, 3, fine_spacing_mm=0.5)
+
+
+def test_patch_geometry_check_names_the_datalist_and_what_differs(tmp_path):
+    """A classifier config trained on patches cut another way fails in one line naming the datalist and each
+    differing id (the network's channel count would not match); the same geometry, or a datalist that records
+    none, passes and gives the path back."""
+    planes = [-5.0, -2.5, 0.0, 2.5, 5.0]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"spatial_dims": 2, "slab_mm": planes, "fine_spacing_mm": 0.5, "training": []}))
+    assert check_patch_geometry(datalist, 2, [int(v) if v.is_integer() else v for v in planes], 0.5) == str(datalist)
+    with pytest.raises(InputNotFoundError) as exc:
+        check_patch_geometry(datalist, 2, [-2.5, 0.0, 2.5], None)
+    message = str(exc.value)
+    assert message.startswith(f"{datalist}: patches cut with slab_mm [-5.0, -2.5, 0.0, 2.5, 5.0] (the config has "
+                              "[-2.5, 0.0, 2.5]), fine_spacing_mm 0.5 (the config has None)")
+    assert "\n" not in message and "spatial_dims" not in message
+    datalist.write_text(json.dumps({"spatial_dims": 3, "slab_mm": None, "training": []}))
+    with pytest.raises(InputNotFoundError, match=r"spatial_dims 3 \(the config has 2\), slab_mm None"):
+        check_patch_geometry(datalist, 2, planes)
+    assert check_patch_geometry(datalist, 3, None) == str(datalist)
+    datalist.write_text(json.dumps({"training": []}))                      # no geometry recorded
+    assert check_patch_geometry(datalist, 2, planes) == str(datalist)
+    with pytest.raises(InputNotFoundError, match="patch datalist not found"):
+        check_patch_geometry(tmp_path / "none.json", 2, planes)
+    datalist.write_text("{not json")
+    with pytest.raises(InputNotFoundError, match="not a readable JSON datalist"):
+        check_patch_geometry(datalist, 2, planes)
