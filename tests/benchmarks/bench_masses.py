@@ -2,13 +2,14 @@
 
     python tests/benchmarks/bench_masses.py --models bundles
     python tests/benchmarks/bench_masses.py --models bundles --external lung2.nii.gz=lung2_label.nii.gz
+    python tests/benchmarks/bench_masses.py --models bundles --mass-mm 50,70 --copies 6   # beyond the recipe's masses
 
 LIDC-IDRI nodules are 3-30 mm, and so are the benchmark copies of ``bench_models.py``; a user's scan may hold a
 lung cancer of 3-5 cm, often against the chest wall. Per ``--models`` (``bundles``, ``bundles-fast`` or a
 ``lungnod train-models`` output, as ``bench_models.py`` takes them) this runs ``lungnod detect`` (default configs) on:
 
 * ``--copies`` copies of the held-out series (``--held-out``, default LIDC-IDRI-0001, the shipped models' test
-  patient) with 2-3 masses of 30-50 mm imaged in (every nodule type, no scanner augmentation, seed 3000: never
+  patient) with 2-3 masses of 30-50 mm (``--mass-mm LOW,HIGH``; 1-2 of them from 50 mm up) imaged in (every nodule type, no scanner augmentation, seed 3000: never
   used for training), its real nodules ignored;
 * optional ``--external IMAGE=LABEL`` pairs (NIfTI, HU; each connected component of the label > 0 a lesion).
 
@@ -92,6 +93,8 @@ def main() -> None:
                     help="bundles | bundles-fast (the shipped fast pair) | a lungnod train-models output")
     ap.add_argument("--held-out", default="LIDC-IDRI-0001", help="series the models never saw (copies with masses)")
     ap.add_argument("--copies", type=int, default=6)
+    ap.add_argument("--mass-mm", default="30,50", metavar="LOW,HIGH",
+                    help="diameters of the imaged-in masses, log-uniform (30,50: the recipe's masses)")
     ap.add_argument("--external", action="append", default=[], metavar="IMAGE=LABEL")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--seg", action="append", default=[], metavar="KEY=VALUE", help="segmentation config override")
@@ -99,12 +102,19 @@ def main() -> None:
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
 
+    try:
+        low, high = (float(v) for v in args.mass_mm.split(","))
+    except ValueError:
+        ap.error(f"--mass-mm {args.mass_mm!r}: give LOW,HIGH in mm, e.g. 50,70")
+    bands = ((low, high, 1.0),)
     work = Path(args.work)
-    converted, inserted = work / args.held_out / "converted", work / args.held_out / "masses"
+    converted = work / args.held_out / "converted"
+    inserted = work / args.held_out / ("masses" if bands == MASS_BANDS else f"masses_{low:g}_{high:g}")
     items = []
     if args.copies:
         _, names = held_out_copies(args.held_out, converted, inserted, args.copies,
-                                   CohortOptions(augment=False, seed=MASS_SEED, nodules=(2, 3), size_bands=MASS_BANDS))
+                                   CohortOptions(augment=False, seed=MASS_SEED, nodules=(2, 3) if low < 50 else (1, 2),
+                                                 size_bands=bands))
         refs = read_references(inserted / "nodules.csv", names)
         marks = read_small_marks(inserted / "small_marks.csv", names)
         for n in names:
@@ -137,7 +147,7 @@ def main() -> None:
     detect(datalist, out, cfg)
     seconds = time.perf_counter() - t
 
-    result = {"command": " ".join(sys.argv), "models": args.models, "threshold": args.threshold,
+    result = {"command": " ".join(sys.argv), "models": args.models, "threshold": args.threshold, "mass_mm": [low, high],
               "detect_seconds": round(seconds, 1), "scans": {}}
     for it in items:
         case = Path(str(it["image"])).name[:-7]
@@ -169,7 +179,8 @@ def main() -> None:
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(results.read_text()) if results.is_file() else {}
-    key = args.models + (f" {' '.join(args.seg)}" if args.seg else "") + ("" if not args.external else " +external")
+    key = args.models + (f" {' '.join(args.seg)}" if args.seg else "") + ("" if not args.external else " +external") \
+        + ("" if bands == MASS_BANDS else f" masses {low:g}-{high:g} mm")
     previous[key] = result
     results.write_text(json.dumps(previous, indent=1) + "\n")
     print(f"results: {results}")
