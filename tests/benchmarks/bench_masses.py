@@ -9,8 +9,8 @@ lung cancer of 3-5 cm, often against the chest wall. Per ``--models`` (``bundles
 ``lungnod train-models`` output, as ``bench_models.py`` takes them) this runs ``lungnod detect`` (default configs) on:
 
 * ``--copies`` copies of the held-out series (``--held-out``, default LIDC-IDRI-0001, the shipped models' test
-  patient) with 2-3 masses of 30-50 mm (``--mass-mm LOW,HIGH``; 1-2 of them from 50 mm up) imaged in (every nodule type, no scanner augmentation, seed 3000: never
-  used for training), its real nodules ignored;
+  patient) with 2-3 masses of 30-50 mm (``--mass-mm LOW,HIGH``; 1-2 of them from 50 mm up) imaged in (every
+  nodule type, no scanner augmentation, seed 3000: never used for training), its real nodules ignored;
 * optional ``--external IMAGE=LABEL`` pairs (NIfTI, HU; each connected component of the label > 0 a lesion).
 
 Per lesion: a hit is a candidate centre within its radius (LUNA16); printed and written (``--results``,
@@ -107,9 +107,10 @@ def main() -> None:
     except ValueError:
         ap.error(f"--mass-mm {args.mass_mm!r}: give LOW,HIGH in mm, e.g. 50,70")
     bands = ((low, high, 1.0),)
+    band_name = "" if bands == MASS_BANDS else f"{low:g}-{high:g} mm"    # the recipe's band keeps its old names
     work = Path(args.work)
     converted = work / args.held_out / "converted"
-    inserted = work / args.held_out / ("masses" if bands == MASS_BANDS else f"masses_{low:g}_{high:g}")
+    inserted = work / args.held_out / (f"masses_{low:g}_{high:g}" if band_name else "masses")
     items = []
     if args.copies:
         _, names = held_out_copies(args.held_out, converted, inserted, args.copies,
@@ -147,8 +148,8 @@ def main() -> None:
     detect(datalist, out, cfg)
     seconds = time.perf_counter() - t
 
-    result = {"command": " ".join(sys.argv), "models": args.models, "threshold": args.threshold, "mass_mm": [low, high],
-              "detect_seconds": round(seconds, 1), "scans": {}}
+    result = {"command": " ".join(sys.argv), "models": args.models, "threshold": args.threshold,
+              "mass_mm": [low, high], "detect_seconds": round(seconds, 1), "scans": {}}
     for it in items:
         case = Path(str(it["image"])).name[:-7]
         cands = json.loads((out / case / f"{case}_candidates.json").read_text())["candidates"]
@@ -180,7 +181,7 @@ def main() -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(results.read_text()) if results.is_file() else {}
     key = args.models + (f" {' '.join(args.seg)}" if args.seg else "") + ("" if not args.external else " +external") \
-        + ("" if bands == MASS_BANDS else f" masses {low:g}-{high:g} mm")
+        + (f" masses {band_name}" if band_name else "")
     previous[key] = result
     results.write_text(json.dumps(previous, indent=1) + "\n")
     print(f"results: {results}")

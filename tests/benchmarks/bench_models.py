@@ -14,9 +14,9 @@ runs them) on:
   no scanner augmentation, a seed never used for training), its real nodules ignored there.
 
 ``--noise-hu S`` adds S HU of correlated noise to all of them first (``bench_dose.py``'s low-dose model;
-the same nodules and references), e.g. 40 HU: LIDC-IDRI-0001's lung noise 16 -> 37 HU (``bench_dose.lung_noise_hu``),
-roughly a fifth of its dose; ``--sharpen A`` first passes them through a sharper reconstruction kernel (``bench_dose.sharper``,
-an in-plane unsharp mask of amount A; the training cohort's go to 1.0).
+the same nodules and references), e.g. 40 HU: LIDC-IDRI-0001's lung noise 16 -> 37 HU
+(``bench_dose.lung_noise_hu``), roughly a fifth of its dose; ``--sharpen A`` first passes them through a sharper
+reconstruction kernel (``bench_dose.sharper``, an in-plane unsharp mask of amount A; the training cohort's go to 1.0).
 
 Printed and written to ``tests/benchmarks/results/models.json``: FROC at 0.125-8 FP/scan, CPM,
 sensitivity and FP/scan at the default threshold (0.5), stage 1 (segmentation max probability) vs stage
