@@ -18,8 +18,8 @@ from scipy import ndimage
 from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.masks import bounding_box, equivalent_diameter_mm
 from data_prep.nifti_io import read_nifti, write_nifti
-from data_prep.synth.nodules import (NODULE_TYPES, NodulePlacer, NoduleSpec, blend_nodule, blend_nodule_psf,
-                                     edge_step_mm, shaped_nodule_spec)
+from data_prep.synth.nodules import (GROUND_GLASS_HU, NODULE_TYPES, NodulePlacer, NoduleSpec, blend_nodule,
+                                     blend_nodule_psf, edge_step_mm, shaped_nodule_spec)
 from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def find_lung_mask(hu_zyx: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _requests(specs, rng, types, diameter_range_mm, shapes=("smooth",)) -> list[tuple[NoduleSpec, np.ndarray | None, str]]:
+def _requests(specs, rng, types, diameter_range_mm, shapes=("smooth",),
+              ground_glass_hu=GROUND_GLASS_HU) -> list[tuple[NoduleSpec, np.ndarray | None, str]]:
     """Normalise the ``specs`` argument of :func:`insert_nodules` to (NoduleSpec, fixed centre or None, shape)."""
     def random_diameter():
         lo, hi = diameter_range_mm
@@ -74,7 +75,7 @@ def _requests(specs, rng, types, diameter_range_mm, shapes=("smooth",)) -> list[
         out = []
         for _ in range(int(specs)):
             kind, shape = str(rng.choice(list(types))), str(rng.choice(list(shapes)))
-            out.append((shaped_nodule_spec(rng, kind, random_diameter(), shape), None, shape))
+            out.append((shaped_nodule_spec(rng, kind, random_diameter(), shape, ground_glass_hu), None, shape))
         return out
     out = []
     for s in specs:
@@ -87,7 +88,8 @@ def _requests(specs, rng, types, diameter_range_mm, shapes=("smooth",)) -> list[
         if unknown:
             raise ValueError(f"unknown nodule request keys {sorted(unknown)} (use type, diameter_mm, centre_lps, shape)")
         shape = s.get("shape", "smooth")
-        spec = shaped_nodule_spec(rng, s.get("type", "solid"), float(s.get("diameter_mm") or random_diameter()), shape)
+        spec = shaped_nodule_spec(rng, s.get("type", "solid"), float(s.get("diameter_mm") or random_diameter()), shape,
+                                  ground_glass_hu)
         centre = np.asarray(s["centre_lps"], dtype=float) if s.get("centre_lps") is not None else None
         out.append((spec, centre, shape))
     return out
@@ -96,7 +98,7 @@ def _requests(specs, rng, types, diameter_range_mm, shapes=("smooth",)) -> list[
 def insert_nodules(hu_zyx: np.ndarray, geometry: Geometry, specs, rng: np.random.Generator,
                    lung_mask_zyx: np.ndarray | None = None, *, types=NODULE_TYPES,
                    diameter_range_mm=DEFAULT_DIAMETER_MM, margin_mm: float = 3.0, style: str = "sharp",
-                   shapes=("smooth",), forbidden_zyx: np.ndarray | None = None):
+                   shapes=("smooth",), forbidden_zyx: np.ndarray | None = None, ground_glass_hu=GROUND_GLASS_HU):
     """Blend simulated nodules into the lungs of a CT.
 
     hu_zyx: (z, y, x) HU (int16 or any numeric dtype; not modified); geometry: its grid (LPS mm).
@@ -108,6 +110,7 @@ def insert_nodules(hu_zyx: np.ndarray, geometry: Geometry, specs, rng: np.random
     scanner would: :func:`data_prep.synth.nodules.blend_nodule_psf`); random nodules get a margin shape
     from ``shapes`` (see :data:`data_prep.synth.nodules.SHAPES`).
     ``forbidden_zyx``: bool voxels no nodule may come near (e.g. the scan's own nodules).
+    ``ground_glass_hu``: (low, high) HU of the ground-glass nodules (and low bound of part-solid halos).
 
     Returns (new_hu_zyx int16, instance_mask_zyx uint16 with value = record id, records), one record per
     inserted nodule: id, type, diameter_mm (design, equivalent sphere), mask_diameter_mm, centre_lps
@@ -129,7 +132,8 @@ def insert_nodules(hu_zyx: np.ndarray, geometry: Geometry, specs, rng: np.random
     new = hu_zyx.copy() if hu_zyx.dtype == np.int16 else np.clip(np.rint(hu_zyx), *HU_LIMITS).astype(np.int16)
     instance = np.zeros(hu_zyx.shape, dtype=np.uint16)
     records: list[dict] = []
-    for n, (spec, centre, shape) in enumerate(_requests(specs, rng, types, diameter_range_mm, shapes), start=1):
+    requests = _requests(specs, rng, types, diameter_range_mm, shapes, ground_glass_hu)
+    for n, (spec, centre, shape) in enumerate(requests, start=1):
         if centre is not None:
             p = placer.evaluate(spec, centre)
             if p is None:

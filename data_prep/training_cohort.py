@@ -40,7 +40,7 @@ from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.insert import find_lung_mask, insert_nodules
 from data_prep.masks import bounding_box
 from data_prep.nifti_io import read_nifti, write_nifti, write_text_atomic
-from data_prep.synth.nodules import SHAPES
+from data_prep.synth.nodules import GROUND_GLASS_HU, SHAPES
 from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class CohortOptions:
     workers: int = 2
     size_bands: tuple = SIZE_BANDS_MM   # inserted diameters: (low mm, high mm, share), log-uniform within
     type_weights: tuple = tuple(TYPE_WEIGHTS.items())   # (nodule type, share) of the inserted nodules
+    ground_glass_hu: tuple = GROUND_GLASS_HU   # (low, high) HU of inserted ground glass (part-solid halos from low)
 
 
 def crop_to_lungs(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray, margin_mm: float):
@@ -217,7 +218,8 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
         else:
             n = int(rng.integers(options.nodules[0], options.nodules[1] + 1))
             specs = _random_count_specs(rng, n, options.size_bands, options.type_weights)
-            new, instance, inserted = insert_nodules(hu, cgeo, specs, rng, lung, style="psf", forbidden_zyx=forbidden)
+            new, instance, inserted = insert_nodules(hu, cgeo, specs, rng, lung, style="psf", forbidden_zyx=forbidden,
+                                                     ground_glass_hu=options.ground_glass_hu)
             done = {}
             if options.augment:
                 aug, done = augment_scanner(new, cgeo, rng)

@@ -183,6 +183,35 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         cli.main(base + ["--cls-seeds", "1,x"])
     assert exc.value.code == 2
+    assert cli.main(base + ["--ground-glass-hu=-750,-400"]) == 0
+    assert seen[2].ground_glass_hu == (-750.0, -400.0) and seen[1].ground_glass_hu == (-600.0, -400.0)
+    for bad in ("-400,-750", "-750", "-300,-200", "a,b"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(base + [f"--ground-glass-hu={bad}"])
+        assert exc.value.code == 2
+
+
+def test_ground_glass_density_reaches_the_cohort_and_the_masses(tmp_path, monkeypatch):
+    """``RecipeSettings.ground_glass_hu`` is the cohort's (and the mass copies') ``CohortOptions.ground_glass_hu``;
+    the default is the range the shipped models were trained with."""
+    from data_prep import training_cohort
+    from lungnod_ext.apps import train_models as tm
+
+    seen = []
+    monkeypatch.setattr(training_cohort, "build_training_cohort",
+                        lambda conv, out, cases, options: seen.append(("cohort", options.ground_glass_hu)) or out)
+    monkeypatch.setattr(training_cohort, "add_mass_copies",
+                        lambda out, cases, conv, n, options: seen.append(("masses", options.ground_glass_hu)) or out)
+    for n, band in enumerate((None, (-750.0, -400.0))):
+        out = tmp_path / f"run{n}"
+        (out / "converted" / "images").mkdir(parents=True)
+        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
+        for done in ("convert", "segmentation"):
+            tm._mark(out / "stages" / f"{done}.done", {})
+        settings = tm.RecipeSettings() if band is None else tm.RecipeSettings(ground_glass_hu=band)
+        tm.train_models(tmp_path, out, settings, until="masses", tracking=False, log=lambda *a: None)
+    assert seen == [("cohort", (-600.0, -400.0)), ("masses", (-600.0, -400.0)),
+                    ("cohort", (-750.0, -400.0)), ("masses", (-750.0, -400.0))]
 
 
 def test_default_loader_workers():

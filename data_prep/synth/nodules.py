@@ -108,12 +108,26 @@ def _radius_for(spec: NoduleSpec, diameter_mm: float) -> float:
     return float(diameter_mm / 2.0 / np.cbrt(np.mean(s.astype(np.float64) ** 3)))
 
 
+def ground_glass_range(hu) -> tuple[float, float]:
+    """A ground-glass density range (low, high) HU checked: low <= high within -1000 to -100 HU, low below -450
+    (a part-solid halo is drawn from low to -450) -> (low, high) floats; ValueError otherwise."""
+    low, high = (float(v) for v in hu)
+    if not -1000.0 < low <= high < -100.0 or low >= -450.0:
+        raise ValueError(f"ground_glass_hu {tuple(hu)}: give low <= high within -1000 to -100 HU, low below -450")
+    return low, high
+
+
 def random_nodule_spec(rng: np.random.Generator, nodule_type: str, diameter_mm: float,
-                       cavity_fraction: float = 0.0) -> NoduleSpec:
+                       cavity_fraction: float = 0.0,
+                       ground_glass_hu: tuple[float, float] = GROUND_GLASS_HU) -> NoduleSpec:
     """A random nodule of a type (one of NODULE_TYPES) and equivalent-sphere diameter (mm) of its
-    outer surface; ``cavity_fraction`` (0-0.6) gives it an air cavity of that relative size."""
+    outer surface; ``cavity_fraction`` (0-0.6) gives it an air cavity of that relative size.
+    ``ground_glass_hu``: (low, high) HU a ground-glass nodule's density is drawn from (uniform); a
+    part-solid nodule's halo is drawn from (low, -450). The draw is one number either way, so two ranges
+    give the same nodules at other densities."""
     if not 0.0 <= cavity_fraction <= 0.6:
         raise ValueError("cavity_fraction must be within 0-0.6")
+    low, high = ground_glass_range(ground_glass_hu)
     if nodule_type not in NODULE_TYPES:
         raise ValueError(f"unknown nodule type {nodule_type!r}; choose from {NODULE_TYPES}")
     axes = rng.uniform(0.85, 1.15, 3)
@@ -124,10 +138,10 @@ def random_nodule_spec(rng: np.random.Generator, nodule_type: str, diameter_mm: 
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     halo, core = None, 0.0
     if nodule_type == "ground_glass":
-        hu, texture = rng.uniform(*GROUND_GLASS_HU), 25.0
+        hu, texture = rng.uniform(low, high), 25.0
     elif nodule_type == "part_solid":
         hu, texture = rng.uniform(*SOLID_HU), 20.0
-        halo, core = float(rng.uniform(GROUND_GLASS_HU[0], -450.0)), float(rng.uniform(0.35, 0.6))
+        halo, core = float(rng.uniform(low, -450.0)), float(rng.uniform(0.35, 0.6))
     else:
         hu, texture = rng.uniform(*SOLID_HU), 12.0
     spec = NoduleSpec(
@@ -378,13 +392,14 @@ SHARP_EDGE_MM = 0.4              # width of the object's own edge before the sca
 SHAPES = ("smooth", "lobulated", "spiculated")
 
 
-def shaped_nodule_spec(rng: np.random.Generator, nodule_type: str, diameter_mm: float, shape: str = "smooth") -> NoduleSpec:
-    """A random nodule (see :func:`random_nodule_spec`) with a margin shape: ``smooth`` (near
-    ellipsoid), ``lobulated`` (large low-order bumps) or ``spiculated`` (the body is smooth; spicules are
-    drawn at blend time by :func:`blend_nodule_psf`)."""
+def shaped_nodule_spec(rng: np.random.Generator, nodule_type: str, diameter_mm: float, shape: str = "smooth",
+                       ground_glass_hu: tuple[float, float] = GROUND_GLASS_HU) -> NoduleSpec:
+    """A random nodule (see :func:`random_nodule_spec`, which takes ``ground_glass_hu``) with a margin shape:
+    ``smooth`` (near ellipsoid), ``lobulated`` (large low-order bumps) or ``spiculated`` (the body is smooth;
+    spicules are drawn at blend time by :func:`blend_nodule_psf`)."""
     if shape not in SHAPES:
         raise ValueError(f"unknown nodule shape {shape!r}; choose from {SHAPES}")
-    spec = random_nodule_spec(rng, nodule_type, diameter_mm)
+    spec = random_nodule_spec(rng, nodule_type, diameter_mm, ground_glass_hu=ground_glass_hu)
     if shape == "lobulated":
         spec = replace(spec, perturb_amp=tuple(float(a) for a in rng.uniform(0.05, 0.1, 3)),
                        perturb_freq=tuple(float(f) for f in rng.uniform(0.7, 1.3, 3))).resized(diameter_mm)

@@ -105,12 +105,23 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _hu_range(text: str) -> tuple[float, float]:
+    """``LOW,HIGH`` (HU) -> (low, high); argparse's type for --ground-glass-hu."""
+    from data_prep.synth.nodules import ground_glass_range
+
+    try:
+        return ground_glass_range([float(v) for v in text.split(",")])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: LOW <= HIGH in HU expected, within -1000 to -100 and LOW below "
+                                         "-450, e.g. --ground-glass-hu=-750,-400") from None
+
+
 def _cmd_train_models(args) -> int:
     from lungnod_ext.apps.train_models import DEFAULT_LIDC, RecipeSettings, train_models
 
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
-    for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers"):
+    for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers", "ground_glass_hu"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
@@ -166,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cls-seeds", type=_seed_list, metavar="S[,S...]",
                    help="one classifier per seed, averaged as one ensemble (123,1,2); one seed: one classifier")
     t.add_argument("--workers", type=int, help="processes for the conversion and the cohort (2)")
+    t.add_argument("--ground-glass-hu", type=_hu_range, metavar="LOW,HIGH",
+                   help="density of the cohort's ground-glass nodules and part-solid halos, HU (-600,-400; write "
+                        "--ground-glass-hu=-750,-400 for fainter ones)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",

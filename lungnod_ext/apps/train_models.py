@@ -40,6 +40,7 @@ import torch
 
 from data_prep.errors import InputNotFoundError
 from data_prep.nifti_io import atomic_path
+from data_prep.synth.nodules import GROUND_GLASS_HU
 from lungnod_ext.data.bundle_paths import REPO_ROOT
 from lungnod_ext.apps.bundle_runs import bundle_run
 
@@ -55,6 +56,7 @@ class RecipeSettings:
     hold_out: list[str] = field(default_factory=lambda: ["LIDC-IDRI-0001"])   # patient ids never trained on
     copies: int = 10                 # cohort volumes per training series (copy 0 = the real scan)
     val_copies: int = 1
+    ground_glass_hu: tuple[float, float] = GROUND_GLASS_HU   # HU of the cohort's (and masses') ground glass, halos
     seg_epochs: int = 140            # 10 steps of 16 slices each per epoch with two training series
     seg_val_interval: int = 10
     seg_patch_size: tuple[int, int] = (160, 160)
@@ -193,7 +195,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
             raise InputNotFoundError(lidc, f"no series left to train on after holding out {s.hold_out}")
 
         cohort = out / "cohort"
-        cohort_options = CohortOptions(copies=s.copies, val_copies=s.val_copies, seed=s.seed, workers=s.workers)
+        cohort_options = CohortOptions(copies=s.copies, val_copies=s.val_copies, seed=s.seed, workers=s.workers,
+                                       ground_glass_hu=tuple(float(v) for v in s.ground_glass_hu))
         stage("cohort", lambda: {"datalist": str(build_training_cohort(converted, cohort, train_cases, cohort_options))})
 
         seg_models = out / "models" / "segmentation"

@@ -81,12 +81,81 @@ def score_case(candidates: list[dict], refs: list[dict], ignored: list[dict], la
     return rows, fp
 
 
-def main() -> None:
-    from data_prep.nifti_io import read_nifti
-    from data_prep.training_cohort import CohortOptions
-    from lungnod_ext.apps.pipeline import PipelineConfig, detect
+def copy_items(inserted: Path, names: list[str], group: str) -> list[dict]:
+    """The scans of ``held_out_copies`` as :func:`detect_and_score` items: the inserted lesions are the
+    references; the series' own nodules and LIDC small marks are ignored (neither hits nor false positives)."""
     from lungnod_ext.metrics.model_evaluation import read_references, read_small_marks
-    from bench_models import _models, _recipe_priors, held_out_copies
+
+    refs = read_references(inserted / "nodules.csv", names)
+    marks = read_small_marks(inserted / "small_marks.csv", names)
+    return [{"name": n, "image": inserted / "images" / f"{n}.nii.gz", "group": group,
+             "refs": [r for r in refs.get(n, []) if r["source"] == "inserted"],
+             "ignored": [r for r in refs.get(n, []) if r["source"] != "inserted"] + marks.get(n, []),
+             "instances": inserted / "instances" / f"{n}.nii.gz"} for n in names]
+
+
+def detect_and_score(items: list[dict], models: str, threshold: float, seg: list[str], work: Path,
+                     groups=("inserted masses", "external")) -> dict:
+    """``lungnod detect`` (default configs, ``seg`` overrides) on every item's image, each lesion scored by
+    :func:`score_case`; prints a row per lesion and a summary per group -> the results dict (models,
+    threshold, detect_seconds, scans, summary)."""
+    from data_prep.nifti_io import read_nifti
+    from lungnod_ext.apps.cli import parse_overrides
+    from lungnod_ext.apps.pipeline import PipelineConfig, detect
+    from bench_models import _models, _recipe_priors
+
+    seg_ckpt, cls_ckpt = _models(models)
+    priors = _recipe_priors(cls_ckpt)
+    overrides = parse_overrides(seg)       # JSON values, as lungnod detect --seg takes them
+    cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
+                         probability_threshold=threshold, seg_overrides=overrides,
+                         cls_overrides={"detector_priors": priors} if priors else {})
+    if models == "bundles-fast":
+        cfg.use_fast_models()
+    datalist = work / "datalist.json"
+    datalist.write_text(json.dumps({"testing": [{"image": str(i["image"])} for i in items]}))
+    out = work / "detect"
+    t = time.perf_counter()
+    detect(datalist, out, cfg)
+    seconds = time.perf_counter() - t
+
+    result = {"models": models, "threshold": threshold, "detect_seconds": round(seconds, 1), "scans": {}}
+    for it in items:
+        case = Path(str(it["image"])).name[:-7]
+        cands = json.loads((out / case / f"{case}_candidates.json").read_text())["candidates"]
+        labels, _ = read_nifti(out / case / f"{case}_labels.nii.gz")
+        inst = it["instances"] if isinstance(it["instances"], np.ndarray) else read_nifti(it["instances"])[0]
+        rows, fp = score_case(cands, it["refs"], it["ignored"], labels, inst, threshold)
+        for r, ref in zip(rows, it["refs"]):
+            r.update({k: ref[k] for k in ("mean_hu",) if k in ref})
+        result["scans"][it["name"]] = {"group": it["group"], "lesions": rows, "fp_at_threshold": fp}
+    print(f"models {models}: {seconds:.0f} s for {len(items)} scans (threshold {threshold})")
+    print(f"{'scan':<32}{'lesion':<30}{'candidate':>10}{'seg p':>8}{'cls p':>8}{'reported':>9}{'Dice':>7}")
+    for name, s in result["scans"].items():
+        for r in s["lesions"]:
+            lesion = f"{r['type']} {r['diameter_mm']} mm" + (f" {r['mean_hu']:.0f} HU" if "mean_hu" in r else "")
+            seg_p, cls_p = ("-" if r[k] is None else r[k] for k in ("max_prob", "cls_prob"))
+            print(f"{name:<32}{lesion:<30}{str(r['candidate']):>10}{seg_p:>8}{cls_p:>8}{str(r['reported']):>9}"
+                  f"{r['dice']:>7.2f}")
+        print(f"{name:<32}false positives at {threshold}: {s['fp_at_threshold']}")
+    for group in groups:
+        rows = [r for s in result["scans"].values() if s["group"] == group for r in s["lesions"]]
+        scans = [s for s in result["scans"].values() if s["group"] == group]
+        if rows:
+            summary = {"lesions": len(rows), "candidate": sum(r["candidate"] for r in rows),
+                       "reported": sum(r["reported"] for r in rows),
+                       "dice_median": float(np.median([r["dice"] for r in rows])),
+                       "fp_per_scan": float(np.mean([s["fp_at_threshold"] for s in scans]))}
+            result.setdefault("summary", {})[group] = summary
+            print(f"{group}: reported {summary['reported']} of {summary['lesions']} (a candidate for "
+                  f"{summary['candidate']}), Dice median {summary['dice_median']:.2f}, "
+                  f"{summary['fp_per_scan']:.1f} false positives per scan")
+    return result
+
+
+def main() -> None:
+    from data_prep.training_cohort import CohortOptions
+    from bench_models import held_out_copies
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="bundles",
@@ -116,13 +185,7 @@ def main() -> None:
         _, names = held_out_copies(args.held_out, converted, inserted, args.copies,
                                    CohortOptions(augment=False, seed=MASS_SEED, nodules=(2, 3) if low < 50 else (1, 2),
                                                  size_bands=bands))
-        refs = read_references(inserted / "nodules.csv", names)
-        marks = read_small_marks(inserted / "small_marks.csv", names)
-        for n in names:
-            items.append({"name": n, "image": inserted / "images" / f"{n}.nii.gz", "group": "inserted masses",
-                          "refs": [r for r in refs.get(n, []) if r["source"] == "inserted"],
-                          "ignored": [r for r in refs.get(n, []) if r["source"] != "inserted"] + marks.get(n, []),
-                          "instances": inserted / "instances" / f"{n}.nii.gz"})
+        items += copy_items(inserted, names, "inserted masses")
     for pair in args.external:
         image, _, label = pair.partition("=")
         if not label:
@@ -131,52 +194,8 @@ def main() -> None:
         items.append({"name": Path(image).name.split(".")[0], "image": Path(image), "group": "external",
                       "refs": refs, "ignored": [], "instances": instances, "label": label})
 
-    seg_ckpt, cls_ckpt = _models(args.models)
-    priors = _recipe_priors(cls_ckpt)
-    from lungnod_ext.apps.cli import parse_overrides
-
-    overrides = parse_overrides(args.seg)       # JSON values, as lungnod detect --seg takes them
-    cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
-                         probability_threshold=args.threshold, seg_overrides=overrides,
-                         cls_overrides={"detector_priors": priors} if priors else {})
-    if args.models == "bundles-fast":
-        cfg.use_fast_models()
-    datalist = work / "datalist.json"
-    datalist.write_text(json.dumps({"testing": [{"image": str(i["image"])} for i in items]}))
-    out = work / "detect"
-    t = time.perf_counter()
-    detect(datalist, out, cfg)
-    seconds = time.perf_counter() - t
-
-    result = {"command": " ".join(sys.argv), "models": args.models, "threshold": args.threshold,
-              "mass_mm": [low, high], "detect_seconds": round(seconds, 1), "scans": {}}
-    for it in items:
-        case = Path(str(it["image"])).name[:-7]
-        cands = json.loads((out / case / f"{case}_candidates.json").read_text())["candidates"]
-        labels, _ = read_nifti(out / case / f"{case}_labels.nii.gz")
-        inst = it["instances"] if isinstance(it["instances"], np.ndarray) else read_nifti(it["instances"])[0]
-        rows, fp = score_case(cands, it["refs"], it["ignored"], labels, inst, args.threshold)
-        result["scans"][it["name"]] = {"group": it["group"], "lesions": rows, "fp_at_threshold": fp}
-    print(f"models {args.models}: {seconds:.0f} s for {len(items)} scans (threshold {args.threshold})")
-    print(f"{'scan':<32}{'lesion':<22}{'candidate':>10}{'seg p':>8}{'cls p':>8}{'reported':>9}{'Dice':>7}")
-    for name, s in result["scans"].items():
-        for r in s["lesions"]:
-            print(f"{name:<32}{r['type'] + ' ' + str(r['diameter_mm']) + ' mm':<22}{str(r['candidate']):>10}"
-                  f"{r['max_prob'] if r['max_prob'] is not None else '-':>8}{r['cls_prob'] if r['cls_prob'] is not None else '-':>8}"
-                  f"{str(r['reported']):>9}{r['dice']:>7.2f}")
-        print(f"{name:<32}false positives at {args.threshold}: {s['fp_at_threshold']}")
-    for group in ("inserted masses", "external"):
-        rows = [r for s in result["scans"].values() if s["group"] == group for r in s["lesions"]]
-        scans = [s for s in result["scans"].values() if s["group"] == group]
-        if rows:
-            summary = {"lesions": len(rows), "candidate": sum(r["candidate"] for r in rows),
-                       "reported": sum(r["reported"] for r in rows),
-                       "dice_median": float(np.median([r["dice"] for r in rows])),
-                       "fp_per_scan": float(np.mean([s["fp_at_threshold"] for s in scans]))}
-            result.setdefault("summary", {})[group] = summary
-            print(f"{group}: reported {summary['reported']} of {summary['lesions']} (a candidate for "
-                  f"{summary['candidate']}), Dice median {summary['dice_median']:.2f}, "
-                  f"{summary['fp_per_scan']:.1f} false positives per scan")
+    result = detect_and_score(items, args.models, args.threshold, args.seg, work)
+    result = {"command": " ".join(sys.argv), "mass_mm": [low, high], **result}
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(results.read_text()) if results.is_file() else {}

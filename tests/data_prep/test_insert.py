@@ -145,6 +145,28 @@ def test_random_nodules_in_synthetic_case_and_found_lungs(small_case):
     check_insertion(case.hu_zyx, new, inst, records, found, case.geometry)
 
 
+def test_fainter_ground_glass_same_nodules_other_density(small_case):
+    """``ground_glass_hu`` moves only the density: the same rng gives the same sites, sizes and masks, the
+    ground glass drawn within the new range (each density one draw mapped onto it) and imaged fainter."""
+    case = small_case
+    requests = [{"type": "ground_glass", "diameter_mm": 12.0}, {"type": "part_solid", "diameter_mm": 12.0}]
+    runs = {}
+    for band in ((-600.0, -400.0), (-750.0, -600.0)):
+        runs[band] = insert.insert_nodules(case.hu_zyx, case.geometry, requests, np.random.default_rng(5),
+                                           case.lung_mask_zyx, style="psf", ground_glass_hu=band)
+    (new_a, inst_a, rec_a), (new_b, inst_b, rec_b) = runs.values()
+    assert np.array_equal(inst_a, inst_b) and [r["id"] for r in rec_a] == [r["id"] for r in rec_b] == [1, 2]
+    gg_a, gg_b = rec_a[0], rec_b[0]
+    assert -600 <= gg_a["design_hu"] <= -400 and -750 <= gg_b["design_hu"] <= -600
+    assert np.isclose((gg_a["design_hu"] + 600) / 200, (gg_b["design_hu"] + 750) / 150)      # the same draw
+    assert gg_b["mean_hu"] < gg_a["mean_hu"] - 60                                                 # fainter as imaged
+    assert -750 <= rec_b[1]["halo_hu"] <= -450 and rec_b[1]["design_hu"] == rec_a[1]["design_hu"]
+    for band in ((-400.0, -600.0), (-300.0, -200.0), (-1100.0, -600.0)):
+        with pytest.raises(ValueError, match="ground_glass_hu"):
+            insert.insert_nodules(case.hu_zyx, case.geometry, requests, np.random.default_rng(5),
+                                  case.lung_mask_zyx, ground_glass_hu=band)
+
+
 def test_insert_into_nifti(small_case, tmp_path):
     case = small_case
     src = write_nifti(tmp_path / "ct.nii.gz", case.hu_zyx, case.geometry)
