@@ -57,21 +57,13 @@ def imaged_mean_hu(inserted: Path, name: str, refs: list[dict]) -> None:
 
 def main() -> None:
     from data_prep.training_cohort import CohortOptions
-    from bench_masses import copy_items, detect_and_score
+    from bench_masses import copies_parser, copy_items, detect_and_score
     from bench_models import held_out_copies
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="bundles",
-                    help="bundles | bundles-fast (the shipped fast pair) | a lungnod train-models output")
-    ap.add_argument("--held-out", default="LIDC-IDRI-0001", help="series the models never saw")
-    ap.add_argument("--copies", type=int, default=6)
+    ap = copies_parser(__doc__.splitlines()[0], "/tmp/bench_ground_glass", RESULTS)
     ap.add_argument("--hu", default="-600,-400", metavar="LOW,HIGH",
                     help="ground-glass density, HU (the cohort's: --hu=-600,-400)")
     ap.add_argument("--mm", default="6,30", metavar="LOW,HIGH", help="nodule diameters, log-uniform")
-    ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--seg", action="append", default=[], metavar="KEY=VALUE", help="segmentation config override")
-    ap.add_argument("--work", default="/tmp/bench_ground_glass")
-    ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
     hu = _pair(args.hu, "--hu", ap)
     mm = _pair(args.mm, "--mm", ap)

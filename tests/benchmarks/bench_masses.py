@@ -153,22 +153,29 @@ def detect_and_score(items: list[dict], models: str, threshold: float, seg: list
     return result
 
 
+def copies_parser(description: str, work: str, results: Path) -> argparse.ArgumentParser:
+    """The options of a benchmark over copies of a held-out series (--models, --held-out, --copies,
+    --threshold, --seg, --work, --results); the caller adds what it draws into the copies."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--models", default="bundles",
+                    help="bundles | bundles-fast (the shipped fast pair) | a lungnod train-models output")
+    ap.add_argument("--held-out", default="LIDC-IDRI-0001", help="series the models never saw (the copies' background)")
+    ap.add_argument("--copies", type=int, default=6)
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--seg", action="append", default=[], metavar="KEY=VALUE", help="segmentation config override")
+    ap.add_argument("--work", default=work)
+    ap.add_argument("--results", default=str(results))
+    return ap
+
+
 def main() -> None:
     from data_prep.training_cohort import CohortOptions
     from bench_models import held_out_copies
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="bundles",
-                    help="bundles | bundles-fast (the shipped fast pair) | a lungnod train-models output")
-    ap.add_argument("--held-out", default="LIDC-IDRI-0001", help="series the models never saw (copies with masses)")
-    ap.add_argument("--copies", type=int, default=6)
+    ap = copies_parser(__doc__.splitlines()[0], "/tmp/bench_masses", RESULTS)
     ap.add_argument("--mass-mm", default="30,50", metavar="LOW,HIGH",
                     help="diameters of the imaged-in masses, log-uniform (30,50: the recipe's masses)")
     ap.add_argument("--external", action="append", default=[], metavar="IMAGE=LABEL")
-    ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--seg", action="append", default=[], metavar="KEY=VALUE", help="segmentation config override")
-    ap.add_argument("--work", default="/tmp/bench_masses")
-    ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
 
     try:
