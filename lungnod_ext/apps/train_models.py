@@ -40,7 +40,7 @@ import torch
 
 from data_prep.errors import InputNotFoundError
 from data_prep.nifti_io import atomic_path
-from data_prep.synth.nodules import GROUND_GLASS_HU
+from data_prep.synth.nodules import GROUND_GLASS_HU, ground_glass_range
 from lungnod_ext.data.bundle_paths import REPO_ROOT
 from lungnod_ext.apps.bundle_runs import bundle_run
 
@@ -196,7 +196,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
 
         cohort = out / "cohort"
         cohort_options = CohortOptions(copies=s.copies, val_copies=s.val_copies, seed=s.seed, workers=s.workers,
-                                       ground_glass_hu=tuple(float(v) for v in s.ground_glass_hu))
+                                       ground_glass_hu=ground_glass_range(s.ground_glass_hu))
         stage("cohort", lambda: {"datalist": str(build_training_cohort(converted, cohort, train_cases, cohort_options))})
 
         seg_models = out / "models" / "segmentation"

@@ -19,8 +19,6 @@ the density band. Nothing here is a test.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,16 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = Path(__file__).resolve().parent / "results" / "ground_glass.json"
 GROUND_GLASS_SEED = 4000
-
-
-def _pair(text: str, what: str, ap: argparse.ArgumentParser) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        ap.error(f"{what} {text!r}: give LOW,HIGH, e.g. {what}={'-750,-600' if what == '--hu' else '6,30'}")
-    if low > high:
-        ap.error(f"{what} {text!r}: LOW is above HIGH")
-    return low, high
 
 
 def imaged_mean_hu(inserted: Path, name: str, refs: list[dict]) -> None:
@@ -57,7 +45,7 @@ def imaged_mean_hu(inserted: Path, name: str, refs: list[dict]) -> None:
 
 def main() -> None:
     from data_prep.training_cohort import CohortOptions
-    from bench_masses import copies_parser, copy_items, detect_and_score
+    from bench_masses import copies_parser, copy_items, detect_and_score, parse_range, write_keyed_result
     from bench_models import held_out_copies
 
     ap = copies_parser(__doc__.splitlines()[0], "/tmp/bench_ground_glass", RESULTS)
@@ -65,8 +53,8 @@ def main() -> None:
                     help="ground-glass density, HU (the cohort's: --hu=-600,-400)")
     ap.add_argument("--mm", default="6,30", metavar="LOW,HIGH", help="nodule diameters, log-uniform")
     args = ap.parse_args()
-    hu = _pair(args.hu, "--hu", ap)
-    mm = _pair(args.mm, "--mm", ap)
+    hu = parse_range(ap, "--hu", args.hu, "give LOW,HIGH, e.g. --hu=-750,-600")
+    mm = parse_range(ap, "--mm", args.mm, "give LOW,HIGH, e.g. --mm=6,30")
     if args.copies < 1:
         ap.error("--copies must be >= 1")
 
@@ -86,14 +74,8 @@ def main() -> None:
     print(f"ground glass drawn at {hu[0]:g} to {hu[1]:g} HU: imaged-in mean HU {min(hus):.0f} to {max(hus):.0f} "
           f"(median {np.median(hus):.0f})")
     result = {"command": " ".join(sys.argv), "hu": list(hu), "mm": list(mm), **result}
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(results.read_text()) if results.is_file() else {}
     seg = " " + " ".join(args.seg) if args.seg else ""
-    key = f"{args.models}{seg} {mm[0]:g}-{mm[1]:g} mm {hu[0]:g} to {hu[1]:g} HU"
-    previous[key] = result
-    results.write_text(json.dumps(previous, indent=1) + "\n")
-    print(f"results: {results}")
+    write_keyed_result(args.results, f"{args.models}{seg} {mm[0]:g}-{mm[1]:g} mm {hu[0]:g} to {hu[1]:g} HU", result)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ def detect_and_score(items: list[dict], models: str, threshold: float, seg: list
         inst = it["instances"] if isinstance(it["instances"], np.ndarray) else read_nifti(it["instances"])[0]
         rows, fp = score_case(cands, it["refs"], it["ignored"], labels, inst, threshold)
         for r, ref in zip(rows, it["refs"]):
-            r.update({k: ref[k] for k in ("mean_hu",) if k in ref})
+            if "mean_hu" in ref:
+                r["mean_hu"] = ref["mean_hu"]
         result["scans"][it["name"]] = {"group": it["group"], "lesions": rows, "fp_at_threshold": fp}
     print(f"models {models}: {seconds:.0f} s for {len(items)} scans (threshold {threshold})")
     print(f"{'scan':<32}{'lesion':<30}{'candidate':>10}{'seg p':>8}{'cls p':>8}{'reported':>9}{'Dice':>7}")
@@ -168,6 +169,28 @@ def copies_parser(description: str, work: str, results: Path) -> argparse.Argume
     return ap
 
 
+def parse_range(ap: argparse.ArgumentParser, option: str, text: str, hint: str) -> tuple[float, float]:
+    """``LOW,HIGH`` of a range option -> (low, high); anything else, or LOW above HIGH, is the usage error
+    ``<option> '<text>': <hint>`` (exit 2)."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        ap.error(f"{option} {text!r}: {hint}")
+    if low > high:
+        ap.error(f"{option} {text!r}: LOW is above HIGH")
+    return low, high
+
+
+def write_keyed_result(path, key: str, result: dict) -> None:
+    """``result`` under ``key`` in the JSON file ``path`` (created if missing; the other keys are kept)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous[key] = result
+    path.write_text(json.dumps(previous, indent=1) + "\n")
+    print(f"results: {path}")
+
+
 def main() -> None:
     from data_prep.training_cohort import CohortOptions
     from bench_models import held_out_copies
@@ -178,10 +201,7 @@ def main() -> None:
     ap.add_argument("--external", action="append", default=[], metavar="IMAGE=LABEL")
     args = ap.parse_args()
 
-    try:
-        low, high = (float(v) for v in args.mass_mm.split(","))
-    except ValueError:
-        ap.error(f"--mass-mm {args.mass_mm!r}: give LOW,HIGH in mm, e.g. 50,70")
+    low, high = parse_range(ap, "--mass-mm", args.mass_mm, "give LOW,HIGH in mm, e.g. 50,70")
     bands = ((low, high, 1.0),)
     band_name = "" if bands == MASS_BANDS else f"{low:g}-{high:g} mm"    # the recipe's band keeps its old names
     work = Path(args.work)
@@ -203,14 +223,9 @@ def main() -> None:
 
     result = detect_and_score(items, args.models, args.threshold, args.seg, work)
     result = {"command": " ".join(sys.argv), "mass_mm": [low, high], **result}
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(results.read_text()) if results.is_file() else {}
     key = args.models + (f" {' '.join(args.seg)}" if args.seg else "") + ("" if not args.external else " +external") \
         + (f" masses {band_name}" if band_name else "")
-    previous[key] = result
-    results.write_text(json.dumps(previous, indent=1) + "\n")
-    print(f"results: {results}")
+    write_keyed_result(args.results, key, result)
 
 
 if __name__ == "__main__":
