@@ -98,7 +98,8 @@ def _requests(specs, rng, types, diameter_range_mm, shapes=("smooth",),
 def insert_nodules(hu_zyx: np.ndarray, geometry: Geometry, specs, rng: np.random.Generator,
                    lung_mask_zyx: np.ndarray | None = None, *, types=NODULE_TYPES,
                    diameter_range_mm=DEFAULT_DIAMETER_MM, margin_mm: float = 3.0, style: str = "sharp",
-                   shapes=("smooth",), forbidden_zyx: np.ndarray | None = None, ground_glass_hu=GROUND_GLASS_HU):
+                   shapes=("smooth",), forbidden_zyx: np.ndarray | None = None, ground_glass_hu=GROUND_GLASS_HU,
+                   diaphragm_share: float = 0.0):
     """Blend simulated nodules into the lungs of a CT.
 
     hu_zyx: (z, y, x) HU (int16 or any numeric dtype; not modified); geometry: its grid (LPS mm).
@@ -111,6 +112,8 @@ def insert_nodules(hu_zyx: np.ndarray, geometry: Geometry, specs, rng: np.random
     from ``shapes`` (see :data:`data_prep.synth.nodules.SHAPES`).
     ``forbidden_zyx``: bool voxels no nodule may come near (e.g. the scan's own nodules).
     ``ground_glass_hu``: (low, high) HU of the ground-glass nodules (and low bound of part-solid halos).
+    ``diaphragm_share``: the chance that a random juxta-pleural site is on the diaphragm's dome (soft tissue
+    directly below, lower half of the lungs) instead of anywhere on the wall.
 
     Returns (new_hu_zyx int16, instance_mask_zyx uint16 with value = record id, records), one record per
     inserted nodule: id, type, diameter_mm (design, equivalent sphere), mask_diameter_mm, centre_lps
@@ -127,7 +130,8 @@ def insert_nodules(hu_zyx: np.ndarray, geometry: Geometry, specs, rng: np.random
     if not lung.any():
         raise ValueError("no lung region found (no air below -400 HU enclosed by the body)")
     vessel = lung & (hu_zyx > VESSEL_THRESHOLD_HU)
-    placer = NodulePlacer(hu_zyx, lung, geometry, vessel, forbidden_zyx, margin_mm=margin_mm)
+    placer = NodulePlacer(hu_zyx, lung, geometry, vessel, forbidden_zyx, margin_mm=margin_mm,
+                          diaphragm_share=diaphragm_share)
     step = edge_step_mm(geometry)
     new = hu_zyx.copy() if hu_zyx.dtype == np.int16 else np.clip(np.rint(hu_zyx), *HU_LIMITS).astype(np.int16)
     instance = np.zeros(hu_zyx.shape, dtype=np.uint16)

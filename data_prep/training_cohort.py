@@ -64,6 +64,7 @@ class CohortOptions:
     size_bands: tuple = SIZE_BANDS_MM   # inserted diameters: (low mm, high mm, share), log-uniform within
     type_weights: tuple = tuple(TYPE_WEIGHTS.items())   # (nodule type, share) of the inserted nodules
     ground_glass_hu: tuple = GROUND_GLASS_HU   # (low, high) HU of inserted ground glass (part-solid halos from low)
+    diaphragm_share: float = 0.0       # chance that a juxta-pleural nodule sits on the diaphragm's dome
 
 
 def crop_to_lungs(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray, margin_mm: float):
@@ -219,7 +220,8 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
             n = int(rng.integers(options.nodules[0], options.nodules[1] + 1))
             specs = _random_count_specs(rng, n, options.size_bands, options.type_weights)
             new, instance, inserted = insert_nodules(hu, cgeo, specs, rng, lung, style="psf", forbidden_zyx=forbidden,
-                                                     ground_glass_hu=options.ground_glass_hu)
+                                                     ground_glass_hu=options.ground_glass_hu,
+                                                     diaphragm_share=options.diaphragm_share)
             done = {}
             if options.augment:
                 aug, done = augment_scanner(new, cgeo, rng)
@@ -273,17 +275,20 @@ def build_training_cohort(converted_dir, out_dir, train_cases: list[str], option
 MASS_SIZE_BANDS_MM = ((3.0, 6.0, 0.2), (6.0, 15.0, 0.2), (15.0, 30.0, 0.2), (30.0, 50.0, 0.4))
 MASS_TYPE_WEIGHTS = (("solid", 0.25), ("part_solid", 0.1), ("ground_glass", 0.1), ("juxta_pleural", 0.35),
                      ("juxta_vascular", 0.2))
+MASS_DIAPHRAGM_SHARE = 0.0     # of the mass copies' juxta-pleural lesions, on the diaphragm's dome
 
 
 def add_mass_copies(cohort_dir, train_cases: list[str], converted_dir, copies: int,
                     options: CohortOptions | None = None) -> Path:
     """Append ``copies`` more training volumes per case to a cohort built by :func:`build_training_cohort`,
     with masses: 40 % of the inserted lesions 30-50 mm (lung cancers larger than LIDC's 3-30 mm nodules), juxta-pleural
-    ones more often (``MASS_SIZE_BANDS_MM``, ``MASS_TYPE_WEIGHTS``; 4-7 per volume). They are numbered after the
+    ones more often, ``MASS_DIAPHRAGM_SHARE`` of those on the diaphragm (``MASS_SIZE_BANDS_MM``,
+    ``MASS_TYPE_WEIGHTS``; 4-7 per volume). They are numbered after the
     cohort's copies (``options.copies + options.val_copies`` on) and go to its ``datalist.json`` "training" list
     and its tables; calling it again writes the same copies and lists them once. Returns the datalist path."""
     base = options or CohortOptions()
-    opts = replace(base, size_bands=MASS_SIZE_BANDS_MM, type_weights=MASS_TYPE_WEIGHTS, nodules=(4, 7))
+    opts = replace(base, size_bands=MASS_SIZE_BANDS_MM, type_weights=MASS_TYPE_WEIGHTS, nodules=(4, 7),
+                   diaphragm_share=MASS_DIAPHRAGM_SHARE)
     out = Path(cohort_dir)
     first = base.copies + base.val_copies
     indices = list(range(first, first + copies))

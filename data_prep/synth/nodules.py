@@ -240,12 +240,15 @@ class NodulePlacer:
     hu_zyx: (z, y, x) HU of the volume; lung_mask_zyx: bool lungs (vessels included); vessel_mask_zyx:
     bool vessels inside the lungs (needed for juxta-vascular nodules); forbidden_zyx: voxels no nodule
     may come near (airways). Nodules keep ``margin_mm`` of lung around them (except where juxta types
-    touch the wall or a vessel) and of distance to each other.
+    touch the wall or a vessel) and of distance to each other. ``diaphragm_share``: the chance that a
+    juxta-pleural nodule sits on the diaphragm (:meth:`_floor_voxels`) rather than anywhere on the wall.
     """
 
     def __init__(self, hu_zyx: np.ndarray, lung_mask_zyx: np.ndarray, geometry: Geometry,
                  vessel_mask_zyx: np.ndarray | None = None, forbidden_zyx: np.ndarray | None = None,
-                 margin_mm: float = 3.0):
+                 margin_mm: float = 3.0, diaphragm_share: float = 0.0):
+        if not 0.0 <= float(diaphragm_share) <= 1.0:
+            raise ValueError(f"diaphragm_share must be within 0 and 1, not {diaphragm_share}")
         self.hu = hu_zyx
         self.lung = lung_mask_zyx.astype(bool, copy=False)
         self.geometry = geometry
@@ -254,7 +257,8 @@ class NodulePlacer:
                          else forbidden_zyx.astype(bool).copy())
         self.margin_mm = float(margin_mm)
         self.step_mm = edge_step_mm(geometry)
-        self._lung_idx = self._wall_idx = self._vessel_idx = None
+        self.diaphragm_share = float(diaphragm_share)
+        self._lung_idx = self._wall_idx = self._vessel_idx = self._floor_idx = None
 
     # -- candidate sources --------------------------------------------------------------------
     def _lung_voxels(self):
@@ -268,6 +272,24 @@ class NodulePlacer:
             self._wall_idx = np.flatnonzero(self.lung & ~inner)
         return self._wall_idx
 
+    def _floor_voxels(self):
+        """Lung voxels on the diaphragm: soft tissue (> -500 HU, outside the lungs) directly below them (towards
+        the feet, along the image's slice axis), in the lower half of the lungs' extent."""
+        if self._floor_idx is None:
+            down = -1 if self.geometry.direction_matrix[2, 2] >= 0 else 1   # slice step towards the feet (LPS z: head)
+            lung_below, hu_below = np.roll(self.lung, -down, axis=0), np.roll(self.hu, -down, axis=0)
+            floor = self.lung & ~lung_below & (hu_below > -500)
+            floor[0 if down == -1 else -1] = False                           # nothing below the last slice
+            zs = np.flatnonzero(self.lung.any(axis=(1, 2)))
+            if zs.size:
+                mid = (zs[0] + zs[-1]) // 2
+                if down == -1:
+                    floor[mid + 1:] = False
+                else:
+                    floor[:mid] = False
+            self._floor_idx = np.flatnonzero(floor)
+        return self._floor_idx
+
     def _vessel_voxels(self):
         if self._vessel_idx is None:
             self._vessel_idx = np.flatnonzero(self.vessel & self.lung) if self.vessel is not None else np.zeros(0, int)
@@ -279,11 +301,13 @@ class NodulePlacer:
 
     def _candidate(self, spec: NoduleSpec, rng) -> np.ndarray | None:
         if spec.type == "juxta_pleural":
-            idx = self._wall_voxels()
+            on_floor = self.diaphragm_share > 0 and rng.uniform() < self.diaphragm_share and self._floor_voxels().size
+            idx = self._floor_voxels() if on_floor else self._wall_voxels()
             if idx.size == 0:
                 return None
             b = self._world_of(int(idx[rng.integers(idx.size)]), rng)
-            normal = self._inward_normal(b, max(2.0 * spec.radius_mm, 6.0))
+            # on the diaphragm the nodule rises from it towards the head (LPS +z), elsewhere into the lung
+            normal = np.array([0.0, 0.0, 1.0]) if on_floor else self._inward_normal(b, max(2.0 * spec.radius_mm, 6.0))
             if normal is None:
                 return None
             return b + normal * spec.radius_mm * rng.uniform(0.5, 0.85)

@@ -3,6 +3,7 @@
     python tests/benchmarks/bench_masses.py --models bundles
     python tests/benchmarks/bench_masses.py --models bundles --external lung2.nii.gz=lung2_label.nii.gz
     python tests/benchmarks/bench_masses.py --models bundles --mass-mm 50,70 --copies 6   # beyond the recipe's masses
+    python tests/benchmarks/bench_masses.py --models bundles --diaphragm                  # masses on the diaphragm
 
 LIDC-IDRI nodules are 3-30 mm, and so are the benchmark copies of ``bench_models.py``; a user's scan may hold a
 lung cancer of 3-5 cm, often against the chest wall. Per ``--models`` (``bundles``, ``bundles-fast`` or a
@@ -10,7 +11,8 @@ lung cancer of 3-5 cm, often against the chest wall. Per ``--models`` (``bundles
 
 * ``--copies`` copies of the held-out series (``--held-out``, default LIDC-IDRI-0001, the shipped models' test
   patient) with 2-3 masses of 30-50 mm (``--mass-mm LOW,HIGH``; 1-2 of them from 50 mm up) imaged in (every
-  nodule type, no scanner augmentation, seed 3000: never used for training), its real nodules ignored;
+  nodule type, no scanner augmentation, seed 3000: never used for training), its real nodules ignored; with
+  ``--diaphragm`` all of them juxta-pleural and sitting on the diaphragm's dome (soft tissue directly below);
 * optional ``--external IMAGE=LABEL`` pairs (NIfTI, HU; each connected component of the label > 0 a lesion).
 
 Per lesion: a hit is a candidate centre within its radius (LUNA16); printed and written (``--results``,
@@ -198,20 +200,26 @@ def main() -> None:
     ap = copies_parser(__doc__.splitlines()[0], "/tmp/bench_masses", RESULTS)
     ap.add_argument("--mass-mm", default="30,50", metavar="LOW,HIGH",
                     help="diameters of the imaged-in masses, log-uniform (30,50: the recipe's masses)")
+    ap.add_argument("--diaphragm", action="store_true",
+                    help="every mass juxta-pleural, on the diaphragm's dome (where the liver or spleen is below)")
     ap.add_argument("--external", action="append", default=[], metavar="IMAGE=LABEL")
     args = ap.parse_args()
 
     low, high = parse_range(ap, "--mass-mm", args.mass_mm, "give LOW,HIGH in mm, e.g. 50,70")
     bands = ((low, high, 1.0),)
     band_name = "" if bands == MASS_BANDS else f"{low:g}-{high:g} mm"    # the recipe's band keeps its old names
+    if args.diaphragm:
+        band_name = f"on the diaphragm {low:g}-{high:g} mm"
     work = Path(args.work)
     converted = work / args.held_out / "converted"
-    inserted = work / args.held_out / (f"masses_{low:g}_{high:g}" if band_name else "masses")
+    site = {"diaphragm_share": 1.0, "type_weights": (("juxta_pleural", 1.0),)} if args.diaphragm else {}
+    inserted = work / args.held_out / ("masses" + ("_diaphragm" if args.diaphragm else "")
+                                       + (f"_{low:g}_{high:g}" if band_name else ""))
     items = []
     if args.copies:
         _, names = held_out_copies(args.held_out, converted, inserted, args.copies,
                                    CohortOptions(augment=False, seed=MASS_SEED, nodules=(2, 3) if low < 50 else (1, 2),
-                                                 size_bands=bands))
+                                                 size_bands=bands, **site))
         items += copy_items(inserted, names, "inserted masses")
     for pair in args.external:
         image, _, label = pair.partition("=")

@@ -115,6 +115,48 @@ def test_insert_juxta_types_into_real_ct(real_ct, real_lungs):
     assert (hu[ring & real_lungs] > -300).sum() > 0                       # touches a vessel
 
 
+def _drop_to_floor_mm(record, lung, hu, geometry):
+    """mm from a nodule's centroid straight towards the feet to the first voxel outside the lungs, and that
+    voxel's HU (None, None when the lungs reach the scan's end)."""
+    i, j, k = (int(round(v)) for v in record["centre_voxel"])
+    down = -1 if geometry.direction_matrix[2, 2] >= 0 else 1
+    for n, kk in enumerate(range(k, -1 if down == -1 else lung.shape[0], down)):
+        if not lung[kk, j, i]:
+            return n * float(geometry.spacing[2]), int(hu[kk, j, i])
+    return None, None
+
+
+def test_juxta_pleural_nodules_on_the_diaphragm(real_ct, real_lungs):
+    """``diaphragm_share=1``: every juxta-pleural nodule rises from the lung's floor (soft tissue right below its
+    centroid, within about a radius, in the lower half of the lungs); on the wall at large most are not; share 0
+    draws exactly what no share draws."""
+    hu, g = real_ct
+    requests = [{"type": "juxta_pleural", "diameter_mm": 12.0}] * 3
+    down = -1 if g.direction_matrix[2, 2] >= 0 else 1
+    zs = np.flatnonzero(real_lungs.any(axis=(1, 2)))
+    drops = {}
+    for share in (0.0, 1.0):
+        drops[share] = []
+        for seed in range(3):
+            new, inst, records = insert.insert_nodules(hu, g, requests, np.random.default_rng(seed), real_lungs,
+                                                       diaphragm_share=share)
+            check_insertion(hu, new, inst, records, real_lungs, g)
+            for r in records:
+                mm, below_hu = _drop_to_floor_mm(r, real_lungs, hu, g)
+                drops[share].append(np.inf if mm is None else mm / (r["mask_diameter_mm"] / 2))
+                if share == 1.0:
+                    assert below_hu is not None and below_hu > -500, r                # soft tissue below
+                    k = r["centre_voxel"][2]
+                    assert (k - (zs[0] + zs[-1]) / 2) * down >= -r["mask_diameter_mm"] / g.spacing[2], r
+    assert max(drops[1.0]) < 3.0                                  # every one sits on the floor
+    assert sum(d >= 3.0 for d in drops[0.0]) >= 3                 # most wall sites are far above it
+    plain = insert.insert_nodules(hu, g, requests, np.random.default_rng(0), real_lungs, style="psf")
+    zero = insert.insert_nodules(hu, g, requests, np.random.default_rng(0), real_lungs, style="psf", diaphragm_share=0)
+    assert np.array_equal(plain[0], zero[0]) and np.array_equal(plain[1], zero[1])
+    with pytest.raises(ValueError, match="diaphragm_share"):
+        insert.insert_nodules(hu, g, requests, np.random.default_rng(0), real_lungs, diaphragm_share=1.5)
+
+
 def test_insert_at_a_given_centre_and_reject_outside(small_case):
     case = small_case
     hu, g, lung = case.hu_zyx, case.geometry, case.lung_mask_zyx

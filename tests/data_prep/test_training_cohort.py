@@ -105,6 +105,37 @@ def test_mass_copies_join_the_training_list_once(cohort, lidc_converted, tmp_pat
     assert {r["case_id"] for r in rows} >= {e["case"] for e in new["training"] + new["validation"]}
 
 
+def test_diaphragm_share_reaches_the_copies(lidc_converted, tmp_path):
+    """CohortOptions.diaphragm_share is passed to the insertion: with it at 1 every juxta-pleural nodule of a copy
+    lies in the lower half of the lungs with soft tissue directly below its centroid; at 0 the same seed places
+    them elsewhere."""
+    from data_prep.insert import find_lung_mask
+    from data_prep.training_cohort import make_copies
+
+    case = next(p.name[:-7] for p in (lidc_converted / "images").glob("*.nii.gz"))
+    sites = {}
+    for share in (0.0, 1.0):
+        options = CohortOptions(workers=1, seed=5, augment=False, nodules=(3, 3), size_bands=((10.0, 14.0, 1.0),),
+                                type_weights=(("juxta_pleural", 1.0),), diaphragm_share=share)
+        out = tmp_path / f"share{share:g}"
+        rec = make_copies(lidc_converted, case, out, [1], options)[0]
+        assert [r["type"] for r in rec["inserted"]] == ["juxta_pleural"] * 3
+        sites[share] = [tuple(np.round(r["centre_voxel"], 1)) for r in rec["inserted"]]
+        if share == 1.0:
+            hu, geometry = read_nifti(out / "images" / f"{case}_c01.nii.gz")
+            lung = find_lung_mask(hu)
+            zs = np.flatnonzero(lung.any(axis=(1, 2)))
+            assert geometry.direction_matrix[2, 2] > 0                 # slice 0 is the feet's end here
+            for r in rec["inserted"]:
+                i, j, k = (int(round(v)) for v in r["centre_voxel"])
+                assert k <= (zs[0] + zs[-1]) / 2 + r["mask_diameter_mm"] / geometry.spacing[2]
+                column = lung[:k + 1, j, i][::-1]                     # from the centroid towards the feet
+                first_out = int(np.argmin(column))
+                assert not column.all() and first_out * geometry.spacing[2] < 1.5 * r["mask_diameter_mm"], r
+                assert hu[k - first_out, j, i] > -500                    # soft tissue below: the diaphragm
+    assert sites[0.0] != sites[1.0]
+
+
 def test_augment_scanner_records_what_it_did():
     rng = np.random.default_rng(0)
     vol = np.random.default_rng(1).normal(-800, 30, (20, 40, 40)).astype(np.float32)
