@@ -145,6 +145,32 @@ def test_patches_are_cut_with_the_classifier_overrides_geometry(tmp_path, monkey
     assert "dropout" not in cuts[1]
 
 
+def test_candidates_keep_the_mass_rule_the_shipped_classifiers_learned(tmp_path, monkeypatch):
+    """The recipe's candidates stage makes the training candidates with mass_min_diameter_mm 30 (the rule of the
+    shipped classifiers' training candidates), though inference keeps segments from 20 mm; a --seg override wins."""
+    import json
+
+    from lungnod_ext.apps import pipeline
+    from lungnod_ext.apps import train_models as tm
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append(a[5]))
+    for n, overrides in enumerate(({}, {"mass_min_diameter_mm": 20.0})):
+        out = tmp_path / f"run{n}"
+        (out / "converted" / "images").mkdir(parents=True)
+        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
+        (out / "cohort").mkdir()
+        (out / "cohort" / "datalist.json").write_text(json.dumps({"training": [{"image": "images/a.nii.gz"}],
+                                                                  "validation": []}))
+        for done in ("convert", "cohort", "segmentation", "masses", "segmentation_masses"):
+            tm._mark(out / "stages" / f"{done}.done", {})
+        tm.train_models(tmp_path, out, tm.RecipeSettings(seg_overrides=overrides), until="candidates",
+                        tracking=False, log=lambda *a: None)
+    assert [o["mass_min_diameter_mm"] for o in seen] == [30.0, 20.0]
+    inference = json.loads((tm.SEG / "configs" / "inference.json").read_text())
+    assert inference["mass_min_diameter_mm"] == 20.0
+
+
 def test_a_bundle_run_stopped_by_bad_data_raises_that_error(tmp_path):
     """A recipe stage's ``monai.bundle run`` that stops on our bad-input check (here patches cut with other planes
     than the classifier's config) raises that one-line error again, path first, with the log named, instead of

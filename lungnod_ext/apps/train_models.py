@@ -130,6 +130,7 @@ def export_fp16(ckpt, dest: Path) -> Path:
 
 
 # where --until may stop (after the patches only the classifiers and the export are left: no stop there)
+TRAINING_MASS_MIN_DIAMETER_MM = 30.0   # candidates stage: the lung-core rule's mass exemption (see candidates())
 STAGES = ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "candidates", "patches")
 
 
@@ -228,7 +229,10 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                                  {"write_overlays": False, "blob_max_candidates": s.train_blob_candidates,
                                   # the zoomed pass over whole slices, as the shipped classifier learned (a
                                   # superset of the candidates inference zooms around since segmentation 0.7.0)
-                                  "zoom_threshold": None, **s.seg_overrides})
+                                  "zoom_threshold": None,
+                                  # the mass rule the shipped classifiers' candidates were made with (segmentation
+                                  # 0.11.0-0.12.0); inference keeps segments from 20 mm since 0.12.1
+                                  "mass_min_diameter_mm": TRAINING_MASS_MIN_DIAMETER_MM, **s.seg_overrides})
             return {"images": len(images)}
 
         stage("candidates", candidates)

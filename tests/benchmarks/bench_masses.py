@@ -114,6 +114,7 @@ def detect_and_score(items: list[dict], models: str, threshold: float, seg: list
                          cls_overrides={"detector_priors": priors} if priors else {})
     if models == "bundles-fast":
         cfg.use_fast_models()
+    work.mkdir(parents=True, exist_ok=True)                  # --copies 0: only external scans, nothing made yet
     datalist = work / "datalist.json"
     datalist.write_text(json.dumps({"testing": [{"image": str(i["image"])} for i in items]}))
     out = work / "detect"

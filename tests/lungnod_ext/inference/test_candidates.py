@@ -17,6 +17,7 @@ from data_prep.masks import sphere_mask
 from data_prep.nifti_io import write_nifti
 from lungnod_ext.inference.candidates import (CSV_COLUMNS, ExtractCandidatesd, extract_candidates,
                                     extract_candidates_and_labels, write_candidates)
+from lungnod_ext.apps.pipeline import SEG_BUNDLE
 from lungnod_ext.data.meta import geometry_from_meta_tensor
 from data_prep.coords import Geometry
 
@@ -364,3 +365,26 @@ def test_windowed_image_warns_and_grid_mismatch_fails():
         ExtractCandidatesd(keys="pred")({"pred": pred, "image": MetaTensor(torch.zeros(1, 10, 10, 5))})
     with pytest.raises(ValueError, match="decollate"):
         ExtractCandidatesd(keys="pred")({"pred": MetaTensor(torch.zeros(1, 1, 20, 20, 10), affine=affine)})
+
+
+def test_the_shipped_mass_rule_keeps_a_partly_segmented_mass_on_the_wall():
+    """Where the U-Net outlines only part of a mass on the diaphragm or the wall (its segment 25 mm equivalent
+    diameter, a bite of 32 mm, too wide for the core's 15 mm closing), the rule with the configs' 20 mm keeps
+    it; the 30 mm of segmentation 0.11.0-0.12.0 dropped it. Both configs carry the same value."""
+    g, (z, y, x), hu, lung, to_cxyz = chest_phantom()
+    ball = ((z - 12) * 2.5) ** 2 + ((y - 80) * 0.7) ** 2 + ((x - 120) * 0.7) ** 2 <= 16.0 ** 2
+    hu[ball] = 40.0
+    prob = np.zeros(g.shape_zyx, dtype=np.float32)
+    prob[ball & (x < 120)] = 0.95
+    data = {"pred": to_cxyz(prob), "image": to_cxyz(hu), "lung": to_cxyz(lung.astype(np.uint8))}
+    common = dict(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0, min_lung_core_fraction=0.35,
+                  lung_core_closing_mm=15.0)
+    everything = ExtractCandidatesd(keys="pred", lung_mask_key="lung", lung_dilate_mm=10.0)(data)["candidates"]
+    assert [round(c["diameter_mm"]) for c in everything] == [25]
+    assert ExtractCandidatesd(**common)(data)["candidates"] == []                     # the core rule alone
+    assert ExtractCandidatesd(**common, mass_min_diameter_mm=30.0)(data)["candidates"] == []
+    configs = [json.loads((SEG_BUNDLE / "configs" / f).read_text()) for f in ("inference.json", "evaluate.json")]
+    shipped = {c["mass_min_diameter_mm"] for c in configs}
+    assert shipped == {20.0}
+    kept = ExtractCandidatesd(**common, mass_min_diameter_mm=shipped.pop())(data)["candidates"]
+    assert len(kept) == 1 and round(kept[0]["diameter_mm"]) == 25
