@@ -241,7 +241,8 @@ class NodulePlacer:
     bool vessels inside the lungs (needed for juxta-vascular nodules); forbidden_zyx: voxels no nodule
     may come near (airways). Nodules keep ``margin_mm`` of lung around them (except where juxta types
     touch the wall or a vessel) and of distance to each other. ``diaphragm_share``: the chance that a
-    juxta-pleural nodule sits on the diaphragm (:meth:`_floor_voxels`) rather than anywhere on the wall.
+    juxta-pleural nodule sits on the lungs' floor, mostly the diaphragm (:meth:`_floor_voxels`), rather than
+    anywhere on the wall.
     """
 
     def __init__(self, hu_zyx: np.ndarray, lung_mask_zyx: np.ndarray, geometry: Geometry,
@@ -273,8 +274,9 @@ class NodulePlacer:
         return self._wall_idx
 
     def _floor_voxels(self):
-        """Lung voxels on the diaphragm: soft tissue (> -500 HU, outside the lungs) directly below them (towards
-        the feet, along the image's slice axis), in the lower half of the lungs' extent."""
+        """Lung voxels on the lungs' floor: soft tissue (> -500 HU, outside the lungs) directly below them (towards
+        the feet, along the image's slice axis), in the lower half of the lungs' extent: the diaphragm's dome,
+        and the heart where the lung lies on it."""
         if self._floor_idx is None:
             down = -1 if self.geometry.direction_matrix[2, 2] >= 0 else 1   # slice step towards the feet (LPS z: head)
             lung_below, hu_below = np.roll(self.lung, -down, axis=0), np.roll(self.hu, -down, axis=0)

@@ -129,8 +129,8 @@ def export_fp16(ckpt, dest: Path) -> Path:
     return dest
 
 
-# where --until may stop (after the patches only the classifiers and the export are left: no stop there)
 TRAINING_MASS_MIN_DIAMETER_MM = 30.0   # candidates stage: the lung-core rule's mass exemption (see candidates())
+# where --until may stop (after the patches only the classifiers and the export are left: no stop there)
 STAGES = ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "candidates", "patches")
 
 

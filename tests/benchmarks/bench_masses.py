@@ -202,7 +202,8 @@ def main() -> None:
     ap.add_argument("--mass-mm", default="30,50", metavar="LOW,HIGH",
                     help="diameters of the imaged-in masses, log-uniform (30,50: the recipe's masses)")
     ap.add_argument("--diaphragm", action="store_true",
-                    help="every mass juxta-pleural, on the diaphragm's dome (where the liver or spleen is below)")
+                    help="every mass juxta-pleural, on the lungs' floor (soft tissue directly below: the diaphragm, "
+                         "at times the heart)")
     ap.add_argument("--external", action="append", default=[], metavar="IMAGE=LABEL")
     args = ap.parse_args()
 
