@@ -68,6 +68,24 @@ def tilt_series():
     return _tilt_series
 
 
+def _drop_to_floor_mm(record, lung, hu, geometry):
+    """mm from an inserted nodule's centroid (``record["centre_voxel"]``, i j k) straight towards the feet to the
+    first voxel outside the (z, y, x) ``lung`` mask, and that voxel's HU (None, None when the lungs reach the
+    scan's end)."""
+    i, j, k = (int(round(v)) for v in record["centre_voxel"])
+    down = -1 if geometry.direction_matrix[2, 2] >= 0 else 1
+    for n, kk in enumerate(range(k, -1 if down == -1 else lung.shape[0], down)):
+        if not lung[kk, j, i]:
+            return n * float(geometry.spacing[2]), int(hu[kk, j, i])
+    return None, None
+
+
+@pytest.fixture(scope="session")
+def drop_to_floor():
+    """``drop_to_floor(record, lung, hu, geometry)`` -> (mm, HU): see :func:`_drop_to_floor_mm`."""
+    return _drop_to_floor_mm
+
+
 @pytest.fixture(scope="session")
 def lidc_converted(lidc_root, tmp_path_factory) -> Path:
     """LIDC-IDRI-0001 converted once per session by data_prep's convert (output folder)."""

@@ -279,9 +279,9 @@ class NodulePlacer:
         and the heart where the lung lies on it."""
         if self._floor_idx is None:
             down = -1 if self.geometry.direction_matrix[2, 2] >= 0 else 1   # slice step towards the feet (LPS z: head)
-            lung_below, hu_below = np.roll(self.lung, -down, axis=0), np.roll(self.hu, -down, axis=0)
-            floor = self.lung & ~lung_below & (hu_below > -500)
-            floor[0 if down == -1 else -1] = False                           # nothing below the last slice
+            here, below = (slice(1, None), slice(None, -1)) if down == -1 else (slice(None, -1), slice(1, None))
+            floor = np.zeros_like(self.lung)                                 # nothing below the last slice
+            floor[here] = self.lung[here] & ~self.lung[below] & (self.hu[below] > -500)
             zs = np.flatnonzero(self.lung.any(axis=(1, 2)))
             if zs.size:
                 mid = (zs[0] + zs[-1]) // 2

@@ -115,18 +115,7 @@ def test_insert_juxta_types_into_real_ct(real_ct, real_lungs):
     assert (hu[ring & real_lungs] > -300).sum() > 0                       # touches a vessel
 
 
-def _drop_to_floor_mm(record, lung, hu, geometry):
-    """mm from a nodule's centroid straight towards the feet to the first voxel outside the lungs, and that
-    voxel's HU (None, None when the lungs reach the scan's end)."""
-    i, j, k = (int(round(v)) for v in record["centre_voxel"])
-    down = -1 if geometry.direction_matrix[2, 2] >= 0 else 1
-    for n, kk in enumerate(range(k, -1 if down == -1 else lung.shape[0], down)):
-        if not lung[kk, j, i]:
-            return n * float(geometry.spacing[2]), int(hu[kk, j, i])
-    return None, None
-
-
-def test_juxta_pleural_nodules_on_the_diaphragm(real_ct, real_lungs):
+def test_juxta_pleural_nodules_on_the_diaphragm(real_ct, real_lungs, drop_to_floor):
     """``diaphragm_share=1``: every juxta-pleural nodule rises from the lung's floor (soft tissue right below its
     centroid, within about a radius, in the lower half of the lungs); on the wall at large most are not; share 0
     draws exactly what no share draws."""
@@ -142,7 +131,7 @@ def test_juxta_pleural_nodules_on_the_diaphragm(real_ct, real_lungs):
                                                        diaphragm_share=share)
             check_insertion(hu, new, inst, records, real_lungs, g)
             for r in records:
-                mm, below_hu = _drop_to_floor_mm(r, real_lungs, hu, g)
+                mm, below_hu = drop_to_floor(r, real_lungs, hu, g)
                 drops[share].append(np.inf if mm is None else mm / (r["mask_diameter_mm"] / 2))
                 if share == 1.0:
                     assert below_hu is not None and below_hu > -500, r                # soft tissue below

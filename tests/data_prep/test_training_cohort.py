@@ -105,7 +105,7 @@ def test_mass_copies_join_the_training_list_once(cohort, lidc_converted, tmp_pat
     assert {r["case_id"] for r in rows} >= {e["case"] for e in new["training"] + new["validation"]}
 
 
-def test_diaphragm_share_reaches_the_copies(lidc_converted, tmp_path):
+def test_diaphragm_share_reaches_the_copies(lidc_converted, tmp_path, drop_to_floor):
     """CohortOptions.diaphragm_share is passed to the insertion: with it at 1 every juxta-pleural nodule of a copy
     lies in the lower half of the lungs with soft tissue directly below its centroid; at 0 the same seed places
     them elsewhere."""
@@ -127,12 +127,11 @@ def test_diaphragm_share_reaches_the_copies(lidc_converted, tmp_path):
             zs = np.flatnonzero(lung.any(axis=(1, 2)))
             assert geometry.direction_matrix[2, 2] > 0                 # slice 0 is the feet's end here
             for r in rec["inserted"]:
-                i, j, k = (int(round(v)) for v in r["centre_voxel"])
+                k = int(round(r["centre_voxel"][2]))
                 assert k <= (zs[0] + zs[-1]) / 2 + r["mask_diameter_mm"] / geometry.spacing[2]
-                column = lung[:k + 1, j, i][::-1]                     # from the centroid towards the feet
-                first_out = int(np.argmin(column))
-                assert not column.all() and first_out * geometry.spacing[2] < 1.5 * r["mask_diameter_mm"], r
-                assert hu[k - first_out, j, i] > -500                    # soft tissue below: the diaphragm
+                mm, below_hu = drop_to_floor(r, lung, hu, geometry)      # from the centroid towards the feet
+                assert mm is not None and mm < 1.5 * r["mask_diameter_mm"], r
+                assert below_hu > -500                                   # soft tissue below: the diaphragm
     assert sites[0.0] != sites[1.0]
 
 
