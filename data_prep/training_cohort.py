@@ -279,16 +279,17 @@ MASS_DIAPHRAGM_SHARE = 0.0     # of the mass copies' juxta-pleural lesions, on t
 
 
 def add_mass_copies(cohort_dir, train_cases: list[str], converted_dir, copies: int,
-                    options: CohortOptions | None = None) -> Path:
+                    options: CohortOptions | None = None, diaphragm_share: float | None = None) -> Path:
     """Append ``copies`` more training volumes per case to a cohort built by :func:`build_training_cohort`,
     with masses: 40 % of the inserted lesions 30-50 mm (lung cancers larger than LIDC's 3-30 mm nodules), juxta-pleural
     ones more often, ``MASS_DIAPHRAGM_SHARE`` of those on the diaphragm (``MASS_SIZE_BANDS_MM``,
     ``MASS_TYPE_WEIGHTS``; 4-7 per volume). They are numbered after the
     cohort's copies (``options.copies + options.val_copies`` on) and go to its ``datalist.json`` "training" list
-    and its tables; calling it again writes the same copies and lists them once. Returns the datalist path."""
+    and its tables; calling it again writes the same copies and lists them once (with another
+    ``diaphragm_share``, 0-1, it redraws them in place: the recipe's classifier copies). Returns the datalist path."""
     base = options or CohortOptions()
     opts = replace(base, size_bands=MASS_SIZE_BANDS_MM, type_weights=MASS_TYPE_WEIGHTS, nodules=(4, 7),
-                   diaphragm_share=MASS_DIAPHRAGM_SHARE)
+                   diaphragm_share=MASS_DIAPHRAGM_SHARE if diaphragm_share is None else diaphragm_share)
     out = Path(cohort_dir)
     first = base.copies + base.val_copies
     indices = list(range(first, first + copies))

@@ -50,6 +50,7 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     mass_copy = json.loads((out / "cohort" / "nodules" / f"{cohort['training'][-1]['case']}.json").read_text())
     assert 4 <= len(mass_copy["inserted"]) <= 7
     assert (out / "stages" / "segmentation_masses.done").is_file()
+    assert (out / "stages" / "classifier_masses.done").is_file()   # the mass copy redrawn for the classifier
     assert recipe["models"]["segmentation"] == str(out / "export" / "segmentation" / "model.pt")
 
     assert recipe["settings"]["seg_overrides"] == {"decoder_channels": json.loads(NARROW), "inference_scales": [1.0]}
@@ -89,7 +90,7 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     assert {"segmentation", "segmentation_masses", "classification", "classification_seed1"} <= runs
     # a rerun keeps every finished stage
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
-    assert again.returncode == 0 and again.stdout.count("done before, kept") == 9, again.stdout
+    assert again.returncode == 0 and again.stdout.count("done before, kept") == 10, again.stdout
 
 
 def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):
@@ -136,7 +137,8 @@ def test_patches_are_cut_with_the_classifier_overrides_geometry(tmp_path, monkey
         out = tmp_path / f"run{n}"
         (out / "converted" / "images").mkdir(parents=True)
         (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
-        for done in ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "candidates"):
+        for done in ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses",
+                     "candidates"):
             tm._mark(out / "stages" / f"{done}.done", {})
         tm.train_models(tmp_path, out, tm.RecipeSettings(cls_overrides=overrides), until="patches", tracking=False,
                         log=lambda *a: None)
@@ -162,7 +164,7 @@ def test_candidates_keep_the_mass_rule_the_shipped_classifiers_learned(tmp_path,
         (out / "cohort").mkdir()
         (out / "cohort" / "datalist.json").write_text(json.dumps({"training": [{"image": "images/a.nii.gz"}],
                                                                   "validation": []}))
-        for done in ("convert", "cohort", "segmentation", "masses", "segmentation_masses"):
+        for done in ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses"):
             tm._mark(out / "stages" / f"{done}.done", {})
         tm.train_models(tmp_path, out, tm.RecipeSettings(seg_overrides=overrides), until="candidates",
                         tracking=False, log=lambda *a: None)
@@ -215,6 +217,13 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
         with pytest.raises(SystemExit) as exc:
             cli.main(base + [f"--ground-glass-hu={bad}"])
         assert exc.value.code == 2
+    # the fast pair's classifier learned the segmenter's mass copies: --cls-mass-diaphragm-share 0
+    assert cli.main(base + ["--cls-mass-diaphragm-share", "0"]) == 0
+    assert seen[3].cls_mass_diaphragm_share == 0.0 and seen[1].cls_mass_diaphragm_share == 0.5
+    for bad in ("1.5", "-0.1", "half"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(base + ["--cls-mass-diaphragm-share", bad])
+        assert exc.value.code == 2
 
 
 def test_ground_glass_density_reaches_the_cohort_and_the_masses(tmp_path, monkeypatch):
@@ -238,6 +247,46 @@ def test_ground_glass_density_reaches_the_cohort_and_the_masses(tmp_path, monkey
         tm.train_models(tmp_path, out, settings, until="masses", tracking=False, log=lambda *a: None)
     assert seen == [("cohort", (-600.0, -400.0)), ("masses", (-600.0, -400.0)),
                     ("cohort", (-750.0, -400.0)), ("masses", (-750.0, -400.0))]
+
+
+def test_classifier_masses_redraw_the_mass_copies_after_the_segmenter(tmp_path, monkeypatch):
+    """After segmentation_masses the recipe redraws the mass copies with cls_mass_diaphragm_share (0.5) of their
+    juxta-pleural masses on the diaphragm for the classifier's candidates; 0 keeps the segmenter's copies; a work
+    folder whose candidates came before this stage is refused with a line that says what to do."""
+    from data_prep import training_cohort
+    from lungnod_ext.apps import pipeline
+    from lungnod_ext.apps import train_models as tm
+
+    seen = []
+    monkeypatch.setattr(training_cohort, "add_mass_copies", lambda out, cases, conv, n, options, diaphragm_share=None:
+                        seen.append((n, diaphragm_share)) or out)
+    monkeypatch.setattr(tm, "bundle_run", lambda bundle, run_id, configs, overrides, log: seen.append(overrides["run_name"]))
+    monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append("candidates"))
+
+    def folder(name, done):
+        out = tmp_path / name
+        (out / "converted" / "images").mkdir(parents=True)
+        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
+        for stage in done:
+            tm._mark(out / "stages" / f"{stage}.done", {})
+        (out / "cohort").mkdir()
+        (out / "cohort" / "datalist.json").write_text(json.dumps({"training": [], "validation": []}))
+        return out
+
+    before = ("convert", "cohort", "segmentation")
+    for share in (0.5, 0.0):
+        out = folder(f"share{share}", before)
+        recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(cls_mass_diaphragm_share=share),
+                                 until="candidates", tracking=False, log=lambda *a: None)
+        assert recipe["settings"]["cls_mass_diaphragm_share"] == share
+    assert seen == [(9, None), "segmentation_masses", (9, 0.5), "candidates",
+                    (9, None), "segmentation_masses", "candidates"]
+    assert (tmp_path / "share0.5" / "stages" / "classifier_masses.done").is_file()
+    assert not (tmp_path / "share0.0" / "stages" / "classifier_masses.done").exists()
+    old = folder("old", before + ("masses", "segmentation_masses", "candidates"))
+    with pytest.raises(ValueError, match="candidates were made before the classifier_masses stage"):
+        tm.train_models(tmp_path, old, until="patches", tracking=False, log=lambda *a: None)
+    assert not (old / "stages" / "classifier_masses.done").exists()
 
 
 def test_default_loader_workers():

@@ -116,12 +116,24 @@ def _hu_range(text: str) -> tuple[float, float]:
                                          "-450, e.g. --ground-glass-hu=-750,-400") from None
 
 
+def _share(text: str) -> float:
+    """A chance, 0 to 1 (argparse's type for --cls-mass-diaphragm-share)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share from 0 to 1 expected, e.g. 0.5")
+    return value
+
+
 def _cmd_train_models(args) -> int:
     from lungnod_ext.apps.train_models import DEFAULT_LIDC, RecipeSettings, train_models
 
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
-    for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers", "ground_glass_hu"):
+    for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers", "ground_glass_hu",
+                "cls_mass_diaphragm_share"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
@@ -180,12 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ground-glass-hu", type=_hu_range, metavar="LOW,HIGH",
                    help="density of the cohort's ground-glass nodules and part-solid halos, HU (-600,-400; write "
                         "--ground-glass-hu=-750,-400 for fainter ones)")
+    t.add_argument("--cls-mass-diaphragm-share", type=_share, metavar="SHARE",
+                   help="the mass copies redrawn for the classifier with this share of their juxta-pleural masses on "
+                        "the diaphragm (0.5; 0: the segmenter's copies, as the fast pair's classifier learned)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",
                    help="classification config override for training, e.g. network_def#centre_features=true")
     t.add_argument("--until", metavar="STAGE", help="stop after this stage (convert, cohort, segmentation, masses, "
-                   "segmentation_masses, candidates, patches); the same command without it goes on "
+                   "segmentation_masses, classifier_masses, candidates, patches); the same command without it goes on "
                    "(e.g. the segmenter on a GPU machine, the rest elsewhere from a copy of --out)")
     t.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow (where it is not installed)")
     t.set_defaults(func=_cmd_train_models)

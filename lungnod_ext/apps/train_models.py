@@ -10,6 +10,9 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    then ``mass_copies`` more volumes per series with masses of 30-50 mm among the nodules join the cohort
    (:func:`data_prep.training_cohort.add_mass_copies`) and ``models/segmentation_masses`` fine-tunes the
    segmenter on all of them for ``mass_epochs`` (LIDC's nodules stop at 30 mm; a user's lung cancer may not);
+   ``classifier_masses`` then draws those copies again in place with ``cls_mass_diaphragm_share`` of their
+   juxta-pleural masses on the diaphragm's dome, for the stages below (the segmenter fine-tuned on such copies
+   outlined those masses no better; the classifier trained on them reports more of them, session 28-29);
 4. ``runs/train_candidates``: the trained segmenter over the cohort, with the top ``train_blob_candidates``
    dot-filter peaks per volume (:mod:`lungnod_ext.inference.blob_candidates`) -> their false positives
    (vessel crossings and branch points, bronchial walls, pleura) become the classifier's hard negatives;
@@ -64,6 +67,8 @@ class RecipeSettings:
     mass_copies: int = 9             # volumes per series with masses (30-50 mm) added after the segmentation (0: none)
     mass_epochs: int = 16            # ... and the fine-tuning on the whole cohort with them
     mass_learning_rate: float = 3e-4
+    cls_mass_diaphragm_share: float = 0.5   # the mass copies redrawn for the classifier, this share of their
+    #                                         juxta-pleural masses on the diaphragm's dome (0: the segmenter's copies)
     cls_epochs: int = 20
     cls_val_interval: int = 2
     cls_learning_rate: float = 1e-3
@@ -131,7 +136,8 @@ def export_fp16(ckpt, dest: Path) -> Path:
 
 TRAINING_MASS_MIN_DIAMETER_MM = 30.0   # candidates stage: the lung-core rule's mass exemption (see candidates())
 # where --until may stop (after the patches only the classifiers and the export are left: no stop there)
-STAGES = ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "candidates", "patches")
+STAGES = ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses", "candidates",
+          "patches")
 
 
 class _StoppedAfter(Exception):
@@ -219,6 +225,13 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                 "val_interval": max(1, s.mass_epochs // 2), "patch_size": list(s.seg_patch_size),
                 "learning_rate": s.mass_learning_rate, "num_workers": loader_workers, **s.seg_overrides},
                 logs / "segmentation_masses_train.log"))
+            if s.cls_mass_diaphragm_share > 0:
+                if _done(marks / "candidates.done") and not _done(marks / "classifier_masses.done"):
+                    raise ValueError(f"{out}: its candidates were made before the classifier_masses stage; delete "
+                                     "stages/candidates.done and the stages after it, or set cls_mass_diaphragm_share 0")
+                stage("classifier_masses", lambda: {"datalist": str(add_mass_copies(
+                    cohort, train_cases, converted, s.mass_copies, cohort_options,
+                    diaphragm_share=s.cls_mass_diaphragm_share))})
 
         cand_dir = out / "runs" / "train_candidates"
 

@@ -93,8 +93,22 @@ def test_mass_copies_join_the_training_list_once(cohort, lidc_converted, tmp_pat
     out = tmp_path / "cohort"
     shutil.copytree(src, out)
     options = CohortOptions(copies=2, val_copies=1, workers=1, seed=3)
-    for _ in range(2):                                 # a second call rewrites the same copies, listed once
-        path = add_mass_copies(out, [case], lidc_converted, 2, options)
+    drawn = []
+    # a second call rewrites the same copies, listed once; diaphragm_share redraws them in place (the recipe's
+    # classifier copies) and the default draws the segmenter's again
+    for share in (None, 1.0, None):
+        path = add_mass_copies(out, [case], lidc_converted, 2, options, diaphragm_share=share)
+        drawn.append([json.loads((out / "nodules" / f"{case}_c0{i}.json").read_text())["inserted"] for i in (3, 4)])
+    assert drawn[0] == drawn[2] and drawn[0] != drawn[1]
+    from data_prep.insert import find_lung_mask
+    on_floor = 0
+    for i, records in zip((3, 4), drawn[1]):           # share 1: the juxta-pleural masses in the lungs' lower half
+        hu, geometry = read_nifti(out / "images" / f"{case}_c0{i}.nii.gz")
+        zs = np.flatnonzero(find_lung_mask(hu).any(axis=(1, 2)))
+        for n in (n for n in records if n["type"] == "juxta_pleural"):
+            assert n["centre_voxel"][2] <= (zs[0] + zs[-1]) / 2 + n["mask_diameter_mm"] / geometry.spacing[2], n
+            on_floor += 1
+    assert on_floor >= 2
     new = json.loads(path.read_text())
     assert [e["case"] for e in new["training"]] == [e["case"] for e in dl["training"]] + [f"{case}_c03", f"{case}_c04"]
     assert new["validation"] == dl["validation"]
