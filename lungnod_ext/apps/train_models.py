@@ -54,7 +54,7 @@ DEFAULT_LIDC = REPO_ROOT.parent / "shared" / "data" / "lidc"
 
 @dataclass
 class RecipeSettings:
-    """What the recipe trains. The defaults made the shipped models (about 2 h 10 min on 2 CPU cores)."""
+    """What the recipe trains. The defaults made the shipped models (2 h 10-30 min on 2 CPU cores)."""
 
     hold_out: list[str] = field(default_factory=lambda: ["LIDC-IDRI-0001"])   # patient ids never trained on
     copies: int = 10                 # cohort volumes per training series (copy 0 = the real scan)
