@@ -23,6 +23,21 @@ from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE
 NARROW = "[64,32,16,8,4]"   # a segmentation decoder narrower than the bundle default
 
 
+def _recipe_folder(out, done, training=None):
+    """A ``lungnod train-models`` work folder as earlier stages left it: one converted series (an empty file,
+    converted elsewhere), the stages ``done`` marked, and with ``training`` a cohort datalist of those items."""
+    from lungnod_ext.apps.train_models import _mark
+
+    (out / "converted" / "images").mkdir(parents=True)
+    (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
+    for stage in done:
+        _mark(out / "stages" / f"{stage}.done", {})
+    if training is not None:
+        (out / "cohort").mkdir()
+        (out / "cohort" / "datalist.json").write_text(json.dumps({"training": training, "validation": []}))
+    return out
+
+
 def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     out = tmp_path / "recipe"
     args = [sys.executable, "-m", "lungnod_ext", "train-models", "--out", str(out), "--lidc", str(lidc_root),
@@ -101,11 +116,7 @@ def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):
     runs = []
     monkeypatch.setattr(tm, "bundle_run", lambda bundle, run_id, configs, overrides, log: runs.append(overrides))
     for tracking in (False, True):
-        out = tmp_path / f"tracking_{tracking}"
-        (out / "converted" / "images").mkdir(parents=True)
-        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()   # converted elsewhere
-        for done in ("convert", "cohort"):
-            tm._mark(out / "stages" / f"{done}.done", {})
+        out = _recipe_folder(tmp_path / f"tracking_{tracking}", ("convert", "cohort"))
         settings = tm.RecipeSettings(seg_epochs=3, loader_workers=None if tracking else 3)
         recipe = tm.train_models(tmp_path, out, settings, until="segmentation", tracking=tracking,
                                  log=lambda *a: None)
@@ -134,12 +145,8 @@ def test_patches_are_cut_with_the_classifier_overrides_geometry(tmp_path, monkey
     monkeypatch.setattr(patch_dataset, "build_patch_dataset",
                         lambda *a, **kw: cuts.append(kw) or tmp_path / "datalist.json")
     for n, overrides in enumerate(({}, {"slab_mm": [-2.5, 0.0, 2.5], "fine_spacing_mm": 0.5, "dropout": 0.1})):
-        out = tmp_path / f"run{n}"
-        (out / "converted" / "images").mkdir(parents=True)
-        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
-        for done in ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses",
-                     "candidates"):
-            tm._mark(out / "stages" / f"{done}.done", {})
+        out = _recipe_folder(tmp_path / f"run{n}", ("convert", "cohort", "segmentation", "masses",
+                                                   "segmentation_masses", "classifier_masses", "candidates"))
         tm.train_models(tmp_path, out, tm.RecipeSettings(cls_overrides=overrides), until="patches", tracking=False,
                         log=lambda *a: None)
     geometry = [{k: kw[k] for k in kw if k in patch_dataset.PATCH_GEOMETRY_KEYS} for kw in cuts]
@@ -150,22 +157,15 @@ def test_patches_are_cut_with_the_classifier_overrides_geometry(tmp_path, monkey
 def test_candidates_keep_the_mass_rule_the_shipped_classifiers_learned(tmp_path, monkeypatch):
     """The recipe's candidates stage makes the training candidates with mass_min_diameter_mm 30 (the rule of the
     shipped classifiers' training candidates), though inference keeps segments from 20 mm; a --seg override wins."""
-    import json
-
     from lungnod_ext.apps import pipeline
     from lungnod_ext.apps import train_models as tm
 
     seen = []
     monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append(a[5]))
     for n, overrides in enumerate(({}, {"mass_min_diameter_mm": 20.0})):
-        out = tmp_path / f"run{n}"
-        (out / "converted" / "images").mkdir(parents=True)
-        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
-        (out / "cohort").mkdir()
-        (out / "cohort" / "datalist.json").write_text(json.dumps({"training": [{"image": "images/a.nii.gz"}],
-                                                                  "validation": []}))
-        for done in ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses"):
-            tm._mark(out / "stages" / f"{done}.done", {})
+        out = _recipe_folder(tmp_path / f"run{n}", ("convert", "cohort", "segmentation", "masses",
+                                                   "segmentation_masses", "classifier_masses"),
+                             training=[{"image": "images/a.nii.gz"}])
         tm.train_models(tmp_path, out, tm.RecipeSettings(seg_overrides=overrides), until="candidates",
                         tracking=False, log=lambda *a: None)
     assert [o["mass_min_diameter_mm"] for o in seen] == [30.0, 20.0]
@@ -238,11 +238,7 @@ def test_ground_glass_density_reaches_the_cohort_and_the_masses(tmp_path, monkey
     monkeypatch.setattr(training_cohort, "add_mass_copies",
                         lambda out, cases, conv, n, options: seen.append(("masses", options.ground_glass_hu)) or out)
     for n, band in enumerate((None, (-750.0, -400.0))):
-        out = tmp_path / f"run{n}"
-        (out / "converted" / "images").mkdir(parents=True)
-        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
-        for done in ("convert", "segmentation"):
-            tm._mark(out / "stages" / f"{done}.done", {})
+        out = _recipe_folder(tmp_path / f"run{n}", ("convert", "segmentation"))
         settings = tm.RecipeSettings() if band is None else tm.RecipeSettings(ground_glass_hu=band)
         tm.train_models(tmp_path, out, settings, until="masses", tracking=False, log=lambda *a: None)
     assert seen == [("cohort", (-600.0, -400.0)), ("masses", (-600.0, -400.0)),
@@ -263,19 +259,9 @@ def test_classifier_masses_redraw_the_mass_copies_after_the_segmenter(tmp_path, 
     monkeypatch.setattr(tm, "bundle_run", lambda bundle, run_id, configs, overrides, log: seen.append(overrides["run_name"]))
     monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append("candidates"))
 
-    def folder(name, done):
-        out = tmp_path / name
-        (out / "converted" / "images").mkdir(parents=True)
-        (out / "converted" / "images" / "LIDC-IDRI-0006_e7aa2240.nii.gz").touch()
-        for stage in done:
-            tm._mark(out / "stages" / f"{stage}.done", {})
-        (out / "cohort").mkdir()
-        (out / "cohort" / "datalist.json").write_text(json.dumps({"training": [], "validation": []}))
-        return out
-
     before = ("convert", "cohort", "segmentation")
     for share in (0.5, 0.0):
-        out = folder(f"share{share}", before)
+        out = _recipe_folder(tmp_path / f"share{share}", before, training=[])
         recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(cls_mass_diaphragm_share=share),
                                  until="candidates", tracking=False, log=lambda *a: None)
         assert recipe["settings"]["cls_mass_diaphragm_share"] == share
@@ -283,7 +269,7 @@ def test_classifier_masses_redraw_the_mass_copies_after_the_segmenter(tmp_path, 
                     (9, None), "segmentation_masses", "candidates"]
     assert (tmp_path / "share0.5" / "stages" / "classifier_masses.done").is_file()
     assert not (tmp_path / "share0.0" / "stages" / "classifier_masses.done").exists()
-    old = folder("old", before + ("masses", "segmentation_masses", "candidates"))
+    old = _recipe_folder(tmp_path / "old", before + ("masses", "segmentation_masses", "candidates"), training=[])
     with pytest.raises(ValueError, match="candidates were made before the classifier_masses stage"):
         tm.train_models(tmp_path, old, until="patches", tracking=False, log=lambda *a: None)
     assert not (old / "stages" / "classifier_masses.done").exists()
