@@ -119,12 +119,11 @@ def _hu_range(text: str) -> tuple[float, float]:
 def _share(text: str) -> float:
     """A chance, 0 to 1 (argparse's type for --cls-mass-diaphragm-share)."""
     try:
-        value = float(text)
+        if 0.0 <= (value := float(text)) <= 1.0:
+            return value
     except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a share from 0 to 1 expected, e.g. 0.5")
-    return value
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r}: a share from 0 to 1 expected, e.g. 0.5")
 
 
 def _cmd_train_models(args) -> int:
