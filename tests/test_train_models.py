@@ -173,6 +173,24 @@ def test_candidates_keep_the_mass_rule_the_shipped_classifiers_learned(tmp_path,
     assert inference["mass_min_diameter_mm"] == 20.0
 
 
+def test_faint_candidates_reach_the_candidate_run_and_match_inference(tmp_path, monkeypatch):
+    """``faint_candidates`` is the candidate run's ``blob_faint_candidates`` (the dot filter's faint quota the
+    classifiers learn from); the recipe's default is what the segmentation inference config adds per scan."""
+    from lungnod_ext.apps import pipeline
+    from lungnod_ext.apps import train_models as tm
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append(a[5]))
+    for n, settings in enumerate((tm.RecipeSettings(faint_candidates=12), tm.RecipeSettings())):
+        out = _recipe_folder(tmp_path / f"run{n}", ("convert", "cohort", "segmentation", "masses",
+                                                   "segmentation_masses", "classifier_masses"),
+                             training=[{"image": "images/a.nii.gz"}])
+        tm.train_models(tmp_path, out, settings, until="candidates", tracking=False, log=lambda *a: None)
+    inference = json.loads((tm.SEG / "configs" / "inference.json").read_text())
+    assert [o["blob_faint_candidates"] for o in seen] == [12, inference["blob_faint_candidates"]]
+    assert tm.RecipeSettings().faint_candidates == inference["blob_faint_candidates"]
+
+
 def test_a_bundle_run_stopped_by_bad_data_raises_that_error(tmp_path):
     """A recipe stage's ``monai.bundle run`` that stops on our bad-input check (here patches cut with other planes
     than the classifier's config) raises that one-line error again, path first, with the log named, instead of
@@ -223,6 +241,12 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
     for bad in ("1.5", "-0.1", "half"):
         with pytest.raises(SystemExit) as exc:
             cli.main(base + ["--cls-mass-diaphragm-share", bad])
+        assert exc.value.code == 2
+    assert cli.main(base + ["--faint-candidates", "0"]) == 0
+    assert seen[4].faint_candidates == 0 and seen[1].faint_candidates == tm.RecipeSettings().faint_candidates
+    for bad in ("-1", "2.5", "many"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(base + ["--faint-candidates", bad])
         assert exc.value.code == 2
 
 

@@ -126,13 +126,23 @@ def _share(text: str) -> float:
     raise argparse.ArgumentTypeError(f"{text!r}: a share from 0 to 1 expected, e.g. 0.5")
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse's type for --faint-candidates)."""
+    try:
+        if (value := int(text)) >= 0:
+            return value
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 0 expected, e.g. 30")
+
+
 def _cmd_train_models(args) -> int:
     from lungnod_ext.apps.train_models import DEFAULT_LIDC, RecipeSettings, train_models
 
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
     for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers", "ground_glass_hu",
-                "cls_mass_diaphragm_share"):
+                "cls_mass_diaphragm_share", "faint_candidates"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
@@ -194,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cls-mass-diaphragm-share", type=_share, metavar="SHARE",
                    help="the mass copies redrawn for the classifier with this share of their juxta-pleural masses on "
                         "the diaphragm (0.5; 0: the segmenter's copies, as the fast pair's classifier learned)")
+    t.add_argument("--faint-candidates", type=_count, metavar="N",
+                   help="faint dot-filter peaks (ground glass) per volume beyond the strongest ones, learned from and "
+                        "added at inference (0; the segmentation config's blob_faint_candidates must match)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",

@@ -61,7 +61,7 @@ def _ignored_marks(converted: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
-PRIOR_DETECTORS = ("blob", "pleural")
+PRIOR_DETECTORS = ("blob", "faint", "pleural")
 """Candidate detectors whose patches get kinds of their own (``<detector>_hit`` / ``<detector>_negative``)."""
 PATCH_GEOMETRY_KEYS = ("spatial_dims", "patch_size", "spacing_mm", "slab_mm", "fine_spacing_mm")
 """Arguments of :func:`build_patch_dataset` that fix how a patch is cut, named as the classification bundle's

@@ -14,7 +14,8 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    juxta-pleural masses on the diaphragm's dome, for the stages below (the segmenter fine-tuned on such copies
    outlined those masses no better; the classifier trained on them reports more of them, session 28-29);
 4. ``runs/train_candidates``: the trained segmenter over the cohort, with the top ``train_blob_candidates``
-   dot-filter peaks per volume (:mod:`lungnod_ext.inference.blob_candidates`) -> their false positives
+   dot-filter peaks per volume (:mod:`lungnod_ext.inference.blob_candidates`; plus ``faint_candidates`` faint
+   ones beyond them, detector "faint", when set) -> their false positives
    (vessel crossings and branch points, bronchial walls, pleura) become the classifier's hard negatives;
 5. ``patches/`` + ``models/classification``: the classification bundle's ``train.json`` on 2.5D patches
    (real + inserted nodules, the segmenter's hits; its false positives and random lung), once per seed of
@@ -23,7 +24,7 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    :class:`lungnod_ext.networks.classifier.NoduleCNNEnsemble` (``install=True`` copies them to
    ``bundles/*/models/model.pt``) and ``recipe.json`` (settings, series, seconds per stage, and
    ``detector_priors``: the share of nodules among the top ``blob_candidates`` dot-filter peaks of the
-   training volumes, and among their pleural caps when the segmentation config makes them, the value of the
+   training volumes, and among their faint ones and pleural caps when the candidates have them, the value of the
    classification bundle's ``detector_priors`` for these models).
 
 Both trainings are logged to MLflow (``<out>/mlruns.db``, experiment ``lungnod_train_models``). The held-out
@@ -81,6 +82,8 @@ class RecipeSettings:
     workers: int = 2
     train_blob_candidates: int = 100   # dot-filter peaks per cohort volume the classifier learns from
     blob_candidates: int = 50          # ... and per scan at inference (segmentation blob_max_candidates)
+    faint_candidates: int = 0          # faint dot-filter peaks (ground glass) per volume beyond those, learned from and
+    #                                    added at inference (segmentation blob_faint_candidates; detector "faint")
     loader_workers: int | None = None   # DataLoader processes of both trainings (None: default_loader_workers())
     seg_overrides: dict = field(default_factory=dict)   # segmentation config ids for training and candidates
     cls_overrides: dict = field(default_factory=dict)   # classification config ids for training
@@ -240,6 +243,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
             images = [{"image": str(cohort / e["image"])} for e in items["training"] + items["validation"]]
             run_bundle_inference(SEG, ["configs/inference.json"], images, cand_dir, seg_models / "model.pt",
                                  {"write_overlays": False, "blob_max_candidates": s.train_blob_candidates,
+                                  "blob_faint_candidates": s.faint_candidates,
                                   # the zoomed pass over whole slices, as the shipped classifier learned (a
                                   # superset of the candidates inference zooms around since segmentation 0.7.0)
                                   "zoom_threshold": None,

@@ -35,6 +35,8 @@ from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
 DEFAULT_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8)
 """Filter scales: a solid sphere of diameter d answers best at sigma = d / (2 sqrt 3), so 3.5-10 mm."""
 HU_CLIP = (-1000.0, 200.0)          # bone and contrast would otherwise dominate the second derivatives
+FAINT_HU = (-800.0, -500.0)
+"""Smoothed CT at a dot-filter peak that makes it a faint blob (ground glass, part-solid; HU, [low, high))."""
 
 
 def _sym3_eigenvalues(a, b, c, d, e, f):
@@ -187,6 +189,10 @@ class DotPeaks(NamedTuple):
     centres_zyx: np.ndarray
     response: np.ndarray
     sigma_mm: np.ndarray
+    rank: np.ndarray
+    """Each peak's rank among all the filter's peaks by response (0 = strongest)."""
+    faint: np.ndarray
+    """True for a peak taken by the faint quota (see :func:`dot_filter_peaks`)."""
 
 
 def _zoom_linear(vol: np.ndarray, zoom: np.ndarray) -> np.ndarray:
@@ -200,12 +206,21 @@ def _zoom_linear(vol: np.ndarray, zoom: np.ndarray) -> np.ndarray:
 def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_zyx: np.ndarray | None = None,
                      grid_mm: float | None = None, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
                      max_peaks: int = 100, min_response: float = 5.0,
-                     min_separation_mm: float = 4.0) -> DotPeaks | None:
+                     min_separation_mm: float = 4.0, faint_max_peaks: int = 0,
+                     faint_hu: Sequence[float] = FAINT_HU) -> DotPeaks | None:
     """The strongest local maxima of :func:`dot_enhancement` in a (z, y, x) HU volume, over ``lung_zyx``
     (non-zero = lung, same grid; None: everywhere; None is returned when it is empty): peaks at least
-    ``min_separation_mm`` apart with response > ``min_response`` (HU), ``max_peaks`` at most. The filter runs
+    ``min_separation_mm`` apart with response > ``min_response`` (HU), ``max_peaks`` at most (their ``rank`` 0, 1,
+    ...). The filter runs
     on the lung box (HU clipped to ``HU_CLIP``), resampled to ``grid_mm`` along every axis finer than that
-    (coarser axes, usually z, are kept; None: the volume's own grid)."""
+    (coarser axes, usually z, are kept; None: the volume's own grid).
+
+    ``faint_max_peaks`` > 0 adds a quota for faint blobs (ground glass, part-solid): up to that many more
+    peaks, strongest first, from those ranked below ``max_peaks`` whose CT smoothed with a 1 mm Gaussian lies
+    within ``faint_hu`` (HU, [low, high)) at the peak. The response scales with a blob's contrast, so a
+    ground-glass nodule of -650 HU answers a third of a solid one and ranks behind hundreds of vessel
+    crossings; among the faint peaks it is near the top. They come after the others, flagged in ``faint``, with
+    their rank among all peaks."""
     hu = np.asarray(hu_zyx)
     spacing = np.asarray(spacing_zyx_mm, dtype=float)
     if lung_zyx is not None:
@@ -234,26 +249,55 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
                 work_mask = np.resize(work_mask, vol.shape)
     del work, lung_box   # full-resolution copies (vol / work_mask when not zoomed): not held through the filter
     response, best_sigma = dot_enhancement(vol, work_spacing, sigmas_mm, work_mask, floor=min_response)
-    peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response, max_peaks)
+    faint_max_peaks = max(int(faint_max_peaks), 0)
+    peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response,
+                         max_peaks if faint_max_peaks == 0 else response.size)
+    rank = np.arange(len(peaks))
+    faint = np.zeros(len(peaks), bool)
+    if faint_max_peaks:
+        low, high = (float(v) for v in faint_hu)
+        rest = peaks[max_peaks:]
+        smooth_hu = _smoothed_at(vol, work_spacing, rest, 1.0)
+        pick = np.flatnonzero((smooth_hu >= low) & (smooth_hu < high))[:faint_max_peaks] + max_peaks
+        keep = np.r_[np.arange(min(max_peaks, len(peaks))), pick]
+        peaks, rank, faint = peaks[keep], rank[keep], np.arange(len(keep)) >= len(keep) - len(pick)
     scale = (work_shape - 1) / np.maximum(np.asarray(vol.shape) - 1, 1)
     at = tuple(peaks.T)
-    return DotPeaks(box, peaks * scale, response[at], best_sigma[at])
+    return DotPeaks(box, peaks * scale, response[at], best_sigma[at], rank, faint)
+
+
+def _smoothed_at(vol: np.ndarray, spacing_zyx: np.ndarray, points_zyx: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """The (z, y, x) volume smoothed with a Gaussian of ``sigma_mm`` at integer voxel ``points_zyx`` (n, 3),
+    worked out on a small box around each point only (not the whole volume)."""
+    sig = sigma_mm / np.asarray(spacing_zyx, dtype=float)
+    half = np.ceil(3.0 * sig).astype(int)
+    kernels = [np.exp(-0.5 * (np.arange(-h, h + 1) / s) ** 2) for h, s in zip(half, sig)]
+    kernels = [k / k.sum() for k in kernels]
+    padded = np.pad(vol, [(h, h) for h in half], mode="edge")
+    out = np.empty(len(points_zyx), np.float32)
+    for n, (z, y, x) in enumerate(np.asarray(points_zyx, dtype=int)):
+        crop = padded[z:z + 2 * half[0] + 1, y:y + 2 * half[1] + 1, x:x + 2 * half[2] + 1]
+        out[n] = np.einsum("ijk,i,j,k->", crop, *kernels)
+    return out
 
 
 def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray | None = None,
                          grid_mm: float = 1.0, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
                          max_candidates: int = 100, min_response: float = 5.0, min_separation_mm: float = 4.0,
-                         taken_zyx: np.ndarray | None = None) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
+                         taken_zyx: np.ndarray | None = None, faint_max_candidates: int = 0,
+                         faint_hu: Sequence[float] = FAINT_HU) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
     """Dot-filter candidates of a (z, y, x) HU volume on ``geometry``: the peaks of :func:`dot_filter_peaks`
     (``lung_zyx``, ``grid_mm`` and the filter options as there; ``max_candidates`` peaks at most), each
     outlined by region growing; a peak whose grown region is empty is skipped. Returns ``[(candidate dict
     without id / probabilities, box, region mask)]``: the region is ``mask`` inside ``hu_zyx[box]``. A
     region that touches ``taken_zyx`` (non-zero: another candidate's voxels, e.g. a label map) or an earlier
     blob (e.g. a lobulation at the edge of the U-Net's segment of a nodule) is that object, not a new
-    candidate."""
+    candidate. ``faint_max_candidates`` peaks more from the faint quota (``faint_hu``; see
+    :func:`dot_filter_peaks`) become candidates of ``detector`` "faint"; ``blob_rank`` is a peak's rank among
+    all the filter's peaks either way."""
     spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
     peaks = dot_filter_peaks(hu_zyx, spacing, lung_zyx, grid_mm, sigmas_mm, max_candidates, min_response,
-                             min_separation_mm)
+                             min_separation_mm, faint_max_candidates, faint_hu)
     if peaks is None:
         return []
     box = peaks.box
@@ -262,7 +306,8 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
     taken = (np.ascontiguousarray(taken_zyx[box]) != 0 if taken_zyx is not None
              else np.zeros(hu_box.shape, bool))
     found = []
-    for rank, (centre, response, sigma) in enumerate(zip(peaks.centres_zyx, peaks.response, peaks.sigma_mm)):
+    for rank, is_faint, centre, response, sigma in zip(peaks.rank, peaks.faint, peaks.centres_zyx, peaks.response,
+                                                       peaks.sigma_mm):
         grown = _grow_region(hu_box, spacing, centre, float(np.sqrt(3.0) * float(sigma)), taken)
         if grown is None:
             continue
@@ -270,7 +315,7 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
         taken[local_box] |= region
         rbox = tuple(slice(b.start + o, b.stop + o) for b, o in zip(local_box, offset))
         mean_hu = float(np.asarray(hu_box[local_box], dtype=np.float32)[region].mean(dtype=np.float64))
-        found.append(({**region_candidate(rbox, region, geometry, mean_hu), "detector": "blob",
+        found.append(({**region_candidate(rbox, region, geometry, mean_hu), "detector": "faint" if is_faint else "blob",
                        "blob_response": float(response), "blob_rank": int(rank)}, rbox, region))
     return found
 

@@ -1,14 +1,15 @@
 """Another stage-2 classifier on a finished ``bench_models.py`` fold, in seconds instead of a full rerun.
 
     python tests/benchmarks/bench_rescore.py --work /tmp/bench_models/LIDC-IDRI-0001 \
-        --cls-ckpt runs/foldX/export/classification/model.pt --prior 0.046 [--cls KEY=VALUE ...] \
-        [--max-blob-rank 50] [--results out.json]
+        --cls-ckpt runs/foldX/export/classification/model.pt --prior 0.046 [--prior-faint 0.002] \
+        [--cls KEY=VALUE ...] [--max-blob-rank 50] [--results out.json]
 
 ``--work``: the per-patient folder ``bench_models.py --work W`` left (``W/<patient>``: ``converted/``,
 ``inserted/``, ``detect/``). Its stage-1 candidates (the segmenter's and the dot filter's, as detect wrote
 them) are scored again by ``--cls-ckpt`` (built from the classification bundle's inference config with
 the ``--cls`` overrides, e.g. ``network_def#centre_features=true``; patches as that config cuts them);
-dot-filter candidates get the posterior with ``--prior`` (the recipe's ``detector_priors`` blob value);
+dot-filter candidates get the posterior with ``--prior`` (the recipe's ``detector_priors`` blob value), those of
+its faint quota (``detector`` "faint") with ``--prior-faint`` when given (else the network's own value);
 ``--max-blob-rank N`` keeps only the dot-filter candidates of rank < N (a detect run with more peaks
 contains every run with fewer: peaks are taken in rank order). With the classifier and prior the fold
 was run with, the tables equal ``bench_models.py``'s.
@@ -50,14 +51,17 @@ def _classifier(ckpt: Path, overrides: dict):
     return net.eval(), parser.get_parsed_content("preprocessing")
 
 
-def rescore(work: Path, ckpt: Path, prior: float, overrides: dict, max_blob_rank: int | None) -> dict:
+def rescore(work: Path, ckpt: Path, prior: float, overrides: dict, max_blob_rank: int | None,
+            prior_faint: float | None = None) -> dict:
     from bench_models import _stage_tables, reference_subsets
     from lungnod_ext.inference.classify import apply_detector_priors
     from lungnod_ext.metrics.detection import match_detections
     from lungnod_ext.metrics.model_evaluation import read_references, read_small_marks, subset_references
 
     net, preprocessing = _classifier(ckpt, overrides)
-    result: dict = {"work": str(work), "cls_ckpt": str(ckpt), "prior": prior, "cls_overrides": overrides,
+    priors = {"blob": prior, **({"faint": prior_faint} if prior_faint is not None else {})}
+    result: dict = {"work": str(work), "cls_ckpt": str(ckpt), "prior": prior, "prior_faint": prior_faint,
+                    "cls_overrides": overrides,
                     "max_blob_rank": max_blob_rank, "detection": {}, "stage1_recall": {}}
     for group, table_dir in (("real", work / "converted"), ("inserted", work / "inserted")):
         cases = [p.name[:-7] for p in sorted((table_dir / "images").glob("*.nii.gz"))
@@ -73,7 +77,7 @@ def rescore(work: Path, ckpt: Path, prior: float, overrides: dict, max_blob_rank
                 x = preprocessing({"image": str(table_dir / "images" / f"{case}.nii.gz"), "candidates": cands})["image"]
                 with torch.no_grad():
                     raw = torch.sigmoid(net(x)).reshape(-1).tolist()
-                apply_detector_priors(cands, raw, {"blob": prior})
+                apply_detector_priors(cands, raw, priors)
                 for c in cands:
                     c["cls_prob"] = c["probability"]
             dets[case] = cands
@@ -99,11 +103,14 @@ def main() -> None:
     ap.add_argument("--work", required=True, type=Path, help="bench_models.py's folder for one patient")
     ap.add_argument("--cls-ckpt", required=True, type=Path)
     ap.add_argument("--prior", required=True, type=float, help="detector_priors blob value for this classifier")
+    ap.add_argument("--prior-faint", type=float, default=None,
+                    help="detector_priors faint value (the dot filter's faint quota); default: the network's own value")
     ap.add_argument("--cls", action="append", metavar="KEY=VALUE", help="classification config override")
     ap.add_argument("--max-blob-rank", type=int, default=None)
     ap.add_argument("--results", type=Path, default=None)
     args = ap.parse_args()
-    result = rescore(args.work, args.cls_ckpt, args.prior, parse_overrides(args.cls), args.max_blob_rank)
+    result = rescore(args.work, args.cls_ckpt, args.prior, parse_overrides(args.cls), args.max_blob_rank,
+                     args.prior_faint)
     rates = ["0.125", "0.25", "0.5", "1", "2", "4", "8"]
     print(f"{'subset':<22}{'n':>4}{'stage-1 recall':>16}" + "".join(f"{r:>7}" for r in rates) + "    CPM  sens@0.5  FP/scan@0.5")
     for name, tables in result["detection"].items():

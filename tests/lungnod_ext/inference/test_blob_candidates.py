@@ -153,3 +153,56 @@ def test_zoom_matches_scipy_linear_zoom(shape, zoom):
     theirs = ndi.zoom(vol, zoom, order=1, mode="nearest", grid_mode=False)
     assert ours.shape == theirs.shape and ours.dtype == np.float32
     assert np.abs(ours - theirs).max() < 1e-2          # HU; float32 rounding only
+
+
+def _faint_phantom():
+    """(z, y, x) HU on the thin-slice grid: lung (-850) with six 6 mm solid spheres (0 HU, what vessel crossings
+    answer like) along x at y 28 mm and one 6 mm ground-glass sphere (-600 HU) at (z 25, y 63, x 28) mm."""
+    shape = (40, 130, 130)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, SPACING_XYZ[::-1])], indexing="ij")
+    hu = np.full(shape, -850.0, np.float32)
+    for cx in (10.0, 22.0, 34.0, 46.0, 58.0, 70.0):
+        hu[(z - 25.0) ** 2 + (y - 28.0) ** 2 + (x - cx) ** 2 <= 3.0 ** 2] = 0.0
+    hu[(z - 25.0) ** 2 + (y - 63.0) ** 2 + (x - 28.0) ** 2 <= 3.0 ** 2] = -600.0
+    hu = np.rint(hu + np.random.default_rng(1).normal(0, 10, shape)).astype(np.int16)
+    return hu, Geometry(origin=(0.0, 0.0, 0.0), spacing=SPACING_XYZ, shape=shape[::-1])
+
+
+def test_faint_quota_adds_the_ground_glass_blob_the_solid_ones_outrank():
+    """The ground-glass sphere answers about a quarter of a solid one (its contrast is 250 HU, not 850), so the
+    six solid spheres take the top six peaks: with max_candidates 6 it is no candidate. A faint quota of 1 adds
+    it, as detector "faint", centre within 1 mm, its rank among all peaks (6 or lower) as blob_rank; the solid
+    peaks never enter the quota (their smoothed HU is above the faint band)."""
+    hu, g = _faint_phantom()
+    ground_glass = [28.0, 63.0, 25.0]
+    plain = find_blob_candidates(hu, g, max_candidates=6)
+    assert len(plain) == 6 and all(c["detector"] == "blob" for c, _, _ in plain)
+    assert all(np.linalg.norm(np.subtract(c["centre_lps"], ground_glass)) > 10.0 for c, _, _ in plain)
+    quota = find_blob_candidates(hu, g, max_candidates=6, faint_max_candidates=1)
+    assert [c["detector"] for c, _, _ in quota] == ["blob"] * 6 + ["faint"]
+    faint = quota[-1][0]
+    assert np.linalg.norm(np.subtract(faint["centre_lps"], ground_glass)) < 1.0
+    assert faint["blob_rank"] >= 6 and 4.5 < faint["diameter_mm"] < 7.5
+    assert -700.0 < faint["mean_hu"] < -500.0
+    assert [c["blob_rank"] for c, _, _ in quota[:6]] == list(range(6))
+    # fewer solid peaks than the quota's start: the ground-glass one is then a plain top peak, not "faint"
+    wide = find_blob_candidates(hu, g, max_candidates=7, faint_max_candidates=3)
+    assert [c["detector"] for c, _, _ in wide].count("faint") == 0
+    assert any(np.linalg.norm(np.subtract(c["centre_lps"], ground_glass)) < 1.0 for c, _, _ in wide)
+    # a band that leaves the ground glass out adds nothing
+    none = find_blob_candidates(hu, g, max_candidates=6, faint_max_candidates=1, faint_hu=(-500.0, -300.0))
+    assert len(none) == 6
+
+
+def test_smoothed_value_at_points_matches_the_whole_volume_filter():
+    """The faint quota's HU at a peak: a Gaussian worked out around the point alone equals scipy's filter of
+    the whole volume there (away from its edges)."""
+    from scipy import ndimage as ndi
+
+    from lungnod_ext.inference.blob_candidates import _smoothed_at
+
+    vol = np.random.default_rng(2).normal(-700, 100, (20, 40, 40)).astype(np.float32)
+    spacing = np.array([2.5, 1.0, 1.0])
+    points = np.array([[10, 20, 20], [5, 12, 30], [14, 30, 9]])
+    whole = ndi.gaussian_filter(vol, sigma=1.0 / spacing, truncate=3.0, mode="nearest")
+    assert np.allclose(_smoothed_at(vol, spacing, points, 1.0), whole[tuple(points.T)], atol=0.5)
