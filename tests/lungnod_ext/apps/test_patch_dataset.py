@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from data_prep.nifti_io import write_nifti
 from lungnod_ext.apps.patch_dataset import build_patch_dataset, detector_prior
@@ -92,37 +93,20 @@ def test_dot_filter_candidates_get_their_own_kinds_and_prior(tmp_path, sphere_vo
     assert detector_prior(path, split="validation") is None
 
 
-def test_pleural_caps_get_their_own_kinds_and_prior(tmp_path, sphere_volume):
-    """Candidates with ``detector`` "pleural" become ``pleural_hit`` / ``pleural_negative``; their prior is their
-    own share of hits (1 of 2), whatever ``max_rank`` (a dot-filter setting), and the dot filter's is apart."""
+@pytest.mark.parametrize("detector,rank_key", [("pleural", "cap_rank"), ("faint", "blob_rank")])
+def test_other_detectors_get_their_own_kinds_and_prior(tmp_path, sphere_volume, detector, rank_key):
+    """Candidates of the pleural caps (``detector`` "pleural") and of the dot filter's faint quota ("faint")
+    become ``<detector>_hit`` / ``<detector>_negative``; their prior is their own share of hits (1 of 2), whatever
+    ``max_rank`` (a setting of the strongest dot-filter peaks), and the dot filter's is apart (0 of 1)."""
     conv, cands = _converted_case(tmp_path, sphere_volume, [
-        {"id": 1, "centre_lps": [10.5, -20.0, 30.0], "max_prob": 0.0, "detector": "pleural", "cap_rank": 3},
-        {"id": 2, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.0, "detector": "pleural", "cap_rank": 0},
+        {"id": 1, "centre_lps": [10.5, -20.0, 30.0], "max_prob": 0.0, "detector": detector, rank_key: 130},
+        {"id": 2, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.0, "detector": detector, rank_key: 0},
         {"id": 3, "centre_lps": [0.0, 10.0, 0.0], "max_prob": 0.0, "detector": "blob", "blob_rank": 0}])
     path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=1,
                                random_negatives_per_case=1)
     entries = json.loads(path.read_text())["training"]
-    kinds = sorted((e["kind"], e["label"]) for e in entries if e["kind"].startswith(("pleural", "blob")))
-    assert kinds == [("blob_negative", [0]), ("pleural_hit", [1]), ("pleural_negative", [0])]
-    assert detector_prior(path, detector="pleural") == 1 / 2
-    assert detector_prior(path, max_rank=0, detector="pleural") == 1 / 2
-    assert detector_prior(path) == 0.0
-
-
-def test_faint_dot_filter_candidates_get_their_own_kinds_and_prior(tmp_path, sphere_volume):
-    """The dot filter's faint quota (``detector`` "faint") becomes ``faint_hit`` / ``faint_negative``, apart from
-    the strongest peaks': its prior is its own share of hits (1 of 3), whatever ``max_rank``; the blob prior
-    counts only "blob" candidates (0 of 1)."""
-    conv, cands = _converted_case(tmp_path, sphere_volume, [
-        {"id": 1, "centre_lps": [10.5, -20.0, 30.0], "max_prob": 0.0, "detector": "faint", "blob_rank": 140},
-        {"id": 2, "centre_lps": [-30.0, 10.0, 0.0], "max_prob": 0.0, "detector": "faint", "blob_rank": 120},
-        {"id": 3, "centre_lps": [-20.0, 10.0, 0.0], "max_prob": 0.0, "detector": "faint", "blob_rank": 300},
-        {"id": 4, "centre_lps": [0.0, 10.0, 0.0], "max_prob": 0.0, "detector": "blob", "blob_rank": 0}])
-    path = build_patch_dataset(conv, tmp_path / "patches", candidates_dir=cands, positive_copies=1,
-                               random_negatives_per_case=1)
-    entries = json.loads(path.read_text())["training"]
-    kinds = sorted((e["kind"], e["label"]) for e in entries if e["kind"].startswith(("faint", "blob")))
-    assert kinds == [("blob_negative", [0]), ("faint_hit", [1]), ("faint_negative", [0]), ("faint_negative", [0])]
-    assert detector_prior(path, detector="faint") == 1 / 3
-    assert detector_prior(path, max_rank=50, detector="faint") == 1 / 3
+    kinds = sorted((e["kind"], e["label"]) for e in entries if e["kind"].startswith((detector, "blob")))
+    assert kinds == [("blob_negative", [0]), (f"{detector}_hit", [1]), (f"{detector}_negative", [0])]
+    assert detector_prior(path, detector=detector) == 1 / 2
+    assert detector_prior(path, max_rank=0, detector=detector) == 1 / 2
     assert detector_prior(path) == 0.0
