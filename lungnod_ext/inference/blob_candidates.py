@@ -252,15 +252,14 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     faint_max_peaks = max(int(faint_max_peaks), 0)
     peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response,
                          max_peaks if faint_max_peaks == 0 else response.size)
-    rank = np.arange(len(peaks))
-    faint = np.zeros(len(peaks), bool)
+    top = min(max_peaks, len(peaks))
+    rank, faint = np.arange(top), np.zeros(top, bool)       # a peak's rank is its index in the sorted peaks
     if faint_max_peaks:
         low, high = (float(v) for v in faint_hu)
-        rest = peaks[max_peaks:]
-        smooth_hu = _smoothed_at(vol, work_spacing, rest, 1.0)
-        pick = np.flatnonzero((smooth_hu >= low) & (smooth_hu < high))[:faint_max_peaks] + max_peaks
-        keep = np.r_[np.arange(min(max_peaks, len(peaks))), pick]
-        peaks, rank, faint = peaks[keep], rank[keep], np.arange(len(keep)) >= len(keep) - len(pick)
+        smooth_hu = _smoothed_at(vol, work_spacing, peaks[top:], 1.0)
+        pick = np.flatnonzero((smooth_hu >= low) & (smooth_hu < high))[:faint_max_peaks] + top
+        rank, faint = np.r_[rank, pick], np.r_[faint, np.ones(len(pick), bool)]
+    peaks = peaks[rank]
     scale = (work_shape - 1) / np.maximum(np.asarray(vol.shape) - 1, 1)
     at = tuple(peaks.T)
     return DotPeaks(box, peaks * scale, response[at], best_sigma[at], rank, faint)
