@@ -378,6 +378,11 @@ class AddBlobCandidatesd(MapTransform):
                  candidates_key: str = "candidates", labels_key: str = "candidate_labels", enabled: bool = True,
                  allow_missing_keys: bool = False, **options) -> None:
         super().__init__(keys, allow_missing_keys)
+        for name, config_id in (("max_candidates", "blob_max_candidates"), ("faint_max_candidates", "blob_faint_candidates")):
+            value = options.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"AddBlobCandidatesd {name} (segmentation config {config_id}) must be a whole number "
+                                 f">= 0, got {value!r}")
         self.image_key, self.lung_mask_key = image_key, lung_mask_key
         self.candidates_key, self.labels_key = candidates_key, labels_key
         self.enabled, self.options = enabled, options

@@ -124,6 +124,11 @@ def test_transform_works_on_monai_tensors_and_can_be_switched_off():
     assert missing["candidates"] == []
     with pytest.raises(KeyError):
         AddBlobCandidatesd(lung_mask_key=None)({"pred": data["pred"], "candidates": []})
+    # a peak count that is no whole number >= 0 (a config typo) is refused, naming the config id
+    for name, config_id in (("max_candidates", "blob_max_candidates"), ("faint_max_candidates", "blob_faint_candidates")):
+        for bad in (-1, 2.5, True, "30"):
+            with pytest.raises(ValueError, match=f"{name} \\(segmentation config {config_id}\\) must be a whole number"):
+                AddBlobCandidatesd(**{name: bad})
 
 
 def test_a_blob_connected_to_a_candidate_is_that_candidate():
