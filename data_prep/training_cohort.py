@@ -290,8 +290,39 @@ def add_mass_copies(cohort_dir, train_cases: list[str], converted_dir, copies: i
     base = options or CohortOptions()
     opts = replace(base, size_bands=MASS_SIZE_BANDS_MM, type_weights=MASS_TYPE_WEIGHTS, nodules=(4, 7),
                    diaphragm_share=MASS_DIAPHRAGM_SHARE if diaphragm_share is None else diaphragm_share)
+    return _append_copies(cohort_dir, train_cases, converted_dir, base.copies + base.val_copies, copies, opts)
+
+
+SMALL_SIZE_BANDS_MM = ((3.0, 6.0, 1.0),)
+SMALL_TYPE_WEIGHTS = (("solid", 0.1), ("part_solid", 0.25), ("ground_glass", 0.3), ("juxta_pleural", 0.25),
+                      ("juxta_vascular", 0.1))
+
+
+def small_copy_names(train_cases: list[str], options: CohortOptions, mass_copies: int, copies: int) -> list[str]:
+    """Case names of the copies :func:`add_small_copies` writes (after the cohort's and the mass copies)."""
+    first = options.copies + options.val_copies + mass_copies
+    return [f"{case}_c{idx:02d}" for case in train_cases for idx in range(first, first + copies)]
+
+
+def add_small_copies(cohort_dir, train_cases: list[str], converted_dir, copies: int, mass_copies: int,
+                     options: CohortOptions | None = None) -> Path:
+    """Append ``copies`` more training volumes per case with 10-16 nodules of 3-6 mm each, mostly the kinds the
+    detectors reach worst (``SMALL_TYPE_WEIGHTS``: ground-glass 30 %, part-solid and juxta-pleural 25 % each),
+    for the classifier only (the recipe's ``classifier_small`` stage: the segmenter is trained before they
+    exist). Numbered after the cohort's and its ``mass_copies`` mass copies; the same bookkeeping as
+    :func:`add_mass_copies`. Returns the datalist path."""
+    base = options or CohortOptions()
+    opts = replace(base, size_bands=SMALL_SIZE_BANDS_MM, type_weights=SMALL_TYPE_WEIGHTS, nodules=(10, 16))
+    return _append_copies(cohort_dir, train_cases, converted_dir, base.copies + base.val_copies + mass_copies,
+                          copies, opts)
+
+
+def _append_copies(cohort_dir, train_cases: list[str], converted_dir, first: int, copies: int,
+                   opts: CohortOptions) -> Path:
+    """Write copies ``first`` .. ``first + copies - 1`` of every case with ``opts`` into a cohort, list them once
+    in its ``datalist.json`` "training" list (replacing earlier entries of the same names) and rewrite its
+    tables from every copy's record. Returns the datalist path."""
     out = Path(cohort_dir)
-    first = base.copies + base.val_copies
     indices = list(range(first, first + copies))
     jobs = [(converted_dir, case, out, indices, opts) for case in train_cases]
     if opts.workers > 1 and len(jobs) > 1:

@@ -244,10 +244,13 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
         assert exc.value.code == 2
     assert cli.main(base + ["--faint-candidates", "0"]) == 0
     assert seen[4].faint_candidates == 0 and seen[1].faint_candidates == tm.RecipeSettings().faint_candidates
-    for bad in ("-1", "2.5", "many"):
-        with pytest.raises(SystemExit) as exc:
-            cli.main(base + ["--faint-candidates", bad])
-        assert exc.value.code == 2
+    assert cli.main(base + ["--small-copies", "6"]) == 0
+    assert seen[5].small_copies == 6 and seen[1].small_copies == 0
+    for flag in ("--faint-candidates", "--small-copies"):
+        for bad in ("-1", "2.5", "many"):
+            with pytest.raises(SystemExit) as exc:
+                cli.main(base + [flag, bad])
+            assert exc.value.code == 2
 
 
 def test_ground_glass_density_reaches_the_cohort_and_the_masses(tmp_path, monkeypatch):
@@ -305,3 +308,76 @@ def test_default_loader_workers():
 
     assert [default_loader_workers(cuda=False, cores=n) for n in (2, 16)] == [0, 0]
     assert [default_loader_workers(cuda=True, cores=n) for n in (1, 2, 4, 16, 64)] == [0, 0, 2, 8, 8]
+
+
+def test_classifier_small_copies_join_the_candidates_but_not_the_priors(tmp_path, monkeypatch):
+    """``small_copies`` N: after the mass copies the recipe appends N copies per series with many 3-6 mm nodules
+    (numbered after the mass copies) before the candidate run; the detector priors leave them out (enriched on
+    purpose); without it no such stage runs and no case is left out. Candidates made before the stage are
+    refused with a line that says what to do."""
+    from data_prep import training_cohort
+    from lungnod_ext.apps import patch_dataset, pipeline
+    from lungnod_ext.apps import train_models as tm
+
+    seen = []
+    monkeypatch.setattr(training_cohort, "add_small_copies",
+                        lambda out, cases, conv, n, mass_copies, options: seen.append(("small", n, mass_copies)) or out)
+    monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append("candidates"))
+    monkeypatch.setattr(patch_dataset, "build_patch_dataset", lambda *a, **kw: seen.append("patches"))
+    monkeypatch.setattr(tm, "bundle_run", lambda bundle, run_id, configs, overrides, log: None)
+    monkeypatch.setattr(tm, "export_fp16", lambda ckpt, dest: dest)
+    skipped = []
+    monkeypatch.setattr(patch_dataset, "detector_prior",
+                        lambda *a, detector, skip_cases, **kw: skipped.append(list(skip_cases)) or 0.01)
+    before = ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses")
+    for n in (2, 0):
+        out = _recipe_folder(tmp_path / f"small{n}", before, training=[])
+        recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(small_copies=n, cls_seeds=[123]), tracking=False,
+                                 log=lambda *a: None)
+        assert recipe["settings"]["small_copies"] == n and recipe["detector_priors"]["blob"] == 0.01
+    assert seen == [("small", 2, 9), "candidates", "patches", "candidates", "patches"]
+    case = "LIDC-IDRI-0006_e7aa2240"
+    assert skipped[0] == [f"{case}_c20", f"{case}_c21"] and skipped[-1] == []
+    old = _recipe_folder(tmp_path / "old", before + ("candidates",), training=[])
+    with pytest.raises(ValueError, match="candidates were made before the classifier_small stage"):
+        tm.train_models(tmp_path, old, tm.RecipeSettings(small_copies=2), until="patches", tracking=False,
+                        log=lambda *a: None)
+
+
+def test_install_sets_the_inference_configs_the_models_need(tmp_path):
+    """``--install`` copies both models and writes what the default inference configs must match: this run's
+    ``detector_priors``, the dot filter's ``blob_max_candidates`` / ``blob_faint_candidates`` and a ``--seg
+    pleural_caps`` setting; every other line of the hand-formatted segmentation config stays as it was, and a
+    config without such a line is refused before it is written."""
+    import shutil
+
+    from lungnod_ext.apps import train_models as tm
+
+    seg, cls = tmp_path / "seg", tmp_path / "cls"
+    for src, dst in ((tm.SEG, seg), (tm.CLS, cls)):
+        shutil.copytree(src / "configs", dst / "configs")
+        (dst / "models").mkdir()
+    for name in ("s.pt", "c.pt"):
+        (tmp_path / name).write_bytes(name.encode())
+    settings = tm.RecipeSettings(faint_candidates=30, seg_overrides={"pleural_caps": True})
+    changed = tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.041, "faint": 0.002}, settings,
+                                seg, cls)
+    assert (seg / "models" / "model.pt").read_bytes() == b"s.pt" and (cls / "models" / "model.pt").read_bytes() == b"c.pt"
+    seg_config = json.loads((seg / "configs" / "inference.json").read_text())
+    assert (seg_config["blob_max_candidates"], seg_config["blob_faint_candidates"], seg_config["pleural_caps"]) == (50, 30, True)
+    assert json.loads((cls / "configs" / "inference.json").read_text())["detector_priors"] == {"blob": 0.041, "faint": 0.002}
+    assert changed["seg/configs/inference.json"] == {"blob_max_candidates": 50, "blob_faint_candidates": 30,
+                                                     "pleural_caps": True}
+    before = (tm.SEG / "configs" / "inference.json").read_text().splitlines()
+    after = (seg / "configs" / "inference.json").read_text().splitlines()
+    assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) == 2   # faint quota, caps
+    # the shipped pair's own settings leave the segmentation config as it is
+    shutil.copyfile(tm.SEG / "configs" / "inference.json", seg / "configs" / "inference.json")
+    tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.038}, tm.RecipeSettings(), seg, cls)
+    assert (seg / "configs" / "inference.json").read_text() == (tm.SEG / "configs" / "inference.json").read_text()
+    assert (cls / "configs" / "inference.json").read_text() == (tm.CLS / "configs" / "inference.json").read_text()
+    (seg / "configs" / "inference.json").write_text('{"blob_max_candidates": 50}\n')
+    (tmp_path / "s2.pt").write_bytes(b"other")
+    with pytest.raises(ValueError, match="no single one-line top-level 'blob_max_candidates'"):
+        tm.install_models(tmp_path / "s2.pt", tmp_path / "c.pt", {}, tm.RecipeSettings(), seg, cls)
+    assert (seg / "models" / "model.pt").read_bytes() == b"s.pt"      # nothing installed

@@ -142,7 +142,7 @@ def _cmd_train_models(args) -> int:
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
     for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers", "ground_glass_hu",
-                "cls_mass_diaphragm_share", "faint_candidates"):
+                "cls_mass_diaphragm_share", "faint_candidates", "small_copies"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="work folder (converted data, cohort, runs, MLflow, models)")
     t.add_argument("--lidc", help="folder of LIDC-IDRI series with their XML (default ../shared/data/lidc)")
     t.add_argument("--hold-out", action="append", metavar="PATIENT", help="patient id never trained on (repeatable; default LIDC-IDRI-0001)")
-    t.add_argument("--install", action="store_true", help="copy the models into bundles/*/models/model.pt")
+    t.add_argument("--install", action="store_true", help="copy the models into bundles/*/models/model.pt and set the inference configs to "
+                   "match (detector_priors, blob_max_candidates, blob_faint_candidates, a --seg pleural_caps)")
     t.add_argument("--tiny", action="store_true", help="a few minutes, every stage, nothing useful learned (tests)")
     t.add_argument("--copies", type=int, help="cohort volumes per training series (10)")
     t.add_argument("--seg-epochs", type=int, help="segmentation epochs (140)")
@@ -206,13 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "the diaphragm (0.5; 0: the segmenter's copies, as the fast pair's classifier learned)")
     t.add_argument("--faint-candidates", type=_count, metavar="N",
                    help="faint dot-filter peaks (ground glass) per volume beyond the strongest ones, learned from and "
-                        "added at inference (0; the segmentation config's blob_faint_candidates must match)")
+                        "added at inference (0; the segmentation config's blob_faint_candidates must match: --install sets it)")
+    t.add_argument("--small-copies", type=_count, metavar="N",
+                   help="volumes per series with 10-16 nodules of 3-6 mm (mostly ground-glass, part-solid, "
+                        "juxta-pleural) added for the classifier only (0)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",
                    help="classification config override for training, e.g. network_def#centre_features=true")
     t.add_argument("--until", metavar="STAGE", help="stop after this stage (convert, cohort, segmentation, masses, "
-                   "segmentation_masses, classifier_masses, candidates, patches); the same command without it goes on "
+                   "segmentation_masses, classifier_masses, classifier_small, candidates, patches); the same command without it goes on "
                    "(e.g. the segmenter on a GPU machine, the rest elsewhere from a copy of --out)")
     t.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow (where it is not installed)")
     t.set_defaults(func=_cmd_train_models)

@@ -69,14 +69,16 @@ config ids: a classifier must be trained and run with the values its patches wer
 
 
 def detector_prior(datalist_path, split: str = "training", max_rank: int | None = None,
-                   detector: str = "blob") -> float | None:
+                   detector: str = "blob", skip_cases=()) -> float | None:
     """The fraction of nodules among one detector's candidates in a patch datalist's ``split``
     (``<detector>_hit`` / (hits + ``<detector>_negative``)); for the dot filter only those of ``blob_rank`` <
     ``max_rank`` when given (inference keeping fewer peaks than training saw); None without any. The
     classification bundle's ``detector_priors`` {detector: ...} turns the balanced classifier's probability
-    into a posterior with it."""
+    into a posterior with it. ``skip_cases``: case names left out (copies enriched with nodules on purpose)."""
+    skip = set(skip_cases)
     items = [e for e in json.loads(Path(datalist_path).read_text()).get(split, [])
-             if detector != "blob" or max_rank is None or e.get("blob_rank", -1) < max_rank]
+             if (detector != "blob" or max_rank is None or e.get("blob_rank", -1) < max_rank)
+             and e.get("case") not in skip]
     hits = sum(e.get("kind") == f"{detector}_hit" for e in items)
     total = hits + sum(e.get("kind") == f"{detector}_negative" for e in items)
     return hits / total if total else None

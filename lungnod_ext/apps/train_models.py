@@ -13,6 +13,9 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    ``classifier_masses`` then draws those copies again in place with ``cls_mass_diaphragm_share`` of their
    juxta-pleural masses on the diaphragm's dome, for the stages below (the segmenter fine-tuned on such copies
    outlined those masses no better; the classifier trained on them reports more of them, session 28-29);
+   ``classifier_small`` (``small_copies`` > 0, off by default) appends that many copies per series with 10-16
+   nodules of 3-6 mm each, mostly ground-glass, part-solid and juxta-pleural, for the classifier only
+   (:func:`data_prep.training_cohort.add_small_copies`; left out of the detector priors below);
 4. ``runs/train_candidates``: the trained segmenter over the cohort, with the top ``train_blob_candidates``
    dot-filter peaks per volume (:mod:`lungnod_ext.inference.blob_candidates`; plus ``faint_candidates`` faint
    ones beyond them, detector "faint", when set) -> their false positives
@@ -22,7 +25,8 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    ``cls_seeds`` (``models/classification`` for the first, ``models/classification_seed<s>`` for the others);
 6. ``export/``: both checkpoints stored fp16 as ``{"model": state_dict}``, the classifiers merged into one
    :class:`lungnod_ext.networks.classifier.NoduleCNNEnsemble` (``install=True`` copies them to
-   ``bundles/*/models/model.pt``) and ``recipe.json`` (settings, series, seconds per stage, and
+   ``bundles/*/models/model.pt`` and sets the inference configs to match: :func:`install_models`) and
+   ``recipe.json`` (settings, series, seconds per stage, and
    ``detector_priors``: the share of nodules among the top ``blob_candidates`` dot-filter peaks of the
    training volumes, and among their faint ones and pleural caps when the candidates have them, the value of the
    classification bundle's ``detector_priors`` for these models).
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -43,7 +48,7 @@ from pathlib import Path
 import torch
 
 from data_prep.errors import InputNotFoundError
-from data_prep.nifti_io import atomic_path
+from data_prep.nifti_io import atomic_path, write_text_atomic
 from data_prep.synth.nodules import GROUND_GLASS_HU, ground_glass_range
 from lungnod_ext.data.bundle_paths import REPO_ROOT
 from lungnod_ext.apps.bundle_runs import bundle_run
@@ -70,6 +75,7 @@ class RecipeSettings:
     mass_learning_rate: float = 3e-4
     cls_mass_diaphragm_share: float = 0.5   # the mass copies redrawn for the classifier, this share of their
     #                                         juxta-pleural masses on the diaphragm's dome (0: the segmenter's copies)
+    small_copies: int = 0            # volumes per series with 10-16 nodules of 3-6 mm, for the classifier only (0: none)
     cls_epochs: int = 20
     cls_val_interval: int = 2
     cls_learning_rate: float = 1e-3
@@ -137,10 +143,44 @@ def export_fp16(ckpt, dest: Path) -> Path:
     return dest
 
 
+def _set_top_level(config_text: str, key: str, value, path: Path) -> str:
+    """``config_text`` with the value of one top-level ``"key": value`` line (4-space indent, one line) replaced,
+    the rest of the hand-formatted file kept byte for byte."""
+    pattern = re.compile(rf'^(    "{re.escape(key)}": )(.*?)(,?)$', re.M)
+    if len(pattern.findall(config_text)) != 1:
+        raise ValueError(f"{path}: no single one-line top-level {key!r} to set")
+    return pattern.sub(lambda m: m.group(1) + json.dumps(value) + m.group(3), config_text)
+
+
+def install_models(seg_model: Path, cls_model: Path, priors: dict, settings: RecipeSettings,
+                   seg_bundle: Path = SEG, cls_bundle: Path = CLS) -> dict:
+    """Copy the exported models to ``<bundle>/models/model.pt`` and set what the default inference configs must
+    match for them: the classification ``detector_priors`` (this run's), the segmentation ``blob_max_candidates``
+    / ``blob_faint_candidates`` (the recipe's ``blob_candidates`` / ``faint_candidates``) and ``pleural_caps``
+    when ``--seg`` set it. Every file is written atomically. Returns {config: {id: value}} as set."""
+    seg_ids = {"blob_max_candidates": settings.blob_candidates, "blob_faint_candidates": settings.faint_candidates}
+    if "pleural_caps" in settings.seg_overrides:
+        seg_ids["pleural_caps"] = bool(settings.seg_overrides["pleural_caps"])
+    seg_config = seg_bundle / "configs" / "inference.json"
+    seg_text = seg_config.read_text()
+    for key, value in seg_ids.items():   # every config edited in memory first: a bad one stops before any write
+        seg_text = _set_top_level(seg_text, key, value, seg_config)
+    cls_config = cls_bundle / "configs" / "inference.json"
+    config = json.loads(cls_config.read_text())
+    config["detector_priors"] = dict(priors)
+    for src, bundle in ((seg_model, seg_bundle), (cls_model, cls_bundle)):
+        with atomic_path(bundle / "models" / "model.pt") as tmp:
+            shutil.copyfile(src, tmp)
+    write_text_atomic(seg_config, seg_text)
+    write_text_atomic(cls_config, json.dumps(config, indent=4) + "\n")
+    return {str(seg_config.relative_to(seg_bundle.parent)): seg_ids,
+            str(cls_config.relative_to(cls_bundle.parent)): {"detector_priors": dict(priors)}}
+
+
 TRAINING_MASS_MIN_DIAMETER_MM = 30.0   # candidates stage: the lung-core rule's mass exemption (see candidates())
 # where --until may stop (after the patches only the classifiers and the export are left: no stop there)
-STAGES = ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses", "candidates",
-          "patches")
+STAGES = ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses",
+          "classifier_small", "candidates", "patches")
 
 
 class _StoppedAfter(Exception):
@@ -157,7 +197,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
     if until is not None and until not in STAGES:
         raise ValueError(f"until={until!r}: not a stage of the recipe {STAGES}")
     from data_prep.convert import ConvertOptions, convert_dicom_root
-    from data_prep.training_cohort import CohortOptions, add_mass_copies, build_training_cohort
+    from data_prep.training_cohort import (CohortOptions, add_mass_copies, add_small_copies, build_training_cohort,
+                                           small_copy_names)
     from lungnod_ext.apps.patch_dataset import (PATCH_GEOMETRY_KEYS, PRIOR_DETECTORS, build_patch_dataset,
                                                 detector_prior)
     from lungnod_ext.apps.pipeline import run_bundle_inference
@@ -236,6 +277,15 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                     cohort, train_cases, converted, s.mass_copies, cohort_options,
                     diaphragm_share=s.cls_mass_diaphragm_share))})
 
+        small_names = []
+        if s.small_copies > 0:
+            if _done(marks / "candidates.done") and not _done(marks / "classifier_small.done"):
+                raise ValueError(f"{out}: its candidates were made before the classifier_small stage; delete "
+                                 "stages/candidates.done and the stages after it, or set small_copies 0")
+            stage("classifier_small", lambda: {"datalist": str(add_small_copies(
+                cohort, train_cases, converted, s.small_copies, max(0, s.mass_copies), cohort_options))})
+            small_names = small_copy_names(train_cases, cohort_options, max(0, s.mass_copies), s.small_copies)
+
         cand_dir = out / "runs" / "train_candidates"
 
         def candidates():
@@ -270,9 +320,10 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                 "val_interval": s.cls_val_interval, "learning_rate": s.cls_learning_rate, "num_workers": loader_workers,
                 **s.cls_overrides, "seed": seed}, logs / f"{name}_train.log"))
 
+        # the small-nodule copies are enriched on purpose: the priors come from the other volumes
         priors = {d: round(p, 4) for d in PRIOR_DETECTORS
                   if (p := detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates,
-                                          detector=d)) is not None}
+                                          detector=d, skip_cases=small_names)) is not None}
         export = out / "export"
         seg_out = export_fp16(seg_models / "model.pt", export / "segmentation" / "model.pt")
         cls_out = export_fp16([d / "model.pt" for d in member_dirs], export / "classification" / "model.pt")
@@ -282,10 +333,9 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                   "mlflow": f"mlflow ui --backend-store-uri sqlite:///{out / 'mlruns.db'}"}
         recipe_path.write_text(json.dumps(recipe, indent=1) + "\n")
         if install:
-            for src, bundle in ((seg_out, SEG), (cls_out, CLS)):
-                with atomic_path(bundle / "models" / "model.pt") as tmp:
-                    shutil.copyfile(src, tmp)
-            log(f"[train-models] installed into {SEG / 'models'} and {CLS / 'models'}")
+            changed = install_models(seg_out, cls_out, priors, s)
+            log(f"[train-models] installed into {SEG / 'models'} and {CLS / 'models'}; inference configs set: "
+                f"{json.dumps(changed)}")
         if priors:
             log(f"[train-models] classification detector_priors: {json.dumps(priors)} (nodules among the top "
                 f"{s.blob_candidates} dot-filter candidates of the training volumes, and among their pleural caps; "

@@ -162,3 +162,28 @@ def test_augment_scanner_records_what_it_did():
         if "soft_kernel_sigma_mm" in done and "added_noise_hu" not in done:
             assert out.std() < vol.std()
     assert {"soft_kernel_sigma_mm", "sharp_kernel_amount", "added_noise_hu", "slice_thickness_mm"} <= seen
+
+
+def test_small_copies_follow_the_mass_copies_with_many_small_nodules(cohort, lidc_converted, tmp_path):
+    """add_small_copies appends copies numbered after the cohort's and the mass copies (small_copy_names), each
+    with 10-16 inserted nodules of 3-6 mm (a site may be skipped), ground-glass / part-solid / juxta-pleural most
+    often; the earlier lists are kept."""
+    import shutil
+
+    from data_prep.training_cohort import add_small_copies, small_copy_names
+
+    src, case, dl = cohort
+    out = tmp_path / "cohort"
+    shutil.copytree(src, out)
+    options = CohortOptions(copies=2, val_copies=1, workers=1, seed=3)
+    names = small_copy_names([case], options, mass_copies=1, copies=2)
+    assert names == [f"{case}_c04", f"{case}_c05"]
+    new = json.loads(add_small_copies(out, [case], lidc_converted, 2, 1, options).read_text())
+    assert [e["case"] for e in new["training"]] == [e["case"] for e in dl["training"]] + names
+    inserted = [n for name in names for n in json.loads((out / "nodules" / f"{name}.json").read_text())["inserted"]]
+    assert 16 <= len(inserted) <= 32
+    assert all(2.0 <= n["mask_diameter_mm"] <= 7.5 for n in inserted), [n["mask_diameter_mm"] for n in inserted]
+    faint = sum(n["type"] in ("ground_glass", "part_solid", "juxta_pleural") for n in inserted)
+    assert faint >= 0.6 * len(inserted)
+    rows = list(csv.DictReader(open(out / "nodules.csv")))
+    assert sum(r["case_id"] in names and r["source"] == "inserted" for r in rows) == len(inserted)

@@ -91,6 +91,8 @@ def test_dot_filter_candidates_get_their_own_kinds_and_prior(tmp_path, sphere_vo
     assert detector_prior(path) == 1 / 3
     assert detector_prior(path, max_rank=5) == 1 / 2
     assert detector_prior(path, split="validation") is None
+    case = entries[0]["case"]
+    assert detector_prior(path, skip_cases=[case + "_other"]) == 1 / 3 and detector_prior(path, skip_cases=[case]) is None
 
 
 @pytest.mark.parametrize("detector,rank_key", [("pleural", "cap_rank"), ("faint", "blob_rank")])
