@@ -185,6 +185,11 @@ def write_tables(out_dir, records: list[dict]) -> None:
     write_text_atomic(out / "small_marks.csv", csv_text(MARK_COLUMNS, [m for rec in records for m in rec["marks"]]))
 
 
+def copy_name(case: str, index: int) -> str:
+    """The case name of copy ``index`` of a converted case in a cohort (copy 0 = the real scan)."""
+    return f"{case}_c{index:02d}"
+
+
 def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptions) -> list[dict]:
     """Write copies ``indices`` of one converted case into ``out_dir`` -> one record per copy."""
     converted, out = Path(converted_dir), Path(out_dir)
@@ -212,7 +217,7 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
     records = []
     for idx in indices:
         rng = np.random.default_rng([options.seed, int(idx), sum(map(ord, case))])
-        name = f"{case}_c{idx:02d}"
+        name = copy_name(case, idx)
         if idx == 0:
             new, inserted, done = hu, [], {}
             nodule_mask, instances = label, real_instance
@@ -298,10 +303,15 @@ SMALL_TYPE_WEIGHTS = (("solid", 0.1), ("part_solid", 0.25), ("ground_glass", 0.3
                       ("juxta_vascular", 0.1))
 
 
+def _first_small_copy(options: CohortOptions, mass_copies: int) -> int:
+    """Index of the first small-nodule copy: after the cohort's training, validation and mass copies."""
+    return options.copies + options.val_copies + mass_copies
+
+
 def small_copy_names(train_cases: list[str], options: CohortOptions, mass_copies: int, copies: int) -> list[str]:
     """Case names of the copies :func:`add_small_copies` writes (after the cohort's and the mass copies)."""
-    first = options.copies + options.val_copies + mass_copies
-    return [f"{case}_c{idx:02d}" for case in train_cases for idx in range(first, first + copies)]
+    first = _first_small_copy(options, mass_copies)
+    return [copy_name(case, idx) for case in train_cases for idx in range(first, first + copies)]
 
 
 def add_small_copies(cohort_dir, train_cases: list[str], converted_dir, copies: int, mass_copies: int,
@@ -313,8 +323,7 @@ def add_small_copies(cohort_dir, train_cases: list[str], converted_dir, copies: 
     :func:`add_mass_copies`. Returns the datalist path."""
     base = options or CohortOptions()
     opts = replace(base, size_bands=SMALL_SIZE_BANDS_MM, type_weights=SMALL_TYPE_WEIGHTS, nodules=(10, 16))
-    return _append_copies(cohort_dir, train_cases, converted_dir, base.copies + base.val_copies + mass_copies,
-                          copies, opts)
+    return _append_copies(cohort_dir, train_cases, converted_dir, _first_small_copy(base, mass_copies), copies, opts)
 
 
 def _append_copies(cohort_dir, train_cases: list[str], converted_dir, first: int, copies: int,

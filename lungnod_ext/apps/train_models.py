@@ -282,9 +282,10 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
             if _done(marks / "candidates.done") and not _done(marks / "classifier_small.done"):
                 raise ValueError(f"{out}: its candidates were made before the classifier_small stage; delete "
                                  "stages/candidates.done and the stages after it, or set small_copies 0")
+            mass_copies = max(0, s.mass_copies)
             stage("classifier_small", lambda: {"datalist": str(add_small_copies(
-                cohort, train_cases, converted, s.small_copies, max(0, s.mass_copies), cohort_options))})
-            small_names = small_copy_names(train_cases, cohort_options, max(0, s.mass_copies), s.small_copies)
+                cohort, train_cases, converted, s.small_copies, mass_copies, cohort_options))})
+            small_names = small_copy_names(train_cases, cohort_options, mass_copies, s.small_copies)
 
         cand_dir = out / "runs" / "train_candidates"
 

@@ -69,12 +69,12 @@ def held_out_copies(patient: str, converted: Path, inserted: Path, n_copies: int
     (``data_prep.training_cohort.make_copies`` with ``options``, numbered 1..n) in ``inserted``, each made only
     when missing -> (the series' case id, the copies' case ids)."""
     from data_prep.convert import ConvertOptions, convert_dicom_root
-    from data_prep.training_cohort import make_copies, write_tables
+    from data_prep.training_cohort import copy_name, make_copies, write_tables
 
     if not (converted / "nodules.csv").is_file():
         convert_dicom_root(LIDC / patient, converted, ConvertOptions(workers=2, progress=False))
     case = next(p.name[:-7] for p in (converted / "images").glob("*.nii.gz"))
-    names = [f"{case}_c{i:02d}" for i in range(1, n_copies + 1)]
+    names = [copy_name(case, i) for i in range(1, n_copies + 1)]
     if not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
         write_tables(inserted, make_copies(converted, case, inserted, list(range(1, n_copies + 1)), options))
     return case, names
