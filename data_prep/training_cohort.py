@@ -40,7 +40,7 @@ from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.insert import find_lung_mask, insert_nodules
 from data_prep.masks import bounding_box
 from data_prep.nifti_io import read_nifti, write_nifti, write_text_atomic
-from data_prep.synth.nodules import GROUND_GLASS_HU, SHAPES
+from data_prep.synth.nodules import GROUND_GLASS_HU, NODULE_TYPES, SHAPES
 from data_prep.coords import Geometry
 
 log = logging.getLogger(__name__)
@@ -303,6 +303,28 @@ SMALL_TYPE_WEIGHTS = (("solid", 0.1), ("part_solid", 0.25), ("ground_glass", 0.3
                       ("juxta_vascular", 0.1))
 
 
+def parse_type_shares(text: str) -> tuple[tuple[str, float], ...]:
+    """``"juxta_vascular=0.7,solid=0.3"`` -> ``(("juxta_vascular", 0.7), ("solid", 0.3))``: inserted nodule types
+    (``data_prep.synth.nodules.NODULE_TYPES``) with their shares (>= 0, any scale, not all 0; a type listed once).
+    ValueError naming the part that is wrong."""
+    shares: dict[str, float] = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in NODULE_TYPES or name in shares:
+            raise ValueError(f"{part!r}: TYPE=SHARE expected, each TYPE once, one of {', '.join(NODULE_TYPES)}")
+        try:
+            share = float(value)
+        except ValueError:
+            share = -1.0
+        if not share >= 0 or share == float("inf"):
+            raise ValueError(f"{part!r}: the share must be a number >= 0")
+        shares[name] = share
+    if sum(shares.values()) <= 0:
+        raise ValueError(f"{text!r}: the shares must not all be 0")
+    return tuple(shares.items())
+
+
 def _first_small_copy(options: CohortOptions, mass_copies: int) -> int:
     """Index of the first small-nodule copy: after the cohort's training, validation and mass copies."""
     return options.copies + options.val_copies + mass_copies
@@ -315,14 +337,15 @@ def small_copy_names(train_cases: list[str], options: CohortOptions, mass_copies
 
 
 def add_small_copies(cohort_dir, train_cases: list[str], converted_dir, copies: int, mass_copies: int,
-                     options: CohortOptions | None = None) -> Path:
-    """Append ``copies`` more training volumes per case with 10-16 nodules of 3-6 mm each, mostly the kinds the
-    detectors reach worst (``SMALL_TYPE_WEIGHTS``: ground-glass 30 %, part-solid and juxta-pleural 25 % each),
-    for the classifier only (the recipe's ``classifier_small`` stage: the segmenter is trained before they
-    exist). Numbered after the cohort's and its ``mass_copies`` mass copies; the same bookkeeping as
-    :func:`add_mass_copies`. Returns the datalist path."""
+                     options: CohortOptions | None = None, type_weights=None) -> Path:
+    """Append ``copies`` more training volumes per case with 10-16 nodules of 3-6 mm each, for the classifier
+    only (the recipe's ``classifier_small`` stage: the segmenter is trained before they exist). Their types:
+    ``type_weights`` ((type, share) pairs; None: ``SMALL_TYPE_WEIGHTS``, mostly the kinds the detectors reach
+    worst: ground-glass 30 %, part-solid and juxta-pleural 25 % each). Numbered after the cohort's and its
+    ``mass_copies`` mass copies; the same bookkeeping as :func:`add_mass_copies`. Returns the datalist path."""
     base = options or CohortOptions()
-    opts = replace(base, size_bands=SMALL_SIZE_BANDS_MM, type_weights=SMALL_TYPE_WEIGHTS, nodules=(10, 16))
+    weights = SMALL_TYPE_WEIGHTS if type_weights is None else tuple((str(t), float(w)) for t, w in type_weights)
+    opts = replace(base, size_bands=SMALL_SIZE_BANDS_MM, type_weights=weights, nodules=(10, 16))
     return _append_copies(cohort_dir, train_cases, converted_dir, _first_small_copy(base, mass_copies), copies, opts)
 
 

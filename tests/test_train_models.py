@@ -245,12 +245,19 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
     assert cli.main(base + ["--faint-candidates", "0"]) == 0
     assert seen[4].faint_candidates == 0 and seen[1].faint_candidates == tm.RecipeSettings().faint_candidates
     assert cli.main(base + ["--small-copies", "6"]) == 0
-    assert seen[5].small_copies == 6 and seen[1].small_copies == 0
+    assert seen[5].small_copies == 6 and seen[1].small_copies == tm.RecipeSettings().small_copies
     for flag in ("--faint-candidates", "--small-copies"):
         for bad in ("-1", "2.5", "many"):
             with pytest.raises(SystemExit) as exc:
                 cli.main(base + [flag, bad])
             assert exc.value.code == 2
+    assert cli.main(base + ["--small-types", "juxta_vascular=0.7, solid=0.3"]) == 0
+    assert seen[6].small_types == (("juxta_vascular", 0.7), ("solid", 0.3))
+    assert seen[1].small_types == tm.RecipeSettings().small_types
+    for bad in ("vessel=1", "solid", "solid=-1", "solid=x", "solid=0", "solid=1,solid=2", "solid=inf"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(base + ["--small-types", bad])
+        assert exc.value.code == 2
 
 
 def test_ground_glass_density_reaches_the_cohort_and_the_masses(tmp_path, monkeypatch):
@@ -321,7 +328,8 @@ def test_classifier_small_copies_join_the_candidates_but_not_the_priors(tmp_path
 
     seen = []
     monkeypatch.setattr(training_cohort, "add_small_copies",
-                        lambda out, cases, conv, n, mass_copies, options: seen.append(("small", n, mass_copies)) or out)
+                        lambda out, cases, conv, n, mass_copies, options, type_weights:
+                        seen.append(("small", n, mass_copies, type_weights)) or out)
     monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append("candidates"))
     monkeypatch.setattr(patch_dataset, "build_patch_dataset", lambda *a, **kw: seen.append("patches"))
     monkeypatch.setattr(tm, "bundle_run", lambda bundle, run_id, configs, overrides, log: None)
@@ -332,10 +340,11 @@ def test_classifier_small_copies_join_the_candidates_but_not_the_priors(tmp_path
     before = ("convert", "cohort", "segmentation", "masses", "segmentation_masses", "classifier_masses")
     for n in (2, 0):
         out = _recipe_folder(tmp_path / f"small{n}", before, training=[])
-        recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(small_copies=n, cls_seeds=[123]), tracking=False,
-                                 log=lambda *a: None)
+        recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(small_copies=n, cls_seeds=[123],
+                                                                 small_types=(("juxta_vascular", 1.0),)),
+                                 tracking=False, log=lambda *a: None)
         assert recipe["settings"]["small_copies"] == n and recipe["detector_priors"]["blob"] == 0.01
-    assert seen == [("small", 2, 9), "candidates", "patches", "candidates", "patches"]
+    assert seen == [("small", 2, 9, (("juxta_vascular", 1.0),)), "candidates", "patches", "candidates", "patches"]
     case = "LIDC-IDRI-0006_e7aa2240"
     assert skipped[0] == [f"{case}_c20", f"{case}_c21"] and skipped[-1] == []
     old = _recipe_folder(tmp_path / "old", before + ("candidates",), training=[])

@@ -136,13 +136,24 @@ def _count(text: str) -> int:
     raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 0 expected, e.g. 30")
 
 
+def _type_shares(text: str) -> tuple:
+    """Nodule types with shares (argparse's type for --small-types), see
+    :func:`data_prep.training_cohort.parse_type_shares`."""
+    from data_prep.training_cohort import parse_type_shares
+
+    try:
+        return parse_type_shares(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _cmd_train_models(args) -> int:
     from lungnod_ext.apps.train_models import DEFAULT_LIDC, RecipeSettings, train_models
 
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
     for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers", "ground_glass_hu",
-                "cls_mass_diaphragm_share", "faint_candidates", "small_copies"):
+                "cls_mass_diaphragm_share", "faint_candidates", "small_copies", "small_types"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
@@ -211,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--small-copies", type=_count, metavar="N",
                    help="volumes per series with 10-16 nodules of 3-6 mm (mostly ground-glass, part-solid, "
                         "juxta-pleural) added for the classifier only (0)")
+    t.add_argument("--small-types", type=_type_shares, metavar="TYPE=SHARE[,...]",
+                   help="the small copies' nodule types, e.g. juxta_vascular=0.7,solid=0.1,part_solid=0.1,"
+                        "ground_glass=0.1 (types: solid, part_solid, ground_glass, juxta_pleural, juxta_vascular)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",

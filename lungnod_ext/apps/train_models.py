@@ -14,8 +14,9 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    juxta-pleural masses on the diaphragm's dome, for the stages below (the segmenter fine-tuned on such copies
    outlined those masses no better; the classifier trained on them reports more of them, session 28-29);
    ``classifier_small`` (``small_copies`` > 0, off by default) appends that many copies per series with 10-16
-   nodules of 3-6 mm each, mostly ground-glass, part-solid and juxta-pleural, for the classifier only
-   (:func:`data_prep.training_cohort.add_small_copies`; left out of the detector priors below);
+   nodules of 3-6 mm each, of the types ``small_types`` (default mostly ground-glass, part-solid and
+   juxta-pleural), for the classifier only (:func:`data_prep.training_cohort.add_small_copies`; left out of
+   the detector priors below);
 4. ``runs/train_candidates``: the trained segmenter over the cohort, with the top ``train_blob_candidates``
    dot-filter peaks per volume (:mod:`lungnod_ext.inference.blob_candidates`; plus ``faint_candidates`` faint
    ones beyond them, detector "faint", when set) -> their false positives
@@ -50,6 +51,7 @@ import torch
 from data_prep.errors import InputNotFoundError
 from data_prep.nifti_io import atomic_path, write_text_atomic
 from data_prep.synth.nodules import GROUND_GLASS_HU, ground_glass_range
+from data_prep.training_cohort import SMALL_TYPE_WEIGHTS
 from lungnod_ext.data.bundle_paths import REPO_ROOT
 from lungnod_ext.apps.bundle_runs import bundle_run
 
@@ -76,6 +78,7 @@ class RecipeSettings:
     cls_mass_diaphragm_share: float = 0.5   # the mass copies redrawn for the classifier, this share of their
     #                                         juxta-pleural masses on the diaphragm's dome (0: the segmenter's copies)
     small_copies: int = 0            # volumes per series with 10-16 nodules of 3-6 mm, for the classifier only (0: none)
+    small_types: tuple = SMALL_TYPE_WEIGHTS   # (nodule type, share) of the small copies' nodules
     cls_epochs: int = 20
     cls_val_interval: int = 2
     cls_learning_rate: float = 1e-3
@@ -284,7 +287,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                                  "stages/candidates.done and the stages after it, or set small_copies 0")
             mass_copies = max(0, s.mass_copies)
             stage("classifier_small", lambda: {"datalist": str(add_small_copies(
-                cohort, train_cases, converted, s.small_copies, mass_copies, cohort_options))})
+                cohort, train_cases, converted, s.small_copies, mass_copies, cohort_options,
+                type_weights=s.small_types))})
             small_names = small_copy_names(train_cases, cohort_options, mass_copies, s.small_copies)
 
         cand_dir = out / "runs" / "train_candidates"

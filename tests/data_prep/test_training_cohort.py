@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -187,3 +188,20 @@ def test_small_copies_follow_the_mass_copies_with_many_small_nodules(cohort, lid
     assert faint >= 0.6 * len(inserted)
     rows = list(csv.DictReader(open(out / "nodules.csv")))
     assert sum(r["case_id"] in names and r["source"] == "inserted" for r in rows) == len(inserted)
+    # another type mix (the recipe's small_types): one more copy after those, every nodule juxta-vascular
+    add_small_copies(out, [case], lidc_converted, 1, 3, options, type_weights=(("juxta_vascular", 1.0),))
+    extra = json.loads((out / "nodules" / f"{case}_c06.json").read_text())["inserted"]
+    assert len(extra) >= 8 and {n["type"] for n in extra} == {"juxta_vascular"}
+
+
+def test_type_shares_parse_or_name_the_bad_part():
+    """``parse_type_shares`` (``lungnod train-models --small-types``): TYPE=SHARE pairs in order; an unknown or
+    repeated type, a missing or negative share, or shares that are all 0 raise ValueError naming the part."""
+    from data_prep.training_cohort import parse_type_shares
+
+    assert parse_type_shares("juxta_vascular=0.7, solid=0.1,part_solid=0.2") == (
+        ("juxta_vascular", 0.7), ("solid", 0.1), ("part_solid", 0.2))
+    for bad, part in (("vessel=1", "'vessel=1'"), ("solid", "'solid'"), ("solid=-0.5", "'solid=-0.5'"),
+                      ("solid=1,solid=2", "'solid=2'"), ("solid=nan", "'solid=nan'"), ("solid=0,ground_glass=0", "not all be 0")):
+        with pytest.raises(ValueError, match=re.escape(part)):
+            parse_type_shares(bad)
