@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faint dot-filter peaks (ground glass) per volume beyond the strongest ones, learned from and "
                         "added at inference (0; the segmentation config's blob_faint_candidates must match: --install sets it)")
     t.add_argument("--small-copies", type=_count, metavar="N",
-                   help="volumes per series with 10-16 nodules of 3-6 mm (mostly ground-glass, part-solid, "
-                        "juxta-pleural) added for the classifier only (0)")
+                   help="volumes per series with 10-16 nodules of 3-6 mm (of --small-types; by default mostly "
+                        "ground-glass, part-solid, juxta-pleural) added for the classifier only (0)")
     t.add_argument("--small-types", type=_type_shares, metavar="TYPE=SHARE[,...]",
                    help="the small copies' nodule types, e.g. juxta_vascular=0.7,solid=0.1,part_solid=0.1,"
                         "ground_glass=0.1 (types: solid, part_solid, ground_glass, juxta_pleural, juxta_vascular)")
