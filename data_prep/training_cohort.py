@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -316,8 +317,8 @@ def parse_type_shares(text: str) -> tuple[tuple[str, float], ...]:
         try:
             share = float(value)
         except ValueError:
-            share = -1.0
-        if not share >= 0 or share == float("inf"):
+            share = math.nan
+        if not (math.isfinite(share) and share >= 0):
             raise ValueError(f"{part!r}: the share must be a number >= 0")
         shares[name] = share
     if sum(shares.values()) <= 0:

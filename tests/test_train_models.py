@@ -254,6 +254,12 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
     assert cli.main(base + ["--small-types", "juxta_vascular=0.7, solid=0.3"]) == 0
     assert seen[6].small_types == (("juxta_vascular", 0.7), ("solid", 0.3))
     assert seen[1].small_types == tm.RecipeSettings().small_types
+    # the help lists the types by hand (the parser imports no numpy): it names every one there is
+    from data_prep.synth.nodules import NODULE_TYPES
+
+    train_help = next(a.help for a in cli.build_parser()._subparsers._group_actions[0].choices["train-models"]._actions
+                      if "--small-types" in a.option_strings)
+    assert all(t in train_help for t in NODULE_TYPES)
     for bad in ("vessel=1", "solid", "solid=-1", "solid=x", "solid=0", "solid=1,solid=2", "solid=inf"):
         with pytest.raises(SystemExit) as exc:
             cli.main(base + ["--small-types", bad])
