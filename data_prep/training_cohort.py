@@ -19,7 +19,7 @@ Output ``out_dir``: ``images/<case>_c<NN>.nii.gz`` (int16 HU), ``labels/<case>_c
 ``instances/<case>_c<NN>.nii.gz`` (uint16: real nodule ids as converted, inserted ones 100 + n),
 ``nodules/<case>_c<NN>.json`` (what was inserted and done), ``nodules.csv`` (real and inserted nodules,
 LPS mm: the columns ``lungnod evaluate`` and the patch builder read), ``small_marks.csv`` (the LIDC
-small marks), ``datalist.json`` (MONAI lists: "training" = all copies of the training series;
+point marks: < 3 mm nodules and non-nodules), ``datalist.json`` (MONAI lists: "training" = all copies of the training series;
 "validation" = ``val_copies`` extra copies of them).
 """
 
@@ -186,6 +186,16 @@ def write_tables(out_dir, records: list[dict]) -> None:
     write_text_atomic(out / "small_marks.csv", csv_text(MARK_COLUMNS, [m for rec in records for m in rec["marks"]]))
 
 
+def write_copy_marks(converted_dir, case: str, out_dir, names: list[str]) -> Path:
+    """``<out_dir>/small_marks.csv`` for copies ``names`` of converted ``case``: every LIDC point mark of the case
+    on each (a copy keeps its series' grid, so the LPS centres hold) -> the table's path."""
+    marks = _read_rows(Path(converted_dir) / "small_marks.csv").get(case, [])
+    path = Path(out_dir) / "small_marks.csv"
+    write_text_atomic(path, csv_text(MARK_COLUMNS, [m for name in names for m in _table_rows(
+        {"name": name, "inserted": []}, [], marks)[1]]))
+    return path
+
+
 def copy_name(case: str, index: int) -> str:
     """The case name of copy ``index`` of a converted case in a cohort (copy 0 = the real scan)."""
     return f"{case}_c{index:02d}"
@@ -210,7 +220,10 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
     except ValueError:
         raise DataPrepError(image_path, "no lungs found (no air below -400 HU enclosed by the body)") from None
     hu, label, lung, real_instance = hu[box].astype(np.int16), label[box], lung[box], real_instance[box]
-    marks = _read_rows(converted / "small_marks.csv", "small_nodule").get(case, [])
+    # every point mark goes to the copies' table (scoring ignores hits on them, LUNA16); only the < 3 mm nodules
+    # are kept free of inserted nodules and out of the loss
+    all_marks = _read_rows(converted / "small_marks.csv").get(case, [])
+    marks = [m for m in all_marks if m.get("kind") == "small_nodule"]
     real = _read_rows(converted / "nodules.csv").get(case, [])
     ignore = small_mark_mask(marks, geometry, hu.shape,
                              offset_zyx=(box[0].start, box[1].start, box[2].start)) & ~label
@@ -240,7 +253,7 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
         write_nifti(out / "instances" / f"{name}.nii.gz", instances.astype(np.uint16), cgeo)
         rec = {"name": name, "source_case": case, "copy": int(idx), "augmentation": done,
                "inserted": inserted, "n_ignore_voxels": int(ignore.sum())}
-        rec["table"], rec["marks"] = _table_rows(rec, real, marks)
+        rec["table"], rec["marks"] = _table_rows(rec, real, all_marks)
         write_text_atomic(out / "nodules" / f"{name}.json", json.dumps(rec, indent=1, default=float) + "\n")
         records.append(rec)
         log.info("%s: %d nodule(s) inserted, %s", name, len(inserted), done or "no augmentation")

@@ -169,3 +169,20 @@ def test_example_scan_is_small_and_attributed():
     assert image.stat().st_size < 15 * 2 ** 20
     assert "Armato" in (EXAMPLE_DIR / "ATTRIBUTION").read_text() and "CC BY 3.0" in ref["licence"]
     assert ref["nodules"][0]["n_readers"] == 4
+    # the LIDC point marks inside the slab, LUNA16's irrelevant findings: three < 3 mm nodules, five non-nodules
+    kinds = [m["kind"] for m in ref["small_marks"]]
+    assert kinds.count("small_nodule") == 3 and kinds.count("non_nodule") == 5
+
+
+def test_demo_comparison_does_not_count_findings_at_point_marks():
+    """A reported finding within 5 mm of a non-nodule mark (the lesion beside the left lung's base) is not a
+    false positive; one 6 mm from every mark is."""
+    from lungnod_ext.apps.demo import EXAMPLE, compare_with_readers
+
+    ref = json.loads(EXAMPLE.read_text())
+    nodule = {"id": 1, "centre_lps": ref["nodules"][0]["centre_lps_mm"], "probability": 0.9, "diameter_mm": 24.0}
+    at_mark = {"id": 2, "centre_lps": [118.6, -27.0, -193.3], "probability": 0.93, "diameter_mm": 14.4}
+    away = {"id": 3, "centre_lps": [120.875, -24.7469, -201.0], "probability": 0.6, "diameter_mm": 5.0}
+    result = compare_with_readers([nodule, at_mark, away], [nodule, at_mark, away], ref)
+    assert result["nodules"][0]["found"] and result["nodules"][0]["probability"] == 0.9
+    assert [n["id"] for n in result["at_small_marks"]] == [2] and [n["id"] for n in result["false_positives"]] == [3]

@@ -78,7 +78,7 @@ def _cmd_detect(args) -> int:
 def _cmd_evaluate(args) -> int:
     from lungnod_ext.metrics.detection_evaluation import evaluate_pipeline, format_table
 
-    result = evaluate_pipeline(args.pred, args.reference, threshold=args.threshold)
+    result = evaluate_pipeline(args.pred, args.reference, threshold=args.threshold, min_readers=args.min_readers)
     print(format_table(result))
     if args.json:
         from data_prep.nifti_io import write_text_atomic
@@ -92,6 +92,17 @@ def _cmd_demo(args) -> int:
     from lungnod_ext.apps.demo import run_demo
 
     return run_demo(args)
+
+
+def _positive_int(text: str) -> int:
+    """argparse's type for a count of at least 1 (``--min-readers``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number expected") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
 
 
 def _seed_list(text: str) -> list[int]:
@@ -194,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("pred", help="output folder of 'lungnod detect'")
     e.add_argument("--reference", required=True, help="data-prep convert output (nodules.csv, images/)")
     e.add_argument("--threshold", type=float, default=0.5)
+    e.add_argument("--min-readers", type=_positive_int, default=3, metavar="N",
+                   help="LUNA16's reference standard (default 3): a nodule marked by fewer readers, like a LIDC "
+                        "< 3 mm or non-nodule mark, is neither counted nor a false positive; 1 counts every nodule")
     e.add_argument("--json", help="also write the metrics here")
     e.set_defaults(func=_cmd_evaluate)
 

@@ -137,7 +137,8 @@ def _example_reference() -> dict:
 def compare_with_readers(nodules: list[dict], candidates: list[dict], reference: dict, labels_path=None,
                          instance_path=None) -> dict:
     """Reported nodules vs the example's reference: per reference nodule the nearest reported one within
-    its radius (LUNA16 rule); other reported nodules are false positives unless within 5 mm of a small mark."""
+    its radius (LUNA16 rule); other reported nodules are false positives unless within 5 mm of a LIDC point mark
+    (a < 3 mm nodule or a non-nodule: LUNA16's irrelevant findings, listed in the example's ``small_marks``)."""
     import numpy as np
 
     rows, used = [], set()
@@ -207,7 +208,8 @@ def run_shipped_demo(args) -> int:
                          if near else "")
                 print(f"       MISSED  {what}{extra}")
         print(f"       other findings reported: {len(result['false_positives'])} false positive(s)"
-              + (f", {len(result['at_small_marks'])} at LIDC small marks (< 3 mm, not counted)" if result["at_small_marks"] else ""))
+              + (f", {len(result['at_small_marks'])} at LIDC point marks (< 3 mm nodules or non-nodules: not counted, "
+                 "as LUNA16)" if result["at_small_marks"] else ""))
         (out / "comparison.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     else:
         _step("2/2 done (no reader marks for your data: `lungnod evaluate` scores a converted LIDC-style folder)")

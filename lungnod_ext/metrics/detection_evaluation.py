@@ -6,6 +6,11 @@ image headers of ``images/<case>.nii.gz`` (to put the boxes in LPS mm). Predicti
 ran, ``probability``). Cases in the reference without a prediction folder are not evaluated; a
 prediction folder without reference nodules counts as a scan with no nodule.
 
+The reference standard is LUNA16's: nodules marked by at least ``min_readers`` readers (3; where the table has
+``n_readers``). The other nodules and the LIDC point marks of ``small_marks.csv`` (< 3 mm nodules and non-nodules,
+10 mm spheres as the LUNA16 script sizes them) are irrelevant findings: a candidate on one is neither a true nor a
+false positive (left out of the box and candidate-level metrics too), and a missed one is not counted.
+
 Stage 1 scores a candidate by its segmentation ``max_prob``; stage 1+2 by the classifier's ``cls_prob``
 (present only when the classifier ran).
 For each: LUNA16 matching (centre within the reference radius), sensitivity / precision / F1 / FP per
@@ -21,15 +26,21 @@ from collections import defaultdict
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
 from data_prep.errors import InputNotFoundError
 from data_prep.coords import Geometry, bbox_lps
 from lungnod_ext.metrics.classification import binary_classification_metrics
 from lungnod_ext.metrics.detection import detection_summary, froc, map_50, map_50_95, match_detections
+from lungnod_ext.metrics.model_evaluation import read_small_marks
 
 
-def load_reference(converted_dir) -> dict[str, list[dict]]:
-    """Reference nodules per case from ``<converted_dir>/nodules.csv`` (+ image headers for LPS boxes)."""
+LUNA16_MIN_READERS = 3   # LUNA16's reference standard: nodules >= 3 mm accepted by at least 3 of 4 readers
+
+
+def load_reference(converted_dir, min_readers: int = LUNA16_MIN_READERS) -> dict[str, list[dict]]:
+    """Reference nodules per case from ``<converted_dir>/nodules.csv`` (+ image headers for LPS boxes), the
+    irrelevant findings (module doc) among them with ``exclude: True``, the point marks appended as such."""
     root = Path(converted_dir)
     table = root / "nodules.csv"
     if not table.is_file():
@@ -45,8 +56,28 @@ def load_reference(converted_dir) -> dict[str, list[dict]]:
             bbox = [int(float(row[k])) for k in ("bbox_i0", "bbox_j0", "bbox_k0", "bbox_i1", "bbox_j1", "bbox_k1")]
             refs[case].append({"centre_lps": [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"],
                                "diameter_mm": float(row["diameter_mm"]), "box": bbox_lps(geometries[case], bbox),
-                               "nodule_id": row["nodule_id"]})
+                               "nodule_id": row["nodule_id"], "exclude": _too_few_readers(row, min_readers)})
+    for case, marks in read_small_marks(root / "small_marks.csv").items():
+        refs[case].extend(marks)
     return dict(refs)
+
+
+def _too_few_readers(row: dict, min_readers: int) -> bool:
+    """Whether a ``nodules.csv`` row is marked by fewer than ``min_readers`` readers (no count: it counts)."""
+    text = (row.get("n_readers") or "").strip()
+    return bool(text) and int(float(text)) < min_readers
+
+
+def _on_irrelevant_findings(dets: list[dict], refs: list[dict]) -> set[int]:
+    """Indices of the detections whose centre lies only in excluded references (LUNA16 hit rule)."""
+    if not dets or not any(r.get("exclude") for r in refs):
+        return set()
+    det_xyz = np.asarray([d["centre_lps"] for d in dets], dtype=float)
+    ref_xyz = np.asarray([r["centre_lps"] for r in refs], dtype=float)
+    radius = np.asarray([float(r["diameter_mm"]) / 2.0 for r in refs])
+    excluded = np.asarray([bool(r.get("exclude")) for r in refs])
+    hits = np.linalg.norm(det_xyz[:, None] - ref_xyz[None], axis=-1) < radius[None]
+    return {int(i) for i in np.nonzero(hits[:, excluded].any(1) & ~hits[:, ~excluded].any(1))[0]}
 
 
 def load_predictions(pred_dir) -> dict[str, list[dict]]:
@@ -68,9 +99,13 @@ def evaluate_stage(predictions: dict[str, list[dict]], references: dict[str, lis
     dets = [[{**c, "score": float(c[score_key])} for c in predictions[case]] for case in cases]
     refs = [references.get(case, []) for case in cases]
     summary = detection_summary(dets, refs, threshold=threshold)
+    n_all = sum(len(d) for d in dets)
     curve = froc(dets, refs)
+    # the box and candidate-level metrics leave the candidates on irrelevant findings out, like the FROC
+    skipped = [_on_irrelevant_findings(ds, rs) for ds, rs in zip(dets, refs)]
+    dets = [[d for i, d in enumerate(ds) if i not in skip] for ds, skip in zip(dets, skipped)]
     pred_boxes = [[(d["bbox_lps_mm"], d["score"]) for d in ds] for ds in dets]
-    gt_boxes = [[r["box"] for r in rs] for rs in refs]
+    gt_boxes = [[r["box"] for r in rs if not r.get("exclude")] for rs in refs]
     y_true, y_score = [], []
     for ds, rs in zip(dets, refs):
         false = set(match_detections(ds, rs, mode="luna16").fp)  # the rest hit a reference nodule
@@ -78,7 +113,10 @@ def evaluate_stage(predictions: dict[str, list[dict]], references: dict[str, lis
         y_score += [d["score"] for d in ds]
     patch = binary_classification_metrics(y_true, y_score, threshold) if y_true else {}
     return {"score": score_key, "threshold": threshold, "n_scans": len(cases),
-            "n_reference_nodules": sum(len(r) for r in refs), "n_candidates": sum(len(d) for d in dets),
+            "n_reference_nodules": sum(not r.get("exclude") for rs in refs for r in rs),
+            "n_irrelevant_findings": sum(bool(r.get("exclude")) for rs in refs for r in rs),
+            "n_candidates_on_irrelevant_findings": n_all - sum(len(d) for d in dets),
+            "n_candidates": n_all,
             **{k: summary[k] for k in ("tp", "fp", "fn", "sensitivity", "precision", "f1", "fp_per_scan")},
             "froc": dict(zip([str(r) for r in curve.fp_rates.tolist()], curve.sensitivities.tolist())),
             "cpm": curve.cpm, "map_50": map_50(pred_boxes, gt_boxes), "map_50_95": map_50_95(pred_boxes, gt_boxes),
@@ -86,24 +124,25 @@ def evaluate_stage(predictions: dict[str, list[dict]], references: dict[str, lis
             "candidate_auc": patch.get("roc_auc")}
 
 
-def evaluate_pipeline(pred_dir, converted_dir, threshold: float = 0.5) -> dict:
+def evaluate_pipeline(pred_dir, converted_dir, threshold: float = 0.5, min_readers: int = LUNA16_MIN_READERS) -> dict:
     """Stage 1 (``max_prob``) and, when present, stage 1+2 (``probability``) results."""
     preds = load_predictions(pred_dir)
-    refs = load_reference(converted_dir)
+    refs = load_reference(converted_dir, min_readers)
     result = {"stage1": evaluate_stage(preds, refs, "max_prob", threshold)}
     if any(preds.values()) and all("cls_prob" in c for cs in preds.values() for c in cs):
         result["stage1+2"] = evaluate_stage(preds, refs, "cls_prob", threshold)
     return result
 
 
-ROWS = ("n_scans", "n_reference_nodules", "n_candidates", "tp", "fp", "fn", "sensitivity", "precision", "f1",
-        "fp_per_scan", "cpm", "map_50", "map_50_95", "candidate_sensitivity", "candidate_specificity", "candidate_auc")
+ROWS = ("n_scans", "n_reference_nodules", "n_irrelevant_findings", "n_candidates", "n_candidates_on_irrelevant_findings",
+        "tp", "fp", "fn", "sensitivity", "precision", "f1", "fp_per_scan", "cpm", "map_50", "map_50_95", "candidate_sensitivity", "candidate_specificity", "candidate_auc")
 
 
 def format_table(result: dict) -> str:
     """A plain-text table: one row per metric, one column per stage (FROC points included)."""
     stages = list(result)
-    lines = [f"{'metric':<24}" + "".join(f"{s:>12}" for s in stages)]
+    w = max(map(len, ROWS)) + 1
+    lines = [f"{'metric':<{w}}" + "".join(f"{s:>12}" for s in stages)]
 
     def cell(v):
         if v is None:
@@ -111,7 +150,7 @@ def format_table(result: dict) -> str:
         return f"{v:>12d}" if isinstance(v, int) else f"{v:>12.3f}"
 
     for key in ROWS:
-        lines.append(f"{key:<24}" + "".join(cell(result[s].get(key)) for s in stages))
+        lines.append(f"{key:<{w}}" + "".join(cell(result[s].get(key)) for s in stages))
     for rate in result[stages[0]]["froc"]:
-        lines.append(f"{'sens @ ' + rate + ' FP/scan':<24}" + "".join(cell(result[s]["froc"][rate]) for s in stages))
+        lines.append(f"{'sens @ ' + rate + ' FP/scan':<{w}}" + "".join(cell(result[s]["froc"][rate]) for s in stages))
     return "\n".join(lines)

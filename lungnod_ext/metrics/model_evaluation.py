@@ -8,8 +8,9 @@ reference table in ``nodules.csv`` columns (``case_id``, ``nodule_id``, ``centre
 
 Detection follows LUNA16: a candidate hits a nodule when its centre is closer than the nodule's radius.
 A *subset* (e.g. nodules marked by >= 3 readers, or inserted nodules of 3-6 mm) is scored with every
-other reference nodule and every LIDC small mark set to ``exclude``: a hit on one of them is neither a
-true nor a false positive, a miss is not counted (LUNA16's ``annotations_excluded`` rule).
+other reference nodule and every LIDC point mark (a < 3 mm nodule or a non-nodule) set to ``exclude``: a hit on
+one of them is neither a true nor a false positive, a miss is not counted (LUNA16's ``annotations_excluded``
+rule: its irrelevant findings are nodules < 3 mm, non-nodules and nodules of fewer than 3 readers).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 
 from lungnod_ext.metrics.detection import detection_summary, froc
 
-SMALL_MARK_DIAMETER_MM = 10.0         # a hit within 5 mm of a LIDC small mark is ignored
+SMALL_MARK_DIAMETER_MM = 10.0         # a hit within 5 mm of a LIDC point mark is ignored (LUNA16's size for one)
+EXCLUDED_MARK_KINDS = ("small_nodule", "non_nodule")   # LUNA16's irrelevant findings among the LIDC point marks
 SIZE_BANDS = ((3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, 40.0))
 
 
@@ -49,19 +51,22 @@ def read_references(table_csv, cases: Sequence[str] | None = None) -> dict[str, 
     return out
 
 
-def read_small_marks(table_csv, cases: Sequence[str] | None = None) -> dict[str, list[dict]]:
-    """LIDC small marks (``kind == small_nodule``) per case as excluded references."""
+def read_small_marks(table_csv, cases: Sequence[str] | None = None,
+                     kinds: Sequence[str] = EXCLUDED_MARK_KINDS) -> dict[str, list[dict]]:
+    """LIDC point marks of ``small_marks.csv`` (< 3 mm nodules and non-nodules by default) per case as excluded
+    references: 10 mm spheres at their LPS centres (mm), as the LUNA16 script sizes a mark with no diameter."""
     out: dict[str, list[dict]] = {}
     path = Path(table_csv)
     if not path.is_file():
         return out
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("kind") != "small_nodule" or (cases is not None and row["case_id"] not in cases):
+            if row.get("kind") not in kinds or (cases is not None and row["case_id"] not in cases):
                 continue
             out.setdefault(row["case_id"], []).append({
                 "centre_lps": [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"],
-                "diameter_mm": SMALL_MARK_DIAMETER_MM, "exclude": True, "small_mark": True})
+                "diameter_mm": SMALL_MARK_DIAMETER_MM, "exclude": True, "small_mark": True,
+                "kind": row.get("kind")})
     return out
 
 

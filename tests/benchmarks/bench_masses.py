@@ -61,7 +61,7 @@ def _label_references(label_path: Path) -> tuple[list[dict], np.ndarray]:
 def score_case(candidates: list[dict], refs: list[dict], ignored: list[dict], labels_zyx, instances_zyx,
                threshold: float) -> tuple[list[dict], int]:
     """Per reference lesion its best hit; and the candidates at ``threshold`` that hit no lesion and no
-    ``ignored`` reference (the scan's own nodules, LIDC small marks) -> (rows, false positives)."""
+    ``ignored`` reference (the scan's own nodules, LIDC point marks) -> (rows, false positives)."""
     from lungnod_ext.metrics.model_evaluation import per_nodule_dice
 
     def hits(c, r):
@@ -85,7 +85,8 @@ def score_case(candidates: list[dict], refs: list[dict], ignored: list[dict], la
 
 def copy_items(inserted: Path, names: list[str], group: str) -> list[dict]:
     """The scans of ``held_out_copies`` as :func:`detect_and_score` items: the inserted lesions are the
-    references; the series' own nodules and LIDC small marks are ignored (neither hits nor false positives)."""
+    references; the series' own nodules and LIDC point marks (< 3 mm nodules, non-nodules) are ignored (neither hits
+    nor false positives)."""
     from lungnod_ext.metrics.model_evaluation import read_references, read_small_marks
 
     refs = read_references(inserted / "nodules.csv", names)

@@ -9,7 +9,8 @@ A fold is ``<held-out patient>=<models>``: ``bundles`` (the shipped ``bundles/*/
 ``--hold-out``); its ``recipe.json`` ``detector_priors`` go to the classification bundle with them. For each fold, ``lungnod detect`` (both bundles' default inference configs, as a user
 runs them) on:
 
-* the held-out real series, whole (the readers' nodules; LIDC small marks ignored);
+* the held-out real series, whole (the readers' nodules; LIDC point marks, < 3 mm nodules and non-nodules,
+  ignored as LUNA16 ignores them: before session 33 a hit on a non-nodule mark was a false positive);
 * ``--inserted`` copies of that series' lungs with simulated nodules imaged in (3-30 mm, every type,
   no scanner augmentation, a seed never used for training), its real nodules ignored there.
 
@@ -69,7 +70,7 @@ def held_out_copies(patient: str, converted: Path, inserted: Path, n_copies: int
     (``data_prep.training_cohort.make_copies`` with ``options``, numbered 1..n) in ``inserted``, each made only
     when missing -> (the series' case id, the copies' case ids)."""
     from data_prep.convert import ConvertOptions, convert_dicom_root
-    from data_prep.training_cohort import copy_name, make_copies, write_tables
+    from data_prep.training_cohort import copy_name, make_copies, write_copy_marks, write_tables
 
     if not (converted / "nodules.csv").is_file():
         convert_dicom_root(LIDC / patient, converted, ConvertOptions(workers=2, progress=False))
@@ -77,6 +78,8 @@ def held_out_copies(patient: str, converted: Path, inserted: Path, n_copies: int
     names = [copy_name(case, i) for i in range(1, n_copies + 1)]
     if not all((inserted / "images" / f"{n}.nii.gz").is_file() for n in names):
         write_tables(inserted, make_copies(converted, case, inserted, list(range(1, n_copies + 1)), options))
+    # rewritten each run: a folder made before the copies carried the non-nodule marks (session 33) scores as today
+    write_copy_marks(converted, case, inserted, names)
     return case, names
 
 

@@ -89,7 +89,7 @@ def rescore(work: Path, ckpt: Path, prior: float, overrides: dict, max_blob_rank
             found = total = 0
             for case, rs in subset_references(refs, keep, marks).items():
                 total += sum(not r.get("exclude") for r in rs)
-                if rs and dets.get(case):      # excluded references (other subsets, small marks) take no hit
+                if rs and dets.get(case):      # excluded references (other subsets, point marks) take no hit
                     found += len(match_detections([{**c, "score": 1.0} for c in dets[case]], rs).tp)
             if total:
                 result["stage1_recall"][name] = {"found": found, "n": total, "recall": found / total}

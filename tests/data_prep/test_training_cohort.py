@@ -35,7 +35,24 @@ def test_datalist_and_tables(cohort):
     assert 5 * 2 <= len(inserted) <= 9 * 2 + 9       # 5-9 per copy, copies 1 and 2 (a site may be skipped)
     assert all(float(r["diameter_mm"]) > 2.0 for r in inserted)
     marks = list(csv.DictReader(open(out / "small_marks.csv")))
-    assert len(marks) == 3 * 3                        # LIDC-IDRI-0001's three small-nodule marks, per copy
+    # LIDC-IDRI-0001's point marks on every copy, for scoring (LUNA16 ignores hits on them): three < 3 mm nodules
+    # and eight non-nodules, among them the three beside the left lung's base at x 112-121, z -195..-185 mm LPS
+    assert len(marks) == 3 * 11
+    assert sorted(m["kind"] for m in marks if m["case_id"] == f"{case}_c01") == ["non_nodule"] * 8 + ["small_nodule"] * 3
+    assert sum(m["kind"] == "non_nodule" and 112 < float(m["centre_x_lps_mm"]) < 121
+               and -196 < float(m["centre_z_lps_mm"]) < -184 for m in marks) == 3 * 3
+
+
+def test_write_copy_marks_matches_the_tables_of_made_copies(cohort, lidc_converted, tmp_path):
+    """The benchmarks rewrite a copies folder's point marks from the series (old folders lack the non-nodules):
+    the same rows, copy by copy, as the copies' own table."""
+    from data_prep.training_cohort import write_copy_marks
+
+    out, case, _ = cohort
+    names = [f"{case}_c01", f"{case}_c02"]
+    made = [r for r in csv.DictReader(open(out / "small_marks.csv")) if r["case_id"] in names]
+    path = write_copy_marks(lidc_converted, case, tmp_path, names)
+    assert list(csv.DictReader(open(path))) == made and len(made) == 2 * 11
 
 
 def test_copy_zero_is_the_real_scan_cropped_with_its_nodule_and_ignored_marks(cohort, lidc_converted):

@@ -116,3 +116,54 @@ def test_cli_evaluate_runs_without_importing_monai_or_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "exit 0 loaded []" in proc.stdout.splitlines()
     assert json.loads((tmp_path / "m.json").read_text())["stage1"]["sensitivity"] == 1.0
+
+
+def _lidc_reference(root: Path) -> Path:
+    """Case A of NODULES with reader counts: the 8 mm nodule by 4 readers, the 6 mm one by 2; a LIDC non-nodule
+    mark and a < 3 mm mark in ``small_marks.csv``; cases B, C as before (no count: they count)."""
+    _reference(root)
+    rows = list(csv.DictReader(open(root / "nodules.csv", newline="")))
+    for row in rows:
+        row["n_readers"] = {("A", "1"): "4", ("A", "2"): "2"}.get((row["case_id"], row["nodule_id"]), "")
+    with open(root / "nodules.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    marks = [{"case_id": "A", "kind": "non_nodule", "centre_x_lps_mm": 50, "centre_y_lps_mm": 20, "centre_z_lps_mm": 10},
+             {"case_id": "B", "kind": "small_nodule", "centre_x_lps_mm": 10, "centre_y_lps_mm": 50, "centre_z_lps_mm": 25}]
+    with open(root / "small_marks.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(marks[0]))
+        w.writeheader()
+        w.writerows(marks)
+    return root
+
+
+def test_luna16_reference_standard_ignores_few_reader_nodules_and_point_marks(tmp_path, capsys):
+    """LUNA16: the 2-reader nodule, the non-nodule mark and the < 3 mm mark are irrelevant findings: a candidate
+    on one (within 5 mm of a mark) is neither TP nor FP, in the FROC, the box and the candidate-level metrics;
+    a miss of one is not counted. ``--min-readers 1`` counts the 2-reader nodule again (the marks stay out)."""
+    ref = _lidc_reference(tmp_path / "ref")
+    preds = {"A": [_candidate((20, 20, 10), 8.0, 0.9, 0.9),        # the 4-reader nodule: TP
+                   _candidate((53, 22, 11), 4.0, 0.95, 0.95),      # 3.7 mm from the non-nodule mark: ignored
+                   _candidate((5, 5, 5), 4.0, 0.6, 0.6)],          # nothing there: FP
+             "B": [_candidate((30, 30, 15), 10.0, 0.8, 0.8),
+                   _candidate((10, 50, 29), 3.0, 0.97, 0.97)],     # 4 mm from the < 3 mm mark: ignored
+             "C": []}
+    pred = _predictions(tmp_path / "pred", preds)
+    s = evaluate_pipeline(pred, ref)["stage1+2"]
+    assert s["n_reference_nodules"] == 2 and s["n_irrelevant_findings"] == 3
+    assert s["n_candidates"] == 5 and s["n_candidates_on_irrelevant_findings"] == 2
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 1, 0) and s["sensitivity"] == 1.0
+    # the one false positive (p 0.6) ranks below both nodules: found at 1/8 FP per scan
+    assert s["froc"]["0.125"] == 1.0 and s["cpm"] == 1.0
+    assert s["map_50"] == pytest.approx(1.0) and s["candidate_auc"] == 1.0
+    every = evaluate_pipeline(pred, ref, min_readers=1)["stage1+2"]
+    assert every["n_reference_nodules"] == 3 and every["n_irrelevant_findings"] == 2
+    assert (every["tp"], every["fp"], every["fn"]) == (2, 1, 1) and every["sensitivity"] == pytest.approx(2 / 3)
+    assert main(["evaluate", str(pred), "--reference", str(ref), "--min-readers", "1",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["stage1+2"]["n_reference_nodules"] == 3
+    assert "n_irrelevant_findings" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(pred), "--reference", str(ref), "--min-readers", "0"])
+    assert stop.value.code == 2 and "--min-readers: '0': at least 1" in capsys.readouterr().err

@@ -71,3 +71,21 @@ def test_per_nodule_axes_pairs_each_nodule_with_the_components_touching_it():
 def test_size_band():
     assert [size_band(d) for d in (2.0, 3.0, 5.9, 6.0, 12.0, 26.4, 45)] == \
         ["< 3 mm", "3-6 mm", "3-6 mm", "6-10 mm", "10-20 mm", "20-40 mm", ">= 40 mm"]
+
+
+def test_read_small_marks_reads_luna16_irrelevant_point_marks(tmp_path):
+    """Both kinds of LIDC point mark (< 3 mm nodule, non-nodule) are excluded 10 mm spheres; ``kinds`` narrows."""
+    from lungnod_ext.metrics.model_evaluation import read_small_marks
+
+    table = tmp_path / "small_marks.csv"
+    table.write_text("case_id,kind,centre_x_lps_mm,centre_y_lps_mm,centre_z_lps_mm\n"
+                     "a,small_nodule,1,2,3\na,non_nodule,120.9,-24.7,-195\nb,non_nodule,0,0,0\n")
+    marks = read_small_marks(table, ["a"])
+    assert list(marks) == ["a"] and [m["kind"] for m in marks["a"]] == ["small_nodule", "non_nodule"]
+    assert all(m["exclude"] and m["diameter_mm"] == 10.0 for m in marks["a"])
+    assert marks["a"][1]["centre_lps"] == [120.9, -24.7, -195.0]
+    assert [m["kind"] for m in read_small_marks(table, kinds=("small_nodule",))["a"]] == ["small_nodule"]
+    # a candidate 3.6 mm from the non-nodule mark is ignored, one at 5.5 mm is a false positive
+    dets = {"a": [{"centre_lps": [118.6, -27.0, -193.3], "s": 0.9}, {"centre_lps": [120.9, -19.2, -195], "s": 0.8}]}
+    r = score_stage(dets, subset_references({"a": []}, lambda r: True, marks), "s")
+    assert r["fp"] == 1 and r["n_nodules"] == 0
