@@ -28,7 +28,9 @@ class DetectionMatch:
     tp: (reference index, detection index) pairs, the detection being the highest-scoring hit of that
     reference; fp: detection indices that hit no reference; fn: reference indices (not excluded) with no hit;
     ignored: detection indices neither TP nor FP (a lower-scoring second hit on a nodule, or a hit on an
-    excluded reference); tp_scores: the TP detections' scores, aligned with ``tp``.
+    excluded reference); tp_scores: the TP detections' scores, aligned with ``tp``; on_excluded_only: detection
+    indices whose centre lies in excluded references only (LUNA16's irrelevant findings; a subset of ``ignored``
+    in ``luna16`` mode).
     """
 
     tp: list[tuple[int, int]] = field(default_factory=list)
@@ -37,6 +39,7 @@ class DetectionMatch:
     ignored: list[int] = field(default_factory=list)
     tp_scores: list[float] = field(default_factory=list)
     fp_scores: list[float] = field(default_factory=list)
+    on_excluded_only: list[int] = field(default_factory=list)
 
 
 def _centres(items: Sequence[Mapping], what: str) -> np.ndarray:
@@ -73,7 +76,8 @@ def match_detections(detections: Sequence[Mapping], references: Sequence[Mapping
     excluded = np.asarray([bool(r.get("exclude", False)) for r in references], dtype=bool)
     dist = np.linalg.norm(det_xyz[:, None, :] - ref_xyz[None, :, :], axis=-1)  # (n_det, n_ref)
     hits = dist < radius[None, :]
-    out = DetectionMatch()
+    out = DetectionMatch(on_excluded_only=[int(d) for d in np.nonzero(hits[:, excluded].any(1)
+                                                                     & ~hits[:, ~excluded].any(1))[0]])
     if mode == "luna16":
         handled = np.zeros(len(detections), dtype=bool)
         for r in range(len(references)):

@@ -26,7 +26,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 
 from data_prep.errors import InputNotFoundError
 from data_prep.coords import Geometry, bbox_lps
@@ -68,18 +67,6 @@ def _too_few_readers(row: dict, min_readers: int) -> bool:
     return bool(text) and int(float(text)) < min_readers
 
 
-def _on_irrelevant_findings(dets: list[dict], refs: list[dict]) -> set[int]:
-    """Indices of the detections whose centre lies only in excluded references (LUNA16 hit rule)."""
-    if not dets or not any(r.get("exclude") for r in refs):
-        return set()
-    det_xyz = np.asarray([d["centre_lps"] for d in dets], dtype=float)
-    ref_xyz = np.asarray([r["centre_lps"] for r in refs], dtype=float)
-    radius = np.asarray([float(r["diameter_mm"]) / 2.0 for r in refs])
-    excluded = np.asarray([bool(r.get("exclude")) for r in refs])
-    hits = np.linalg.norm(det_xyz[:, None] - ref_xyz[None], axis=-1) < radius[None]
-    return {int(i) for i in np.nonzero(hits[:, excluded].any(1) & ~hits[:, ~excluded].any(1))[0]}
-
-
 def load_predictions(pred_dir) -> dict[str, list[dict]]:
     """Candidate lists per case from a pipeline output folder (``<case>/<case>_candidates.json``)."""
     root = Path(pred_dir)
@@ -102,7 +89,7 @@ def evaluate_stage(predictions: dict[str, list[dict]], references: dict[str, lis
     n_all = sum(len(d) for d in dets)
     curve = froc(dets, refs)
     # the box and candidate-level metrics leave the candidates on irrelevant findings out, like the FROC
-    skipped = [_on_irrelevant_findings(ds, rs) for ds, rs in zip(dets, refs)]
+    skipped = [set(match_detections(ds, rs, mode="luna16").on_excluded_only) for ds, rs in zip(dets, refs)]
     dets = [[d for i, d in enumerate(ds) if i not in skip] for ds, skip in zip(dets, skipped)]
     pred_boxes = [[(d["bbox_lps_mm"], d["score"]) for d in ds] for ds in dets]
     gt_boxes = [[r["box"] for r in rs if not r.get("exclude")] for rs in refs]
@@ -135,7 +122,8 @@ def evaluate_pipeline(pred_dir, converted_dir, threshold: float = 0.5, min_reade
 
 
 ROWS = ("n_scans", "n_reference_nodules", "n_irrelevant_findings", "n_candidates", "n_candidates_on_irrelevant_findings",
-        "tp", "fp", "fn", "sensitivity", "precision", "f1", "fp_per_scan", "cpm", "map_50", "map_50_95", "candidate_sensitivity", "candidate_specificity", "candidate_auc")
+        "tp", "fp", "fn", "sensitivity", "precision", "f1", "fp_per_scan", "cpm", "map_50", "map_50_95",
+        "candidate_sensitivity", "candidate_specificity", "candidate_auc")
 
 
 def format_table(result: dict) -> str:

@@ -41,6 +41,10 @@ def test_match_detections_luna16_rule():
     # hits on an excluded reference are ignored, its miss is not counted
     m = match_detections([det(0, 0, 0, 0.9), det(40, 0, 0, 0.8)], [ref(0, 0, 0, 4, exclude=True), ref(9, 9, 9, 4)])
     assert m.tp == [] and m.ignored == [0] and m.fp == [1] and m.fn == [1]
+    assert m.on_excluded_only == [0] and match_detections(*SCAN_A).on_excluded_only == []   # a double hit is not
+    # a detection in an excluded and an included reference at once counts as a hit on the included one
+    m = match_detections([det(0, 0, 0, 0.9), det(3, 0, 0, 0.5)], [ref(0, 0, 0, 10, exclude=True), ref(4, 0, 0, 4)])
+    assert m.on_excluded_only == [0] and m.tp == [(1, 1)]
     # one detection inside two overlapping nodules counts for both (as the script does)
     m = match_detections([det(0, 0, 0, 0.9)], [ref(-2, 0, 0, 10), ref(2, 0, 0, 10)])
     assert m.tp == [(0, 0), (1, 0)] and m.fp == []
