@@ -58,12 +58,18 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     assert [c.split("_")[0] for c in recipe["train_series"]] == ["LIDC-IDRI-0006"]
     assert sorted(c.split("_")[0] for c in recipe["held_out_series"]) == ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
     cohort = json.loads((out / "cohort" / "datalist.json").read_text())
-    # two copies, one for validation, then one with masses (30-50 mm) for the segmenter's fine-tuning
-    assert len(cohort["training"]) == 3 and len(cohort["validation"]) == 1
+    # two copies, one for validation, then one with masses (30-50 mm) for the segmenter's fine-tuning and one
+    # with many small nodules (3-6 mm, the recipe's default types: mostly juxta-vascular) for the classifier only
+    assert len(cohort["training"]) == 4 and len(cohort["validation"]) == 1
     assert all("LIDC-IDRI-0006" in e["image"] for e in cohort["training"] + cohort["validation"])
-    assert cohort["training"][-1]["case"].endswith("_c03")
-    mass_copy = json.loads((out / "cohort" / "nodules" / f"{cohort['training'][-1]['case']}.json").read_text())
+    assert [e["case"][-4:] for e in cohort["training"][-2:]] == ["_c03", "_c04"]
+    mass_copy = json.loads((out / "cohort" / "nodules" / f"{cohort['training'][-2]['case']}.json").read_text())
     assert 4 <= len(mass_copy["inserted"]) <= 7
+    small_copy = json.loads((out / "cohort" / "nodules" / f"{cohort['training'][-1]['case']}.json").read_text())
+    assert 8 <= len(small_copy["inserted"]) <= 16
+    assert all(n["mask_diameter_mm"] <= 7.5 for n in small_copy["inserted"])
+    assert sum(n["type"] == "juxta_vascular" for n in small_copy["inserted"]) >= len(small_copy["inserted"]) / 3
+    assert (out / "stages" / "classifier_small.done").is_file()
     assert (out / "stages" / "segmentation_masses.done").is_file()
     assert (out / "stages" / "classifier_masses.done").is_file()   # the mass copy redrawn for the classifier
     assert recipe["models"]["segmentation"] == str(out / "export" / "segmentation" / "model.pt")
@@ -74,12 +80,15 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     # the candidate run added the dot filter's peaks (at most train_blob_candidates per volume); the classifier
     # learned from them (kinds blob_hit / blob_negative) and the recipe reports their share of nodules
     cand_docs = [json.loads(p.read_text())["candidates"] for p in (out / "runs" / "train_candidates").glob("*/*_candidates.json")]
-    assert len(cand_docs) == 4
+    assert len(cand_docs) == 5
     blob_counts = [sum(c.get("detector") == "blob" for c in doc) for doc in cand_docs]
     assert all(0 < n <= 100 for n in blob_counts), blob_counts
     kinds = [e["kind"] for e in json.loads((out / "patches" / "datalist.json").read_text())["training"]]
     assert kinds.count("blob_negative") > 0
     assert 0.0 <= recipe["detector_priors"]["blob"] < 1.0
+    # ... and the recipe's 30 faint peaks per volume beyond them (detector "faint", a prior of their own)
+    assert all(sum(c.get("detector") == "faint" for c in doc) == 30 for doc in cand_docs)
+    assert kinds.count("faint_negative") > 0 and 0.0 <= recipe["detector_priors"]["faint"] < 1.0
     seg_state = torch.load(out / "export" / "segmentation" / "model.pt", map_location="cpu", weights_only=True)["model"]
     bundle_network(SEG_BUNDLE, overrides={"decoder_channels": json.loads(NARROW)}).load_state_dict(seg_state, strict=True)
     with pytest.raises(RuntimeError, match="size mismatch"):
@@ -105,7 +114,7 @@ def test_tiny_recipe_end_to_end(lidc_root, tmp_path):
     assert {"segmentation", "segmentation_masses", "classification", "classification_seed1"} <= runs
     # a rerun keeps every finished stage
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
-    assert again.returncode == 0 and again.stdout.count("done before, kept") == 10, again.stdout
+    assert again.returncode == 0 and again.stdout.count("done before, kept") == 11, again.stdout
 
 
 def test_until_segmentation_without_mlflow(tmp_path, monkeypatch):
@@ -146,7 +155,8 @@ def test_patches_are_cut_with_the_classifier_overrides_geometry(tmp_path, monkey
                         lambda *a, **kw: cuts.append(kw) or tmp_path / "datalist.json")
     for n, overrides in enumerate(({}, {"slab_mm": [-2.5, 0.0, 2.5], "fine_spacing_mm": 0.5, "dropout": 0.1})):
         out = _recipe_folder(tmp_path / f"run{n}", ("convert", "cohort", "segmentation", "masses",
-                                                   "segmentation_masses", "classifier_masses", "candidates"))
+                                                   "segmentation_masses", "classifier_masses", "classifier_small",
+                                                   "candidates"))
         tm.train_models(tmp_path, out, tm.RecipeSettings(cls_overrides=overrides), until="patches", tracking=False,
                         log=lambda *a: None)
     geometry = [{k: kw[k] for k in kw if k in patch_dataset.PATCH_GEOMETRY_KEYS} for kw in cuts]
@@ -164,7 +174,7 @@ def test_candidates_keep_the_mass_rule_the_shipped_classifiers_learned(tmp_path,
     monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append(a[5]))
     for n, overrides in enumerate(({}, {"mass_min_diameter_mm": 20.0})):
         out = _recipe_folder(tmp_path / f"run{n}", ("convert", "cohort", "segmentation", "masses",
-                                                   "segmentation_masses", "classifier_masses"),
+                                                   "segmentation_masses", "classifier_masses", "classifier_small"),
                              training=[{"image": "images/a.nii.gz"}])
         tm.train_models(tmp_path, out, tm.RecipeSettings(seg_overrides=overrides), until="candidates",
                         tracking=False, log=lambda *a: None)
@@ -175,7 +185,8 @@ def test_candidates_keep_the_mass_rule_the_shipped_classifiers_learned(tmp_path,
 
 def test_faint_candidates_reach_the_candidate_run_and_match_inference(tmp_path, monkeypatch):
     """``faint_candidates`` is the candidate run's ``blob_faint_candidates`` (the dot filter's faint quota the
-    classifiers learn from); the recipe's default is what the segmentation inference config adds per scan."""
+    classifiers learn from; 30 made the shipped classifiers); ``inference_faint_candidates``' default is what the
+    segmentation inference config adds per scan (0: off)."""
     from lungnod_ext.apps import pipeline
     from lungnod_ext.apps import train_models as tm
 
@@ -183,12 +194,12 @@ def test_faint_candidates_reach_the_candidate_run_and_match_inference(tmp_path, 
     monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append(a[5]))
     for n, settings in enumerate((tm.RecipeSettings(faint_candidates=12), tm.RecipeSettings())):
         out = _recipe_folder(tmp_path / f"run{n}", ("convert", "cohort", "segmentation", "masses",
-                                                   "segmentation_masses", "classifier_masses"),
+                                                   "segmentation_masses", "classifier_masses", "classifier_small"),
                              training=[{"image": "images/a.nii.gz"}])
         tm.train_models(tmp_path, out, settings, until="candidates", tracking=False, log=lambda *a: None)
     inference = json.loads((tm.SEG / "configs" / "inference.json").read_text())
-    assert [o["blob_faint_candidates"] for o in seen] == [12, inference["blob_faint_candidates"]]
-    assert tm.RecipeSettings().faint_candidates == inference["blob_faint_candidates"]
+    assert [o["blob_faint_candidates"] for o in seen] == [12, 30]
+    assert tm.RecipeSettings().inference_faint_candidates == inference["blob_faint_candidates"] == 0
 
 
 def test_a_bundle_run_stopped_by_bad_data_raises_that_error(tmp_path):
@@ -243,23 +254,27 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
             cli.main(base + ["--cls-mass-diaphragm-share", bad])
         assert exc.value.code == 2
     assert cli.main(base + ["--faint-candidates", "0"]) == 0
-    assert seen[4].faint_candidates == 0 and seen[1].faint_candidates == tm.RecipeSettings().faint_candidates
+    assert seen[4].faint_candidates == 0 and seen[1].faint_candidates == tm.RecipeSettings().faint_candidates == 30
+    assert seen[4].inference_faint_candidates == seen[1].inference_faint_candidates == 0
     assert cli.main(base + ["--small-copies", "6"]) == 0
-    assert seen[5].small_copies == 6 and seen[1].small_copies == tm.RecipeSettings().small_copies
-    for flag in ("--faint-candidates", "--small-copies"):
+    assert seen[5].small_copies == 6 and seen[1].small_copies == tm.RecipeSettings().small_copies == 3
+    for flag in ("--faint-candidates", "--small-copies", "--inference-faint-candidates"):
         for bad in ("-1", "2.5", "many"):
             with pytest.raises(SystemExit) as exc:
                 cli.main(base + [flag, bad])
             assert exc.value.code == 2
     assert cli.main(base + ["--small-types", "juxta_vascular=0.7, solid=0.3"]) == 0
     assert seen[6].small_types == (("juxta_vascular", 0.7), ("solid", 0.3))
-    assert seen[1].small_types == tm.RecipeSettings().small_types
+    assert seen[1].small_types == tm.RecipeSettings().small_types == tm.RECIPE_SMALL_TYPES
+    assert cli.main(base + ["--inference-faint-candidates", "30"]) == 0
+    assert seen[7].inference_faint_candidates == 30 and seen[7].faint_candidates == 30
     # the help lists the types by hand (the parser imports no numpy): it names every one there is
     from data_prep.synth.nodules import NODULE_TYPES
 
     train_help = next(a.help for a in cli.build_parser()._subparsers._group_actions[0].choices["train-models"]._actions
                       if "--small-types" in a.option_strings)
     assert all(t in train_help for t in NODULE_TYPES)
+    assert ",".join(f"{t}={w:g}" for t, w in tm.RECIPE_SMALL_TYPES) in train_help   # the default it names
     for bad in ("vessel=1", "solid", "solid=-1", "solid=x", "solid=0", "solid=1,solid=2", "solid=inf"):
         with pytest.raises(SystemExit) as exc:
             cli.main(base + ["--small-types", bad])
@@ -302,7 +317,7 @@ def test_classifier_masses_redraw_the_mass_copies_after_the_segmenter(tmp_path, 
     before = ("convert", "cohort", "segmentation")
     for share in (0.5, 0.0):
         out = _recipe_folder(tmp_path / f"share{share}", before, training=[])
-        recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(cls_mass_diaphragm_share=share),
+        recipe = tm.train_models(tmp_path, out, tm.RecipeSettings(cls_mass_diaphragm_share=share, small_copies=0),
                                  until="candidates", tracking=False, log=lambda *a: None)
         assert recipe["settings"]["cls_mass_diaphragm_share"] == share
     assert seen == [(9, None), "segmentation_masses", (9, 0.5), "candidates",
@@ -374,7 +389,7 @@ def test_install_sets_the_inference_configs_the_models_need(tmp_path):
         (dst / "models").mkdir()
     for name in ("s.pt", "c.pt"):
         (tmp_path / name).write_bytes(name.encode())
-    settings = tm.RecipeSettings(faint_candidates=30, seg_overrides={"pleural_caps": True})
+    settings = tm.RecipeSettings(inference_faint_candidates=30, seg_overrides={"pleural_caps": True})
     changed = tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.041, "faint": 0.002}, settings,
                                 seg, cls)
     assert (seg / "models" / "model.pt").read_bytes() == b"s.pt" and (cls / "models" / "model.pt").read_bytes() == b"c.pt"
@@ -386,9 +401,9 @@ def test_install_sets_the_inference_configs_the_models_need(tmp_path):
     before = (tm.SEG / "configs" / "inference.json").read_text().splitlines()
     after = (seg / "configs" / "inference.json").read_text().splitlines()
     assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) == 2   # faint quota, caps
-    # the shipped pair's own settings leave the segmentation config as it is
+    # the shipped pair's own settings and priors (recipe_jv_cls.json) leave both configs as they are
     shutil.copyfile(tm.SEG / "configs" / "inference.json", seg / "configs" / "inference.json")
-    tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.038}, tm.RecipeSettings(), seg, cls)
+    tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.038, "faint": 0.0019}, tm.RecipeSettings(), seg, cls)
     assert (seg / "configs" / "inference.json").read_text() == (tm.SEG / "configs" / "inference.json").read_text()
     assert (cls / "configs" / "inference.json").read_text() == (tm.CLS / "configs" / "inference.json").read_text()
     (seg / "configs" / "inference.json").write_text('{"blob_max_candidates": 50}\n')
@@ -396,3 +411,24 @@ def test_install_sets_the_inference_configs_the_models_need(tmp_path):
     with pytest.raises(ValueError, match="no single one-line top-level 'blob_max_candidates'"):
         tm.install_models(tmp_path / "s2.pt", tmp_path / "c.pt", {}, tm.RecipeSettings(), seg, cls)
     assert (seg / "models" / "model.pt").read_bytes() == b"s.pt"      # nothing installed
+
+
+def test_the_recipe_defaults_are_the_shipped_models_run(tmp_path):
+    """``lungnod train-models`` with no flags is the run that made the shipped classifiers (classification 0.11.0:
+    ``tests/benchmarks/results/recipe_jv_cls.json``, every setting but the machine's loader processes) and
+    ``--install`` with its priors leaves the shipped inference configs as they are: the classification
+    ``detector_priors`` are that run's, the faint detector's included (a user who turns the faint quota on gets
+    those candidates scored at their prior, not as if half were nodules)."""
+    from dataclasses import asdict
+
+    from lungnod_ext.apps import train_models as tm
+
+    run = json.loads((tm.REPO_ROOT / "tests" / "benchmarks" / "results" / "recipe_jv_cls.json").read_text())
+    defaults = json.loads(json.dumps(asdict(tm.RecipeSettings())))      # tuples as JSON lists, as recipe.json has them
+    differ = {k: (v, defaults.get(k)) for k, v in run["settings"].items() if k != "loader_workers" and defaults.get(k) != v}
+    assert differ == {}
+    cls_config = json.loads((tm.CLS / "configs" / "inference.json").read_text())
+    assert cls_config["detector_priors"] == run["detector_priors"] == {"blob": 0.038, "faint": 0.0019}
+    seg_config = json.loads((tm.SEG / "configs" / "inference.json").read_text())
+    assert (seg_config["blob_max_candidates"], seg_config["blob_faint_candidates"]) == (
+        tm.RecipeSettings().blob_candidates, tm.RecipeSettings().inference_faint_candidates)

@@ -164,7 +164,8 @@ def _cmd_train_models(args) -> int:
     hold_out = args.hold_out or ["LIDC-IDRI-0001"]
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
     for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers", "ground_glass_hu",
-                "cls_mass_diaphragm_share", "faint_candidates", "small_copies", "small_types"):
+                "cls_mass_diaphragm_share", "faint_candidates", "inference_faint_candidates", "small_copies",
+                "small_types"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
@@ -231,14 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the mass copies redrawn for the classifier with this share of their juxta-pleural masses on "
                         "the diaphragm (0.5; 0: the segmenter's copies, as the fast pair's classifier learned)")
     t.add_argument("--faint-candidates", type=_count, metavar="N",
-                   help="faint dot-filter peaks (ground glass) per volume beyond the strongest ones, learned from and "
-                        "added at inference (0; the segmentation config's blob_faint_candidates must match: --install sets it)")
+                   help="faint dot-filter peaks (ground glass) per volume beyond the strongest ones, learned from by "
+                        "the classifiers (30)")
+    t.add_argument("--inference-faint-candidates", type=_count, metavar="N",
+                   help="... and added per scan at inference: the segmentation config's blob_faint_candidates, which "
+                        "--install sets (0: off; at their prior they changed no measured figure)")
     t.add_argument("--small-copies", type=_count, metavar="N",
-                   help="volumes per series with 10-16 nodules of 3-6 mm (of --small-types; by default mostly "
-                        "ground-glass, part-solid, juxta-pleural) added for the classifier only (0)")
+                   help="volumes per series with 10-16 nodules of 3-6 mm (of --small-types) added for the "
+                        "classifier only (3)")
     t.add_argument("--small-types", type=_type_shares, metavar="TYPE=SHARE[,...]",
-                   help="the small copies' nodule types, e.g. juxta_vascular=0.7,solid=0.1,part_solid=0.1,"
-                        "ground_glass=0.1 (types: solid, part_solid, ground_glass, juxta_pleural, juxta_vascular)")
+                   help="the small copies' nodule types (juxta_vascular=0.7,solid=0.1,part_solid=0.1,"
+                        "ground_glass=0.1; types: solid, part_solid, ground_glass, juxta_pleural, juxta_vascular)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",

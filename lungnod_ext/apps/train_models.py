@@ -13,20 +13,21 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    ``classifier_masses`` then draws those copies again in place with ``cls_mass_diaphragm_share`` of their
    juxta-pleural masses on the diaphragm's dome, for the stages below (the segmenter fine-tuned on such copies
    outlined those masses no better; the classifier trained on them reports more of them, session 28-29);
-   ``classifier_small`` (``small_copies`` > 0, off by default) appends that many copies per series with 10-16
-   nodules of 3-6 mm each, of the types ``small_types`` (default mostly ground-glass, part-solid and
-   juxta-pleural), for the classifier only (:func:`data_prep.training_cohort.add_small_copies`; left out of
+   ``classifier_small`` (``small_copies`` > 0; 3 by default) appends that many copies per series with 10-16
+   nodules of 3-6 mm each, of the types ``small_types`` (default :data:`RECIPE_SMALL_TYPES`, 70 %
+   juxta-vascular), for the classifier only (:func:`data_prep.training_cohort.add_small_copies`; left out of
    the detector priors below);
 4. ``runs/train_candidates``: the trained segmenter over the cohort, with the top ``train_blob_candidates``
    dot-filter peaks per volume (:mod:`lungnod_ext.inference.blob_candidates`; plus ``faint_candidates`` faint
-   ones beyond them, detector "faint", when set) -> their false positives
+   ones beyond them, detector "faint", 30 by default) -> their false positives
    (vessel crossings and branch points, bronchial walls, pleura) become the classifier's hard negatives;
 5. ``patches/`` + ``models/classification``: the classification bundle's ``train.json`` on 2.5D patches
    (real + inserted nodules, the segmenter's hits; its false positives and random lung), once per seed of
    ``cls_seeds`` (``models/classification`` for the first, ``models/classification_seed<s>`` for the others);
 6. ``export/``: both checkpoints stored fp16 as ``{"model": state_dict}``, the classifiers merged into one
    :class:`lungnod_ext.networks.classifier.NoduleCNNEnsemble` (``install=True`` copies them to
-   ``bundles/*/models/model.pt`` and sets the inference configs to match: :func:`install_models`) and
+   ``bundles/*/models/model.pt`` and sets the inference configs to match: :func:`install_models`; the faint
+   quota at inference is ``inference_faint_candidates``, 0 by default, not the one learned from) and
    ``recipe.json`` (settings, series, seconds per stage, and
    ``detector_priors``: the share of nodules among the top ``blob_candidates`` dot-filter peaks of the
    training volumes, and among their faint ones and pleural caps when the candidates have them, the value of the
@@ -51,18 +52,22 @@ import torch
 from data_prep.errors import InputNotFoundError
 from data_prep.nifti_io import atomic_path, write_text_atomic
 from data_prep.synth.nodules import GROUND_GLASS_HU, ground_glass_range
-from data_prep.training_cohort import SMALL_TYPE_WEIGHTS
 from lungnod_ext.data.bundle_paths import REPO_ROOT
 from lungnod_ext.apps.bundle_runs import bundle_run
 
 SEG = REPO_ROOT / "bundles" / "lung_nodule_ct_segmentation"
 CLS = REPO_ROOT / "bundles" / "lung_nodule_ct_classification"
 DEFAULT_LIDC = REPO_ROOT.parent / "shared" / "data" / "lidc"
+# the small copies' nodule types (classification 0.11.0): small juxta-vascular nodules, which the two training
+# patients teach least (data_prep.training_cohort.SMALL_TYPE_WEIGHTS, session 31's mix, is add_small_copies' own)
+RECIPE_SMALL_TYPES = (("juxta_vascular", 0.7), ("solid", 0.1), ("part_solid", 0.1), ("ground_glass", 0.1))
 
 
 @dataclass
 class RecipeSettings:
-    """What the recipe trains. The defaults made the shipped models (2 h 10-30 min on 2 CPU cores)."""
+    """What the recipe trains. The defaults made the shipped models (segmentation 0.12.x, classification 0.11.0;
+    about 3 h 15 min on 2 CPU cores, the stages as measured: the segmenter 71 min, the classifiers' candidates
+    42 min, the three classifiers 21-25 min each)."""
 
     hold_out: list[str] = field(default_factory=lambda: ["LIDC-IDRI-0001"])   # patient ids never trained on
     copies: int = 10                 # cohort volumes per training series (copy 0 = the real scan)
@@ -77,8 +82,8 @@ class RecipeSettings:
     mass_learning_rate: float = 3e-4
     cls_mass_diaphragm_share: float = 0.5   # the mass copies redrawn for the classifier, this share of their
     #                                         juxta-pleural masses on the diaphragm's dome (0: the segmenter's copies)
-    small_copies: int = 0            # volumes per series with 10-16 nodules of 3-6 mm, for the classifier only (0: none)
-    small_types: tuple = SMALL_TYPE_WEIGHTS   # (nodule type, share) of the small copies' nodules
+    small_copies: int = 3            # volumes per series with 10-16 nodules of 3-6 mm, for the classifier only (0: none)
+    small_types: tuple = RECIPE_SMALL_TYPES   # (nodule type, share) of the small copies' nodules
     cls_epochs: int = 20
     cls_val_interval: int = 2
     cls_learning_rate: float = 1e-3
@@ -91,8 +96,10 @@ class RecipeSettings:
     workers: int = 2
     train_blob_candidates: int = 100   # dot-filter peaks per cohort volume the classifier learns from
     blob_candidates: int = 50          # ... and per scan at inference (segmentation blob_max_candidates)
-    faint_candidates: int = 0          # faint dot-filter peaks (ground glass) per volume beyond those, learned from and
-    #                                    added at inference (segmentation blob_faint_candidates; detector "faint")
+    faint_candidates: int = 30         # faint dot-filter peaks (ground glass) per volume beyond those, learned from
+    inference_faint_candidates: int = 0   # ... and per scan at inference (segmentation blob_faint_candidates; detector
+    #                                       "faint"): off, at their prior they changed no measured figure and without
+    #                                       it they cost false positives (tests/benchmarks/HISTORY.md, session 34)
     loader_workers: int | None = None   # DataLoader processes of both trainings (None: default_loader_workers())
     seg_overrides: dict = field(default_factory=dict)   # segmentation config ids for training and candidates
     cls_overrides: dict = field(default_factory=dict)   # classification config ids for training
@@ -102,7 +109,7 @@ class RecipeSettings:
         """A few minutes: proves every stage runs (tests), trains nothing useful."""
         return cls(hold_out=hold_out, copies=2, val_copies=1, seg_epochs=1, seg_val_interval=1,
                    seg_patch_size=(96, 96), mass_copies=1, mass_epochs=1, cls_epochs=1, cls_val_interval=1, positive_copies=1,
-                   random_negatives_per_case=4, cls_seeds=[123, 1])
+                   small_copies=1, random_negatives_per_case=4, cls_seeds=[123, 1])
 
 
 def default_loader_workers(cuda: bool | None = None, cores: int | None = None) -> int:
@@ -159,9 +166,10 @@ def install_models(seg_model: Path, cls_model: Path, priors: dict, settings: Rec
                    seg_bundle: Path = SEG, cls_bundle: Path = CLS) -> dict:
     """Copy the exported models to ``<bundle>/models/model.pt`` and set what the default inference configs must
     match for them: the classification ``detector_priors`` (this run's), the segmentation ``blob_max_candidates``
-    / ``blob_faint_candidates`` (the recipe's ``blob_candidates`` / ``faint_candidates``) and ``pleural_caps``
+    / ``blob_faint_candidates`` (the recipe's ``blob_candidates`` / ``inference_faint_candidates``) and ``pleural_caps``
     when ``--seg`` set it. Every file is written atomically. Returns {config: {id: value}} as set."""
-    seg_ids = {"blob_max_candidates": settings.blob_candidates, "blob_faint_candidates": settings.faint_candidates}
+    seg_ids = {"blob_max_candidates": settings.blob_candidates,
+               "blob_faint_candidates": settings.inference_faint_candidates}
     if "pleural_caps" in settings.seg_overrides:
         seg_ids["pleural_caps"] = bool(settings.seg_overrides["pleural_caps"])
     seg_config = seg_bundle / "configs" / "inference.json"
