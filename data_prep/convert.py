@@ -35,6 +35,7 @@ from data_prep.dicom_series import SeriesPlan, discover_series, read_series_hu
 from data_prep.errors import DataPrepError, InputNotFoundError, OutputError
 from data_prep.lidc_xml import parse_lidc_xml, read_series_uid
 from data_prep.nifti_io import write_nifti, write_text_atomic
+from data_prep.recon_kernels import is_sharp_kernel
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,19 @@ def convert_dicom_case(plan: SeriesPlan, xml_paths: list[Path], out_dir: Path, c
         "annotation_files": [str(p) for p in xml_paths], "annotation_source": "lidc_xml" if reads else None,
         "signature": _signature(plan.files, xml_paths, consensus), "warnings": warnings,
         "n_nodules": len(nodules), "nodules": nodules, "small_marks": small,
+        "reconstruction": reconstruction_of(plan.headers),
     }
     return write_case(out_dir, case, hu, plan.geometry, instance)
+
+
+def reconstruction_of(headers) -> dict:
+    """The series' scanner maker and reconstruction kernel(s) (DICOM Manufacturer, ConvolutionKernel; several
+    kernels joined by " / " in file order, "" where the files do not say) and whether it is a sharp kernel
+    (:func:`data_prep.recon_kernels.is_sharp_kernel`, any of them)."""
+    manufacturer = next((h.manufacturer for h in headers if h.manufacturer), "")
+    kernels = list(dict.fromkeys(h.convolution_kernel for h in headers if h.convolution_kernel))
+    return {"manufacturer": manufacturer, "convolution_kernel": " / ".join(kernels),
+            "sharp_kernel": any(is_sharp_kernel(k, manufacturer) for k in kernels)}
 
 
 # -------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 
 from data_prep.errors import DicomReadError, InputNotFoundError, SeriesError
 from data_prep.coords import Geometry
+from data_prep.recon_kernels import kernel_name
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ HEADER_TAGS = [
     "FrameOfReferenceUID", "ImageType", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
     "Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames", "RescaleSlope", "RescaleIntercept",
     "GantryDetectorTilt", "SeriesDescription", "InstanceNumber", "AcquisitionNumber", "SliceThickness",
+    "Manufacturer", "ConvolutionKernel",
 ]
 SCOUT_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM")
 DOSE_WORDS = ("DOSE", "SCREEN SAVE", "REPORT")
@@ -78,6 +80,8 @@ class DicomHeader:
     series_description: str
     acquisition_number: int | None
     pixel_bytes_expected: int
+    manufacturer: str = ""
+    convolution_kernel: str = ""     # the reconstruction kernel (data_prep.recon_kernels.kernel_name); "" unknown
 
 
 @dataclass
@@ -174,6 +178,8 @@ def read_header(path: Path) -> DicomHeader | None:
         series_description=str(ds.get("SeriesDescription", "")),
         acquisition_number=int(acq) if acq not in (None, "") else None,
         pixel_bytes_expected=rows * cols * spp * frames * bits // 8,
+        manufacturer=str(ds.get("Manufacturer", "") or "").strip(),
+        convolution_kernel=kernel_name(ds.get("ConvolutionKernel")),
     )
 
 

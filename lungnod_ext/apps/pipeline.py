@@ -167,7 +167,8 @@ def _case_of(image: str) -> str:
 
 
 def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], nodules: list[dict], out_dir: Path,
-                cfg: PipelineConfig, source_dicom: str | None, series_uid: str | None, classifier=None) -> dict:
+                cfg: PipelineConfig, source_dicom: str | None, series_uid: str | None, classifier=None,
+                reconstruction: dict | None = None) -> dict:
     final = out_dir / case
     tmp = out_dir / f".{case}.part-{uuid.uuid4().hex[:8]}"
     shutil.copytree(seg_dir, tmp)
@@ -205,7 +206,7 @@ def _write_case(case: str, image: str, seg_dir: Path, candidates: list[dict], no
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"case": case, "source": image, "n_candidates": len(candidates), "n_nodules": len(nodules),
-            "nodules": nodules, "folder": case, **_scan_and_notes(image),
+            "nodules": nodules, "folder": case, **_scan_and_notes(image, reconstruction),
             "overlays": [str(Path(case) / "overlays" / p.name) for p in overlays]}
 
 
@@ -224,24 +225,41 @@ def scan_geometry(image) -> dict:
 
 def scan_notes(scan: dict) -> list[str]:
     """What the reader of a case's results should know about the scan itself (one sentence each), from
-    :func:`scan_geometry`: slices more than ``THICK_SLICE_MM`` apart."""
+    :func:`scan_geometry` (+ ``reconstruction``, :func:`data_prep.convert.reconstruction_of`, for a DICOM
+    series): slices more than ``THICK_SLICE_MM`` apart; a sharp reconstruction kernel."""
+    notes = []
     step = scan["spacing_mm"][2]
-    if step <= THICK_SLICE_MM:
-        return []
-    return [f"slices {step:.1f} mm apart: nodules under about 6 mm may be missed and false positives are more "
-            f"likely (a 5 mm slab version of LIDC-IDRI-0006, a training scan of the models, lost two of its four "
-            f"nodules, of 5.2 and 6.5 mm, and gave 3 false positives; tests/benchmarks/bench_slice_thickness.py); "
-            f"use the study's thin-slice series (<= 2.5 mm) if it has one"]
+    if step > THICK_SLICE_MM:
+        notes.append(f"slices {step:.1f} mm apart: nodules under about 6 mm may be missed and false positives are "
+                     f"more likely (a 5 mm slab version of LIDC-IDRI-0006, a training scan of the models, lost two "
+                     f"of its four nodules, of 5.2 and 6.5 mm, and gave 6 false positives; "
+                     f"tests/benchmarks/bench_slice_thickness.py); use the study's thin-slice series (<= 2.5 mm) if "
+                     f"it has one")
+    recon = scan.get("reconstruction") or {}
+    if recon.get("sharp_kernel"):
+        notes.append(f"reconstructed with a sharp kernel ({' '.join(v for v in (recon.get('manufacturer'), recon.get('convolution_kernel')) if v)}): "
+                     f"the models learned soft-kernel scans (GE STANDARD); through a sharper kernel, copies of the "
+                     f"unseen LIDC-IDRI-0001 with inserted nodules gave about one false positive per scan more, the "
+                     f"three real scans none (tests/benchmarks/bench_models.py, bench_dose.py --sharpen 2); use the "
+                     f"study's soft-kernel (standard, body) series if it has one")
+    return notes
 
 
 def scan_text(scan: dict) -> str:
-    """"512 x 512 x 133 voxels of 0.70 x 0.70 x 2.50 mm"."""
-    return (" x ".join(str(v) for v in scan["shape"]) + " voxels of "
+    """"512 x 512 x 133 voxels of 0.70 x 0.70 x 2.50 mm", plus ", kernel STANDARD (GE MEDICAL SYSTEMS)" when the
+    DICOM series named its reconstruction kernel."""
+    text = (" x ".join(str(v) for v in scan["shape"]) + " voxels of "
             + " x ".join(f"{v:.2f}" for v in scan["spacing_mm"]) + " mm")
+    recon = scan.get("reconstruction") or {}
+    if recon.get("convolution_kernel"):
+        text += f", kernel {recon['convolution_kernel']}" + (f" ({recon['manufacturer']})" if recon.get("manufacturer") else "")
+    return text
 
 
-def _scan_and_notes(image) -> dict:
+def _scan_and_notes(image, reconstruction: dict | None = None) -> dict:
     scan = scan_geometry(image)
+    if reconstruction:
+        scan["reconstruction"] = dict(reconstruction)
     return {"scan": scan, "notes": scan_notes(scan)}
 
 
@@ -307,9 +325,11 @@ NOT_DICOM_FOR_SEG = ("--dicom-seg / --dicom-sr need a DICOM folder as input (a D
                      "CT images): this is not one")
 
 
-def _series_uid(converted: Path, case: str) -> str | None:
+def _provenance(converted: Path, case: str) -> dict:
+    """The case's data_prep provenance record (series UID, reconstruction, ...); {} for an input not converted
+    from DICOM here."""
     prov = converted / "provenance" / f"{case}.json"
-    return _read_json(prov).get("series_uid") if prov.is_file() else None
+    return _read_json(prov) if prov.is_file() else {}
 
 
 def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
@@ -364,8 +384,9 @@ def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
     for case, (img, cands) in per_case.items():
         nodules = sorted((c for c in cands if c["probability"] >= cfg.probability_threshold),
                          key=lambda c: -c["probability"])
+        prov = _provenance(converted, case) if source_dicom else {}
         cases.append(_write_case(case, img, seg_out / case, cands, nodules, out, cfg, source_dicom,
-                                 _series_uid(converted, case) if source_dicom else None, classifier))
+                                 prov.get("series_uid"), classifier, prov.get("reconstruction")))
     summary = {"input": str(input_path), "output": str(out.resolve()), "probability_threshold": cfg.probability_threshold,
                "classifier": cfg.use_classifier, "coordinate_system": "LPS", "units": "mm", "cases": cases,
                "seconds": seconds}

@@ -90,6 +90,9 @@ def test_provenance_record(lidc_converted, lidc_series_dir):
     assert prov["series_uid"] == lidc_series_dir.name
     assert prov["geometry"]["spacing_mm"] == [0.703125, 0.703125, 2.5]
     assert prov["hu_range"][0] == -1024
+    # the scanner and reconstruction kernel the models learned (lungnod detect notes a sharp one)
+    assert prov["reconstruction"] == {"manufacturer": "GE MEDICAL SYSTEMS", "convolution_kernel": "STANDARD",
+                                      "sharp_kernel": False}
 
 
 def test_matches_dcm2niix_orientation(lidc_converted, lidc_series_dir, tmp_path):

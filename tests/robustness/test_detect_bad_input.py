@@ -171,9 +171,11 @@ def test_bad_volumes(kind, words, tmp_path, ckpt):
 
 
 @pytest.mark.parametrize("kind", ["truncated_file", "duplicated_slice", "two_series", "gantry_tilt",
-                                  "rle_compressed"])
+                                  "rle_compressed", "sharp_kernel"])
 def test_odd_but_usable_dicom_is_detected(kind, slices, tmp_path, ckpt, tilt_series):
-    """Convert's catalogue of odd-but-usable series, through the whole `lungnod detect`: a report per case."""
+    """Convert's catalogue of odd-but-usable series, through the whole `lungnod detect`: a report per case. Each
+    case names its reconstruction kernel (LIDC-IDRI-0001: GE STANDARD); a sharp one (here relabelled LUNG) gets a
+    note in summary.json, report.html and the terminal, a soft one none."""
     src = tmp_path / kind
     files = _copy(slices, src)
     n_cases, expect_warning = 1, None
@@ -198,6 +200,8 @@ def test_odd_but_usable_dicom_is_detected(kind, slices, tmp_path, ckpt, tilt_ser
             ds = pydicom.dcmread(f)
             ds.compress(pydicom.uid.RLELossless)
             ds.save_as(f)
+    elif kind == "sharp_kernel":
+        _edit_all(files, ConvolutionKernel="LUNG")
     before = checksums(src)
     out = tmp_path / "out"
     proc = detect(src, out, ckpt)
@@ -211,11 +215,20 @@ def test_odd_but_usable_dicom_is_detected(kind, slices, tmp_path, ckpt, tilt_ser
     assert len(summary["cases"]) == n_cases
     depth = sorted(json.loads(p.read_text())["geometry"]["shape_ijk"][2] for p in (out / "converted" / "provenance").glob("*.json"))
     assert depth == {"truncated_file": [19], "two_series": [10, 10]}.get(kind, [20])
+    kernel = "LUNG" if kind == "sharp_kernel" else "STANDARD"
     for case in summary["cases"]:
         case_id = case["case"]
+        assert case["scan"]["reconstruction"] == {"manufacturer": "GE MEDICAL SYSTEMS", "convolution_kernel": kernel,
+                                                  "sharp_kernel": kind == "sharp_kernel"}
+        kernel_notes = [n for n in case["notes"] if n.startswith("reconstructed with a sharp kernel")]
+        assert len(kernel_notes) == (kind == "sharp_kernel")
+        assert f"voxels of 0.70 x 0.70 x 2.50 mm, kernel {kernel} (GE MEDICAL SYSTEMS))" in proc.stdout
         assert (out / case_id / f"{case_id}_nodules.json").is_file()
         assert nib.load(str(out / case_id / f"{case_id}_mask.nii.gz")).shape[2] == depth[0]
     assert (out / "report.html").is_file()
+    if kind == "sharp_kernel":
+        assert "Note: reconstructed with a sharp kernel (GE MEDICAL SYSTEMS LUNG)" in (out / "report.html").read_text()
+        assert "  note: reconstructed with a sharp kernel (GE MEDICAL SYSTEMS LUNG): the models learned" in proc.stdout
     assert checksums(src) == before
 
 

@@ -35,3 +35,21 @@ def test_the_html_report_shows_the_note():
                          "classifier": True, "peak_rss_mb": 100.0})
     assert "<p class='note'>Note: slices 5.0 mm apart: &lt;b&gt;x&lt;/b&gt;</p>" in page
     assert "; 8 x 8 x 4 voxels of 0.70 x 0.70 x 5.00 mm</p>" in page
+
+
+def test_a_sharp_reconstruction_kernel_gets_a_note_a_soft_one_none(tmp_path):
+    """A DICOM series' kernel (data_prep provenance ``reconstruction``) is named with the grid; a sharp one adds
+    a note that says what it costs and what to use instead, beside the thick-slice note when both apply."""
+    scan = scan_geometry(_nifti(tmp_path / "a.nii.gz", 2.5))
+    soft = {**scan, "reconstruction": {"manufacturer": "SIEMENS", "convolution_kernel": "B30f", "sharp_kernel": False}}
+    assert scan_notes(soft) == []
+    assert scan_text(soft) == "8 x 8 x 4 voxels of 0.70 x 0.70 x 2.50 mm, kernel B30f (SIEMENS)"
+    sharp = {**scan, "reconstruction": {"manufacturer": "SIEMENS", "convolution_kernel": "B70f", "sharp_kernel": True}}
+    (note,) = scan_notes(sharp)
+    assert note.startswith("reconstructed with a sharp kernel (SIEMENS B70f): the models learned soft-kernel scans")
+    assert note.endswith("use the study's soft-kernel (standard, body) series if it has one")
+    thick = {**scan_geometry(_nifti(tmp_path / "b.nii.gz", 5.0)), "reconstruction": sharp["reconstruction"]}
+    assert [n.split(":")[0] for n in scan_notes(thick)] == ["slices 5.0 mm apart",
+                                                            "reconstructed with a sharp kernel (SIEMENS B70f)"]
+    unnamed = {**scan, "reconstruction": {"manufacturer": "", "convolution_kernel": "", "sharp_kernel": False}}
+    assert scan_text(unnamed) == "8 x 8 x 4 voxels of 0.70 x 0.70 x 2.50 mm"
