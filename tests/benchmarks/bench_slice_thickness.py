@@ -10,7 +10,8 @@ linear interpolation (no new detail: it tests what 500+ slices cost). The NIfTI 
 readers' nodules (``nodules.csv``, LPS) and LIDC small marks score every version. For each version
 ``lungnod detect`` (shipped models, default configs, a fresh process) reports nodules at p >= 0.5; per
 reference nodule: found (a reported centre within its radius, LUNA16), probability, long x short axis; false
-positives (reported, hitting no nodule and no small mark, 3 mm around a mark); wall seconds, peak memory
+positives (reported, hitting no nodule and no LIDC point mark: a < 3 mm nodule or a non-nodule, within 5 mm of
+it, LUNA16's irrelevant findings); wall seconds, peak memory
 and the report's notes (a thick-slice warning). LIDC-IDRI-0001
 is the shipped models' unseen patient; 0002 and 0006 are their training series (robustness, not accuracy).
 Printed and written to ``tests/benchmarks/results/slice_thickness.json``. Nothing here is a test.
@@ -31,6 +32,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+from lungnod_ext.metrics.model_evaluation import EXCLUDED_MARK_KINDS, SMALL_MARK_DIAMETER_MM  # noqa: E402
+
 LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
 RESULTS = Path(__file__).resolve().parent / "results" / "slice_thickness.json"
 THICK_MM, THIN_MM = 5.0, 0.625
@@ -90,20 +93,20 @@ def score(nodules: list[dict], references: list[dict], marks: list[dict]) -> dic
                      "long_x_short_mm": ([nodules[best].get("long_axis_mm"), nodules[best].get("short_axis_mm")]
                                          if hit else None)})
     on_marks = {i for i, n in enumerate(nodules) for m in marks
-                if hits(n, np.array([float(m[f"centre_{a}_lps_mm"]) for a in "xyz"]), 3.0)}
+                if hits(n, np.array([float(m[f"centre_{a}_lps_mm"]) for a in "xyz"]), SMALL_MARK_DIAMETER_MM / 2.0)}
     return {"nodules": rows, "false_positives": len(nodules) - len(used | on_marks)}
 
 
 def converted_series(work: Path):
     """The LIDC series converted into ``work/converted`` (done once): per series ``(NIfTI path, case id, nibabel
-    image, its reference nodules, its LIDC small-nodule marks)``, rows of ``nodules.csv`` / ``small_marks.csv``."""
+    image, its reference nodules, its LIDC point marks: < 3 mm nodules, non-nodules)``, rows of ``nodules.csv`` / ``small_marks.csv``."""
     from data_prep.convert import ConvertOptions, convert_dicom_root
 
     converted = work / "converted"
     convert_dicom_root(LIDC, converted, ConvertOptions(progress=False))
     for src in sorted((converted / "images").glob("*.nii.gz")):
         case = src.name[:-7]
-        marks = [m for m in _table(converted / "small_marks.csv", case) if m["kind"] == "small_nodule"]
+        marks = [m for m in _table(converted / "small_marks.csv", case) if m["kind"] in EXCLUDED_MARK_KINDS]
         yield src, case, nib.load(src), _table(converted / "nodules.csv", case), marks
 
 
