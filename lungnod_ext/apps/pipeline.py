@@ -239,9 +239,9 @@ def scan_notes(scan: dict) -> list[str]:
     if recon.get("sharp_kernel"):
         notes.append(f"reconstructed with a sharp kernel ({' '.join(v for v in (recon.get('manufacturer'), recon.get('convolution_kernel')) if v)}): "
                      f"the models learned soft-kernel scans (GE STANDARD); through a sharper kernel, copies of the "
-                     f"unseen LIDC-IDRI-0001 with inserted nodules gave about one false positive per scan more, the "
-                     f"three real scans none (tests/benchmarks/bench_models.py, bench_dose.py --sharpen 2); use the "
-                     f"study's soft-kernel (standard, body) series if it has one")
+                     f"unseen LIDC-IDRI-0001 with inserted nodules gave 0.1 to 0.9 more false positives per scan "
+                     f"(whole scan / lung crop), the three real scans none (tests/benchmarks/bench_models.py, "
+                     f"bench_dose.py --sharpen 2); use the study's soft-kernel (standard, body) series if it has one")
     return notes
 
 

@@ -18,6 +18,9 @@ runs them) on:
 the same nodules and references), e.g. 40 HU: LIDC-IDRI-0001's lung noise 16 -> 37 HU
 (``bench_dose.lung_noise_hu``), roughly a fifth of its dose; ``--sharpen A`` first passes them through a sharper
 reconstruction kernel (``bench_dose.sharper``, an in-plane unsharp mask of amount A; the training cohort's go to 1.0).
+The copies are crops of the scan to its lungs + 15 mm, as the training volumes are; ``--full-fov`` pastes each
+copy back into the whole real scan first (:func:`full_fov_versions`), so the copies come at the field of view a
+user's scan has (the segmenter's CLAHE and resampling run before its own lung crop, so the two differ a little).
 
 Printed and written to ``tests/benchmarks/results/models.json``: FROC at 0.125-8 FP/scan, CPM,
 sensitivity and FP/scan at the default threshold (0.5), stage 1 (segmentation max probability) vs stage
@@ -127,8 +130,39 @@ def noisy_versions(images: list[Path], folder: Path, sd_hu: float, sharpen: floa
     return out
 
 
+def full_fov_versions(real_image: Path, copies: list[Path], copy_instances: Path, folder: Path) -> list[Path]:
+    """Each copy (a crop of ``real_image`` to its lungs, the same voxel grid: spacing and axes) pasted back into
+    the whole real scan at its place, written once to ``folder/images`` under its own name; its instance mask
+    (``copy_instances/<name>``) likewise into ``folder/instances`` (zeros outside the crop), so the references
+    score it unchanged. Returns the image paths."""
+    from data_prep.nifti_io import read_nifti, write_nifti
+
+    full, geometry = read_nifti(real_image)
+    out = []
+    for path in copies:
+        name = path.name
+        dest = folder / "images" / name
+        if not dest.is_file():
+            crop, cgeo = read_nifti(path)
+            start = np.rint(geometry.world_to_voxel(np.asarray(cgeo.origin, dtype=float))).astype(int)   # (i, j, k)
+            if not (np.allclose(cgeo.spacing, geometry.spacing) and np.allclose(cgeo.direction, geometry.direction)):
+                raise ValueError(f"{path}: not a crop of {real_image} (another voxel grid)")
+            box = tuple(slice(int(a), int(a) + n) for a, n in zip(start[::-1], crop.shape))   # (z, y, x)
+            # the instances first: the image marks a finished copy
+            for src, sub, base in ((copy_instances / name, "instances", np.zeros(full.shape, np.uint16)),
+                                   (path, "images", full)):
+                data, _ = read_nifti(src)
+                pasted = base.copy()
+                pasted[box] = data
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+                write_nifti(folder / sub / name, pasted.astype(data.dtype), geometry)
+        out.append(dest)
+    return out
+
+
 def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float,
-             seg_overrides: dict | None = None, noise_hu: float = 0.0, sharpen: float = 0.0) -> dict:
+             seg_overrides: dict | None = None, noise_hu: float = 0.0, sharpen: float = 0.0,
+             full_fov: bool = False) -> dict:
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions
     from lungnod_ext.metrics.model_evaluation import (per_nodule_axes, per_nodule_dice, read_references,
@@ -141,8 +175,13 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     seg_ckpt, cls_ckpt = _models(models)
     images = [converted / "images" / f"{case}.nii.gz"] + [inserted / "images" / f"{n}.nii.gz" for n in names]
     detect_dir = work / "detect"
+    inserted_instances = inserted / "instances"
+    if full_fov:
+        full = work / "full_fov"
+        images = images[:1] + full_fov_versions(images[0], images[1:], inserted_instances, full)
+        inserted_instances, detect_dir = full / "instances", work / "detect_full_fov"
     if noise_hu > 0 or sharpen > 0:
-        version = f"noise{noise_hu:g}" + (f"_sharpen{sharpen:g}" if sharpen > 0 else "")
+        version = ("full_fov_" if full_fov else "") + f"noise{noise_hu:g}" + (f"_sharpen{sharpen:g}" if sharpen > 0 else "")
         images = noisy_versions(images, work / version, noise_hu, sharpen)
         detect_dir = work / f"detect_{version}"
     (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": str(i)} for i in images]}))
@@ -155,7 +194,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     seconds = time.perf_counter() - t
 
     result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,
-                    "added_noise_hu": noise_hu, "sharpen": sharpen,
+                    "added_noise_hu": noise_hu, "sharpen": sharpen, "full_fov": full_fov,
                     "detector_priors": priors or "the classification bundle's",
                     "detect_seconds": round(seconds, 1), "pipeline_seconds": summary["seconds"]}
     for group, table_dir, cases in (("real", converted, [case]), ("inserted", inserted, names)):
@@ -172,7 +211,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
         dice_rows = []
         for c in cases:
             labels, geometry = read_nifti(detect_dir / c / f"{c}_labels.nii.gz")
-            inst_dir = table_dir / "instances"
+            inst_dir = table_dir / "instances" if group == "real" else inserted_instances
             instances, _ = read_nifti(inst_dir / f"{c}.nii.gz")
             ids = [r["nodule_id"] for r in refs.get(c, []) if group == "real" or r["source"] == "inserted"]
             dice = per_nodule_dice(labels, instances, ids)
@@ -231,13 +270,15 @@ def main() -> None:
                     help="correlated noise (HU) added to the held-out scan and its copies: a lower dose (bench_dose.py)")
     ap.add_argument("--sharpen", type=float, default=0.0,
                     help="a sharper reconstruction kernel first: unsharp-mask amount (bench_dose.sharper; cohort 0.3-1.0)")
+    ap.add_argument("--full-fov", action="store_true",
+                    help="paste the copies back into the whole real scan (a user's field of view) before detect")
     a = ap.parse_args()
     from lungnod_ext.apps.cli import parse_overrides
     results = {"command": " ".join(sys.argv), "folds": []}
     for fold in a.fold:
         patient, _, models = fold.partition("=")
         r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, parse_overrides(a.seg),
-                     a.noise_hu, a.sharpen)
+                     a.noise_hu, a.sharpen, a.full_fov)
         _print(r)
         results["folds"].append(r)
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
