@@ -237,7 +237,8 @@ def scan_notes(scan: dict) -> list[str]:
                      f"it has one")
     recon = scan.get("reconstruction") or {}
     if recon.get("sharp_kernel"):
-        notes.append(f"reconstructed with a sharp kernel ({' '.join(v for v in (recon.get('manufacturer'), recon.get('convolution_kernel')) if v)}): "
+        kernel = " ".join(v for v in (recon.get("manufacturer"), recon.get("convolution_kernel")) if v)
+        notes.append(f"reconstructed with a sharp kernel ({kernel}): "
                      f"the models learned soft-kernel scans (GE STANDARD); through a sharper kernel, copies of the "
                      f"unseen LIDC-IDRI-0001 with inserted nodules gave 0.1 to 0.9 more false positives per scan "
                      f"(whole scan / lung crop), the three real scans none (tests/benchmarks/bench_models.py, "
@@ -252,7 +253,8 @@ def scan_text(scan: dict) -> str:
             + " x ".join(f"{v:.2f}" for v in scan["spacing_mm"]) + " mm")
     recon = scan.get("reconstruction") or {}
     if recon.get("convolution_kernel"):
-        text += f", kernel {recon['convolution_kernel']}" + (f" ({recon['manufacturer']})" if recon.get("manufacturer") else "")
+        maker = f" ({recon['manufacturer']})" if recon.get("manufacturer") else ""
+        text += f", kernel {recon['convolution_kernel']}{maker}"
     return text
 
 
