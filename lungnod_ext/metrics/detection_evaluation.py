@@ -88,16 +88,20 @@ def evaluate_stage(predictions: dict[str, list[dict]], references: dict[str, lis
     summary = detection_summary(dets, refs, threshold=threshold)
     n_all = sum(len(d) for d in dets)
     curve = froc(dets, refs)
-    # the box and candidate-level metrics leave the candidates on irrelevant findings out, like the FROC
-    skipped = [set(match_detections(ds, rs, mode="luna16").on_excluded_only) for ds, rs in zip(dets, refs)]
-    dets = [[d for i, d in enumerate(ds) if i not in skip] for ds, skip in zip(dets, skipped)]
+    # the box and candidate-level metrics leave the candidates on irrelevant findings out, like the FROC; one
+    # match per case gives both those and the false positives (which hit nothing, so leaving the others out
+    # changes no match)
+    kept, y_true, y_score = [], [], []
+    for ds, rs in zip(dets, refs):
+        match = match_detections(ds, rs, mode="luna16")
+        skip, false = set(match.on_excluded_only), set(match.fp)
+        keep = [i for i in range(len(ds)) if i not in skip]
+        kept.append([ds[i] for i in keep])
+        y_true += [int(i not in false) for i in keep]
+        y_score += [ds[i]["score"] for i in keep]
+    dets = kept
     pred_boxes = [[(d["bbox_lps_mm"], d["score"]) for d in ds] for ds in dets]
     gt_boxes = [[r["box"] for r in rs if not r.get("exclude")] for rs in refs]
-    y_true, y_score = [], []
-    for ds, rs in zip(dets, refs):
-        false = set(match_detections(ds, rs, mode="luna16").fp)  # the rest hit a reference nodule
-        y_true += [int(i not in false) for i in range(len(ds))]
-        y_score += [d["score"] for d in ds]
     patch = binary_classification_metrics(y_true, y_score, threshold) if y_true else {}
     return {"score": score_key, "threshold": threshold, "n_scans": len(cases),
             "n_reference_nodules": sum(not r.get("exclude") for rs in refs for r in rs),
