@@ -7,7 +7,7 @@ Each LIDC series (``../shared/data/lidc``, converted by data_prep) is rewritten 
 thicker by averaging each run of k adjacent slices into one (k = 5 mm / slice spacing: a slab average, the
 simplest thick reconstruction; the kernel and slice profile of a scanner's own are not modelled), thinner by
 linear interpolation (no new detail: it tests what 500+ slices cost). The NIfTI keeps the case id, so the
-readers' nodules (``nodules.csv``, LPS) and LIDC small marks score every version. For each version
+readers' nodules (``nodules.csv``, LPS) and LIDC point marks score every version. For each version
 ``lungnod detect`` (shipped models, default configs, a fresh process) reports nodules at p >= 0.5; per
 reference nodule: found (a reported centre within its radius, LUNA16), probability, long x short axis; false
 positives (reported, hitting no nodule and no LIDC point mark: a < 3 mm nodule or a non-nodule, within 5 mm of
@@ -32,7 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from lungnod_ext.metrics.model_evaluation import EXCLUDED_MARK_KINDS, SMALL_MARK_DIAMETER_MM  # noqa: E402
+from lungnod_ext.metrics.model_evaluation import read_small_marks  # noqa: E402
 
 LIDC = (REPO / ".." / "shared" / "data" / "lidc").resolve()
 RESULTS = Path(__file__).resolve().parent / "results" / "slice_thickness.json"
@@ -93,21 +93,27 @@ def score(nodules: list[dict], references: list[dict], marks: list[dict]) -> dic
                      "long_x_short_mm": ([nodules[best].get("long_axis_mm"), nodules[best].get("short_axis_mm")]
                                          if hit else None)})
     on_marks = {i for i, n in enumerate(nodules) for m in marks
-                if hits(n, np.array([float(m[f"centre_{a}_lps_mm"]) for a in "xyz"]), SMALL_MARK_DIAMETER_MM / 2.0)}
+                if hits(n, np.asarray(m["centre_lps"]), m["diameter_mm"] / 2.0)}
     return {"nodules": rows, "false_positives": len(nodules) - len(used | on_marks)}
 
 
 def converted_series(work: Path):
     """The LIDC series converted into ``work/converted`` (done once): per series ``(NIfTI path, case id, nibabel
-    image, its reference nodules, its LIDC point marks: < 3 mm nodules, non-nodules)``, rows of ``nodules.csv`` / ``small_marks.csv``."""
+    image, its reference nodules (rows of ``nodules.csv``), its LIDC point marks: < 3 mm nodules, non-nodules, as
+    :func:`lungnod_ext.metrics.model_evaluation.read_small_marks` gives them)``."""
     from data_prep.convert import ConvertOptions, convert_dicom_root
 
     converted = work / "converted"
     convert_dicom_root(LIDC, converted, ConvertOptions(progress=False))
     for src in sorted((converted / "images").glob("*.nii.gz")):
         case = src.name[:-7]
-        marks = [m for m in _table(converted / "small_marks.csv", case) if m["kind"] in EXCLUDED_MARK_KINDS]
+        marks = _point_marks(converted, case)
         yield src, case, nib.load(src), _table(converted / "nodules.csv", case), marks
+
+
+def _point_marks(converted: Path, case: str) -> list[dict]:
+    """The case's LIDC point marks as ``read_small_marks`` gives them (LPS centre, 10 mm sphere)."""
+    return read_small_marks(converted / "small_marks.csv", [case]).get(case, [])
 
 
 def run_version(image_path: Path, out: Path, extra_args=()) -> dict:
