@@ -56,6 +56,14 @@ def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts,
     assert [n["probability"] for n in nodules] == sorted((n["probability"] for n in nodules), reverse=True)
     html = (out / "report.html").read_text()
     assert "<html" in html and case["case"] in html and "LPS" in html
+    # each nodule's attenuation (lungnod_ext.inference.attenuation) in its report row and terminal line
+    from lungnod_ext.apps.pipeline import attenuation_text
+
+    assert all(n["attenuation"] in ("solid", "part-solid", "ground-glass") for n in nodules)
+    assert html.count("<td>solid</td>") + html.count("<td>ground-glass</td>") + html.count("<td>part-solid (") \
+        == len(nodules)
+    first = nodules[0]
+    assert f"p {first['probability']:.2f}  {attenuation_text(first)}, long x short axis" in proc.stdout
     for png in case["overlays"]:
         assert (out / png).is_file()
     evidence = [p for p in case["overlays"] if p.endswith("_evidence.png")]

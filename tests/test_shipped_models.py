@@ -131,11 +131,32 @@ def test_the_unseen_nodule_is_measured_as_calipers_measure_its_consensus(detecte
     assert 0.8 * readers["long_axis_mm"] <= n["long_axis_mm"] <= 1.1 * readers["long_axis_mm"], (n["long_axis_mm"], readers)
     assert 0.85 * readers["short_axis_mm"] <= n["short_axis_mm"] <= 1.1 * readers["short_axis_mm"], (n["short_axis_mm"], readers)
     assert n["mean_axial_diameter_mm"] == round((n["long_axis_mm"] + n["short_axis_mm"]) / 2, 1)
-    terminal = (f"{n['id']:>3}. p {n['probability']:.2f}  long x short axis {n['long_axis_mm']:.1f} x "
+    terminal = (f"{n['id']:>3}. p {n['probability']:.2f}  solid, long x short axis {n['long_axis_mm']:.1f} x "
                 f"{n['short_axis_mm']:.1f} ({n['mean_axial_diameter_mm']:.1f}) mm")
     assert terminal in detected["stdout"], detected["stdout"]               # what `lungnod detect` prints
     reference = json.loads(EXAMPLE.read_text())["nodules"][0]["axes_mm"]
     assert reference == [round(readers["long_axis_mm"], 2), round(readers["short_axis_mm"], 2)]
+
+
+def test_the_unseen_nodule_reads_solid_as_its_readers_rated_it(detected):
+    """Attenuation from HU (lungnod_ext.inference.attenuation): the 4 readers' median texture is 5 (solid); the
+    reported outline is solid at -300 HU over most of its voxels (measured 0.64) and its solid component is
+    the nodule itself (measured 28.6 mm mean axial diameter against the outline's 29.0). The demo's example
+    carries the same readers' texture as the converted LIDC table."""
+    import csv
+
+    from lungnod_ext.apps.demo import EXAMPLE
+    from lungnod_ext.inference.attenuation import reader_attenuation
+
+    with open(detected["out"] / "converted" / "nodules.csv", newline="") as f:
+        texture = float(next(csv.DictReader(f))["texture_median"])
+    assert texture == json.loads(EXAMPLE.read_text())["nodules"][0]["texture_median"] == 5.0
+    assert reader_attenuation(texture) == "solid"
+    hits, _ = hits_and_distances(detected["nodules"])
+    n = hits[0]
+    assert n["attenuation"] == "solid", n
+    assert 0.5 <= n["solid_fraction"] <= 0.8
+    assert 0.9 * n["mean_axial_diameter_mm"] <= n["solid_mean_axial_diameter_mm"] <= 1.05 * n["mean_axial_diameter_mm"]
 
 
 def test_detect_fast_finds_the_unseen_lidc_nodule(lidc_series_dir, tmp_path):
@@ -152,6 +173,7 @@ def test_demo_reports_the_example_nodule(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "FOUND   nodule 1 (24.6 mm, 4 readers)" in proc.stdout, proc.stdout
     assert "long x short axis" in proc.stdout and "(readers' 33.8 x 27.7)" in proc.stdout, proc.stdout
+    assert "(readers' 33.8 x 27.7); solid (readers' texture: solid)" in proc.stdout, proc.stdout
     comparison = json.loads((tmp_path / "demo" / "comparison.json").read_text())
     assert comparison["nodules"][0]["found"] and comparison["nodules"][0]["probability"] >= 0.5
     long_mm, short_mm = comparison["nodules"][0]["axes_mm"]

@@ -42,7 +42,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 
 
 def _cmd_detect(args) -> int:
-    from lungnod_ext.apps.pipeline import PipelineConfig, axes_text, detect, scan_text
+    from lungnod_ext.apps.pipeline import PipelineConfig, attenuation_text, axes_text, detect, scan_text
 
     cfg = PipelineConfig(use_classifier=not args.no_classifier, probability_threshold=args.threshold,
                          overlays=not args.no_overlays, dicom_seg=args.dicom_seg or args.dicom_sr,
@@ -65,7 +65,8 @@ def _cmd_detect(args) -> int:
             print(f"  note: {note}")
         for n in case["nodules"][:MAX_NODULES_PRINTED]:
             x, y, z = n["centre_lps"]
-            print(f"  {n['id']:>3}. p {n.get('probability', float('nan')):.2f}  long x short axis {axes_text(n)} mm, "
+            kind = "" if n.get("attenuation") is None else f"{attenuation_text(n)}, "
+            print(f"  {n['id']:>3}. p {n.get('probability', float('nan')):.2f}  {kind}long x short axis {axes_text(n)} mm, "
                   f"volume {n['volume_mm3']:.0f} mm3, centre LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm")
         if case["n_nodules"] > MAX_NODULES_PRINTED:
             print(f"  ... and {case['n_nodules'] - MAX_NODULES_PRINTED} more (report.html, <case>_nodules.csv)")

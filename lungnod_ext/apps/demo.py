@@ -156,6 +156,7 @@ def compare_with_readers(nodules: list[dict], candidates: list[dict], reference:
                      "distance_mm": best[0] if best else None, "diameter_mm": best[1].get("diameter_mm") if best else None,
                      "axes_mm": ([best[1]["long_axis_mm"], best[1]["short_axis_mm"]]
                                  if best and best[1].get("long_axis_mm") is not None else None),
+                     "attenuation": best[1].get("attenuation") if best else None,
                      "nearest_candidate": {"distance_mm": cand[0], "probability": cand[1].get("probability")} if cand else None})
     marks = [np.asarray(m["centre_lps_mm"]) for m in reference.get("small_marks", [])]
     others = [n for n in nodules if int(n["id"]) not in used]
@@ -167,6 +168,7 @@ def compare_with_readers(nodules: list[dict], candidates: list[dict], reference:
 def run_shipped_demo(args) -> int:
     """The shipped models on the example scan (or ``--input``), compared with the readers when known."""
     from lungnod_ext.apps.pipeline import CLS_BUNDLE, SEG_BUNDLE, PipelineConfig, detect
+    from lungnod_ext.inference.attenuation import reader_attenuation
 
     for bundle in (SEG_BUNDLE, CLS_BUNDLE):
         if not (bundle / "models" / "model.pt").is_file():
@@ -200,8 +202,11 @@ def run_shipped_demo(args) -> int:
                 if row["axes_mm"] and r.get("axes_mm"):
                     axes = (f"; long x short axis {row['axes_mm'][0]:.1f} x {row['axes_mm'][1]:.1f} mm (readers' "
                             f"{r['axes_mm'][0]:.1f} x {r['axes_mm'][1]:.1f})")
+                kind = ""
+                if row["attenuation"] and reader_attenuation(r.get("texture_median")):
+                    kind = f"; {row['attenuation']} (readers' texture: {reader_attenuation(r['texture_median'])})"
                 print(f"       FOUND   {what}: probability {row['probability']:.2f}, centre {row['distance_mm']:.1f} mm "
-                      f"from the readers', {row['diameter_mm']:.1f} mm across{axes}")
+                      f"from the readers', {row['diameter_mm']:.1f} mm across{axes}{kind}")
             else:
                 near = row["nearest_candidate"]
                 extra = (f" (nearest candidate {near['distance_mm']:.0f} mm away, probability {near['probability']:.2f})"

@@ -272,14 +272,25 @@ def axes_text(nodule: dict) -> str:
     return f"{nodule['long_axis_mm']:.1f} x {nodule['short_axis_mm']:.1f} ({nodule['mean_axial_diameter_mm']:.1f})"
 
 
+def attenuation_text(nodule: dict) -> str:
+    """"solid", "ground-glass" or "part-solid (solid part 4.2 mm)" (the solid component's mean axial diameter,
+    :mod:`lungnod_ext.inference.attenuation`); "-" when not measured."""
+    kind = nodule.get("attenuation")
+    if kind is None:
+        return "-"
+    solid_mm = nodule.get("solid_mean_axial_diameter_mm")
+    return f"{kind} (solid part {solid_mm:.1f} mm)" if kind == "part-solid" and solid_mm is not None else kind
+
+
 def _html_report(summary: dict) -> str:
     rows = []
     for c in summary["cases"]:
         nod_rows = "".join(
             f"<tr><td>{n['id']}</td><td>{n.get('probability', float('nan')):.2f}</td><td>{axes_text(n)}</td>"
+            f"<td>{html.escape(attenuation_text(n))}</td>"
             f"<td>{n['diameter_mm']:.1f}</td><td>{n['volume_mm3']:.0f}</td><td>({n['centre_lps'][0]:.1f}, "
             f"{n['centre_lps'][1]:.1f}, {n['centre_lps'][2]:.1f})</td></tr>" for n in c["nodules"])
-        table = (f"<table><tr><th>id</th><th>probability</th><th>long x short axis mm (mean)</th>"
+        table = (f"<table><tr><th>id</th><th>probability</th><th>long x short axis mm (mean)</th><th>attenuation</th>"
                  f"<th>equivalent diameter mm</th><th>volume mm&sup3;</th><th>centre LPS mm</th></tr>{nod_rows}"
                  f"</table>" if c["nodules"] else "<p>No nodule found.</p>")
         pics = "".join(f'<a href="{html.escape(p)}"><img src="{html.escape(p)}" alt="{html.escape(Path(p).name)}"></a>'

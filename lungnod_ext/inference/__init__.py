@@ -5,6 +5,8 @@ evidence maps, reports, DICOM SEG and SR, the slab inferer. Imports ``networks``
 from lungnod_ext import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
+    "attenuation": ["ATTENUATIONS", "ATTENUATION_KEYS", "attenuation_class", "reader_attenuation", "nodule_attenuation",
+                    "add_attenuation", "MeasureAttenuationd"],
     "candidates": ["extract_candidates_and_labels", "extract_candidates", "candidates_csv_text",
                    "write_candidates", "ExtractCandidates", "ExtractCandidatesd"],
     "classify": ["CandidatePatchesd", "PatchBatchInferer", "WriteClassificationd", "check_candidates_json",

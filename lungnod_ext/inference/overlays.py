@@ -216,7 +216,8 @@ def _candidate_lines(case_id: str, c: Mapping, short: bool = False) -> list[str]
     if c.get("long_axis_mm") is not None:
         lines.append(f"axes {c['long_axis_mm']:.1f} x {c['short_axis_mm']:.1f} mm (slice k={c['axes_slice_k']})")
     if c.get("mean_hu") is not None and math.isfinite(float(c["mean_hu"])):
-        lines.append(f"mean {c['mean_hu']:.0f} HU")
+        kind = f", {c['attenuation']}" if c.get("attenuation") else ""
+        lines.append(f"mean {c['mean_hu']:.0f} HU{kind}")
     return lines
 
 

@@ -124,6 +124,9 @@ def _check_report(case_dir: Path, source_nifti: Path) -> dict:
     assert int(labels.max()) == len(report["candidates"])
     assert (case_dir / "overlays" / f"{case}_montage.png").is_file()
     assert len(list((case_dir / "overlays").glob("*_cand*.png"))) == len(report["candidates"])
+    for c in report["candidates"]:       # measure_attenuation (default on): every outline measured from HU
+        assert c["attenuation"] in ("solid", "part-solid", "ground-glass") and 0.0 <= c["solid_fraction"] <= 1.0
+        assert c["solid_mean_axial_diameter_mm"] is not None or c["solid_fraction"] == 0.0
     return report
 
 
@@ -135,6 +138,7 @@ def test_inference_from_bundle_folder_writes_report_in_original_geometry(trained
     report = _check_report(tmp_path / case, image)
     rows = (tmp_path / case / f"{case}_candidates.csv").read_text().splitlines()
     assert len(rows) == 1 + len(report["candidates"])
+    assert {"attenuation", "solid_fraction", "solid_mean_axial_diameter_mm"} <= set(rows[0].split(","))
     assert not list(tmp_path.glob(".*part*")), "temporary folders left behind"
 
 
