@@ -86,7 +86,8 @@ def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts,
 
 def check_measurement_report(sr_path, seg_path, nodules, tmp_path):
     """The SR: same patient / study as the SEG, one TID 1411 group per nodule referencing SEG segment n with
-    the SEG's tracking id, and the nodule's long / short axis, mean axial diameter, volume and probability."""
+    the SEG's tracking id, and the nodule's long / short axis, mean axial diameter, volume, probability,
+    attenuation and (where part of it is solid) its solid component's mean axial diameter."""
     import highdicom as hd
     import pydicom
 
@@ -108,7 +109,11 @@ def check_measurement_report(sr_path, seg_path, nodules, tmp_path):
                 "Diameter": (nodule["mean_axial_diameter_mm"], "mm"),
                 "Volume": (round(nodule["volume_mm3"], 1), "mm3"),
                 "Nodule probability (lungnod detector score)": (round(nodule["probability"], 4), "1")}
+        if nodule["solid_mean_axial_diameter_mm"] is not None:
+            want["Solid component mean axial diameter"] = (nodule["solid_mean_axial_diameter_mm"], "mm")
         assert got.keys() == want.keys()
+        kinds = [(q.name.meaning, q.value.value) for q in group.get_qualitative_evaluations()]
+        assert kinds == [("Nodule attenuation (lungnod, from HU)", nodule["attenuation"])]
         for name, (value, unit) in want.items():
             assert got[name][1] == unit and abs(float(got[name][0]) - value) < 1e-6, (name, got[name], value)
     with pytest.raises(ValueError, match="segment"):   # nodules that are not the SEG's segments: no file

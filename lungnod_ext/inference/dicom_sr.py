@@ -10,7 +10,11 @@ segment of the SEG (:mod:`lungnod_ext.inference.dicom_seg`) and carry, in the un
 - Diameter (SNOMED CT 81827009, mm): the mean axial diameter, (long + short) / 2, as Lung-RADS sizes nodules;
 - Volume (SNOMED CT 118565006, mm3) of the outline;
 - the detector's nodule probability (0-1, code ``nodule-probability`` of the local scheme ``99LUNGNOD``: a
-  score that the finding is a nodule, not a malignancy estimate), where the nodule has one.
+  score that the finding is a nodule, not a malignancy estimate), where the nodule has one;
+- its attenuation measured from HU (:mod:`lungnod_ext.inference.attenuation`) as a qualitative evaluation
+  (``attenuation`` = ``solid`` / ``part-solid`` / ``ground-glass``, all ``99LUNGNOD``: no standard code set
+  names the three) and, where part of it is solid, the solid component's mean axial diameter (mm,
+  ``solid-component-diameter``), what Lung-RADS sizes a part-solid nodule by.
 
 Finding: SNOMED CT "Nodule" in "Lung"; tracking identifier "nodule <id>" as in the SEG; observer: the device
 lungnod (algorithm "lungnod", its version). The report is marked complete, not final and not verified: an
@@ -29,6 +33,9 @@ from data_prep.nifti_io import atomic_path
 
 SR_SERIES_DESCRIPTION = "lungnod nodule measurements"
 PROBABILITY_CODE = ("nodule-probability", "99LUNGNOD", "Nodule probability (lungnod detector score)")
+SOLID_DIAMETER_CODE = ("solid-component-diameter", "99LUNGNOD", "Solid component mean axial diameter")
+ATTENUATION_CODE = ("attenuation", "99LUNGNOD", "Nodule attenuation (lungnod, from HU)")
+ATTENUATION_VALUES = {"solid": "Solid", "part-solid": "Part-solid", "ground-glass": "Ground-glass"}
 
 
 def _measurements(nodule: Mapping) -> list:
@@ -39,9 +46,21 @@ def _measurements(nodule: Mapping) -> list:
     mm, mm3 = hd.sr.CodedConcept("mm", "UCUM", "millimeter"), hd.sr.CodedConcept("mm3", "UCUM", "cubic millimeter")
     fields = (("long_axis_mm", codes.SCT.LongAxis, mm, 2), ("short_axis_mm", codes.SCT.ShortAxis, mm, 2),
               ("mean_axial_diameter_mm", codes.SCT.Diameter, mm, 2), ("volume_mm3", codes.SCT.Volume, mm3, 1),
-              ("probability", hd.sr.CodedConcept(*PROBABILITY_CODE), hd.sr.CodedConcept("1", "UCUM", "no units"), 4))
+              ("probability", hd.sr.CodedConcept(*PROBABILITY_CODE), hd.sr.CodedConcept("1", "UCUM", "no units"), 4),
+              ("solid_mean_axial_diameter_mm", hd.sr.CodedConcept(*SOLID_DIAMETER_CODE), mm, 2))
     return [hd.sr.Measurement(name=name, value=round(float(nodule[key]), digits), unit=unit)
             for key, name, unit, digits in fields if nodule.get(key) is not None]
+
+
+def _qualitative(nodule: Mapping) -> list | None:
+    """The nodule's attenuation as a TID 1411 qualitative evaluation (module doc); None when not measured."""
+    import highdicom as hd
+
+    kind = nodule.get("attenuation")
+    if kind not in ATTENUATION_VALUES:
+        return None
+    return [hd.sr.QualitativeEvaluation(name=hd.sr.CodedConcept(*ATTENUATION_CODE),
+                                        value=hd.sr.CodedConcept(kind, "99LUNGNOD", ATTENUATION_VALUES[kind]))]
 
 
 def write_measurement_report(seg_path, nodules: Sequence[Mapping], out_path, series_number: int = 902,
@@ -74,7 +93,7 @@ def write_measurement_report(seg_path, nodules: Sequence[Mapping], out_path, ser
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=n,
                 source_series=hd.sr.SourceSeriesForSegmentation(source_series)),
             finding_type=codes.SCT.Nodule, finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
-            algorithm_id=algorithm, measurements=_measurements(nodule)))
+            algorithm_id=algorithm, measurements=_measurements(nodule), qualitative_evaluations=_qualitative(nodule)))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

@@ -334,4 +334,12 @@ def test_measurement_report_on_two_segments(two_series, tmp_path):
     first = {m.name.meaning: float(m.value) for m in groups[0].get_measurements()}
     assert first == {"Long axis": 6.1, "Short axis": 4.9, "Diameter": 5.5, "Volume": 77.8,
                      "Nodule probability (lungnod detector score)": 0.9123}
-    assert groups[1].get_measurements() == []
+    assert groups[1].get_measurements() == [] and groups[1].get_qualitative_evaluations() == []
+    assert groups[0].get_qualitative_evaluations() == []        # no attenuation measured: none invented
+    # a part-solid nodule: its attenuation and its solid component's diameter
+    part_solid = [{**nodules[0], "attenuation": "part-solid", "solid_mean_axial_diameter_mm": 2.35}, nodules[1]]
+    sr = hd.sr.srread(write_measurement_report(seg_path, part_solid, tmp_path / "sr2.dcm"))
+    group = sr.content.get_volumetric_roi_measurement_groups()[0]
+    assert {m.name.meaning: float(m.value) for m in group.get_measurements()}["Solid component mean axial diameter"] == 2.35
+    assert [(q.name.value, q.value.value, q.value.meaning) for q in group.get_qualitative_evaluations()] == [
+        ("attenuation", "part-solid", "Part-solid")]
