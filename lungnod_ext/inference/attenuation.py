@@ -7,18 +7,20 @@ HU on the candidate's own outline (after ``RefineOutlinesd``, out to the partial
 
 - a voxel is **solid** where the CT, smoothed in-plane by a Gaussian of ``smooth_mm`` (0.5 mm: the noise of
   single pixels), is at least ``solid_hu`` (-300 HU, the threshold semi-automatic tools and the
-  consolidation-to-tumour-ratio literature draw the solid part with on a lung window);
+  consolidation-to-tumour-ratio literature draw the solid part with on a lung window); for an outline whose
+  long axis is under ``small_long_axis_mm`` (8 mm) at least ``small_solid_hu`` (-400 HU): the partial volume
+  of 1-2.5 mm slices and of the smoothing dims a small solid nodule's voxels;
 - the **solid fraction** is solid voxels / the candidate's voxels: below ``ground_glass_below`` (0.05)
   ``"ground-glass"``, from ``solid_from`` (0.25) ``"solid"``, between them ``"part-solid"``;
 - the solid component is the largest 26-connected piece of solid voxels, measured as
   :func:`lungnod_ext.inference.measurements.axial_axes` measures a nodule (long / short axis on its own
   axial slice, their mean).
 
-The two fractions were chosen on the shipped segmenter's outlines of nodules inserted into the training
-series (LIDC-IDRI-0002 / -0006, 261 nodules of known type) and measured on the unseen LIDC-IDRI-0001
-(``tests/benchmarks/bench_attenuation.py``; figures in HISTORY.md). Weak where physics is: a solid nodule of
-3-6 mm on 2.5 mm slices is dimmed by the partial volume and may read part-solid or ground-glass, a
-ground-glass nodule crossed by vessels may read part-solid. A measurement for the reader to check, not a
+The two fractions and the small outlines' threshold were chosen on the shipped segmenter's outlines of nodules
+inserted into the training series (LIDC-IDRI-0002 / -0006, 260 nodules of known type) and measured on the unseen
+LIDC-IDRI-0001 (``tests/benchmarks/bench_attenuation.py``; figures in HISTORY.md). Weak where physics is: the 1-2
+mm core of a small part-solid nodule is too faint to count, a faint small nodule readers call solid may read
+part-solid or ground-glass, a ground-glass nodule crossed by vessels may read part-solid. A measurement for the reader to check, not a
 diagnosis (research software, not a medical device).
 
 Conventions (see :mod:`data_prep.coords`): arrays ``(z, y, x)``, HU, mm; candidates as
@@ -38,6 +40,8 @@ from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
 from lungnod_ext.inference.measurements import axial_axes
 
 SOLID_HU = -300.0
+SMALL_SOLID_HU = -400.0
+SMALL_LONG_AXIS_MM = 8.0
 GROUND_GLASS_BELOW = 0.05
 SOLID_FROM = 0.25
 ATTENUATIONS = ("solid", "part-solid", "ground-glass")
@@ -66,7 +70,9 @@ def attenuation_class(solid_fraction: float, ground_glass_below: float = GROUND_
 
 def nodule_attenuation(hu_zyx: np.ndarray, region_zyx: np.ndarray, spacing_zyx_mm: Sequence[float],
                        solid_hu: float = SOLID_HU, smooth_mm: float = 0.5,
-                       ground_glass_below: float = GROUND_GLASS_BELOW, solid_from: float = SOLID_FROM) -> dict | None:
+                       ground_glass_below: float = GROUND_GLASS_BELOW, solid_from: float = SOLID_FROM,
+                       small_solid_hu: float = SMALL_SOLID_HU,
+                       small_long_axis_mm: float = SMALL_LONG_AXIS_MM) -> dict | None:
     """Attenuation of one region (module doc): ``hu_zyx`` (z, y, x) HU and ``region_zyx`` bool of the same
     shape (a crop around the region with a few voxels of margin is enough: the smoothing reads them) ->
     ``{"attenuation", "solid_fraction", "solid_long_axis_mm", "solid_short_axis_mm",
@@ -78,7 +84,8 @@ def nodule_attenuation(hu_zyx: np.ndarray, region_zyx: np.ndarray, spacing_zyx_m
     sp = np.asarray(spacing_zyx_mm, dtype=float)
     smooth = ndi.gaussian_filter(np.asarray(hu_zyx, dtype=np.float32),
                                  sigma=[0.0, smooth_mm / sp[1], smooth_mm / sp[2]])
-    solid = region & (smooth >= solid_hu)
+    small = axial_axes(region, sp)["long_axis_mm"] < small_long_axis_mm
+    solid = region & (smooth >= (small_solid_hu if small else solid_hu))
     fraction = float(solid.sum()) / n
     out = {"attenuation": attenuation_class(fraction, ground_glass_below, solid_from),
            "solid_fraction": round(fraction, 3), "solid_long_axis_mm": None, "solid_short_axis_mm": None,
@@ -116,7 +123,8 @@ class MeasureAttenuationd(MapTransform):
     :func:`add_attenuation` on ``data[candidates_key]`` with the label map ``data[key]`` (``(1, X, Y, Z)`` ids) and
     the HU image ``data[image_key]`` (``(1, X, Y, Z)`` MetaTensor on the same grid). ``enabled`` False passes
     data through (a config switch); other keyword arguments (``solid_hu``, ``smooth_mm``,
-    ``ground_glass_below``, ``solid_from``) go to :func:`nodule_attenuation`."""
+    ``ground_glass_below``, ``solid_from``, ``small_solid_hu``, ``small_long_axis_mm``) go to
+    :func:`nodule_attenuation`."""
 
     def __init__(self, keys: KeysCollection = "candidate_labels", image_key: str = "ct_hu",
                  candidates_key: str = "candidates", enabled: bool = True, allow_missing_keys: bool = False,

@@ -82,6 +82,17 @@ def test_a_part_solid_nodule_reports_its_solid_core():
                                                                  + got["solid_short_axis_mm"]) / 2, abs=0.06)
 
 
+def test_small_outlines_count_dimmer_voxels_as_solid():
+    """Under 8 mm long axis a voxel is solid from -400 HU (partial volume dims small solid nodules); a 5 mm
+    nodule at -350 HU reads solid, the same density over 12 mm reads ground-glass."""
+    small_hu, small = nodule(2.5, halo_hu=-350.0)
+    got = nodule_attenuation(small_hu, small, SPACING)
+    assert got["attenuation"] == "solid" and got["solid_fraction"] >= 0.4      # the edge pixels smooth below
+    assert nodule_attenuation(small_hu, small, SPACING, small_long_axis_mm=0.0)["attenuation"] == "ground-glass"
+    big_hu, big = nodule(6.0, halo_hu=-350.0)
+    assert nodule_attenuation(big_hu, big, SPACING)["attenuation"] == "ground-glass"
+
+
 def test_the_solid_component_is_the_largest_solid_piece():
     hu, region = nodule(8.0)
     core = sphere(hu.shape, (15, 30, 30), 3.0)
