@@ -158,8 +158,18 @@ def convert_dicom_case(plan: SeriesPlan, xml_paths: list[Path], out_dir: Path, c
         "signature": _signature(plan.files, xml_paths, consensus), "warnings": warnings,
         "n_nodules": len(nodules), "nodules": nodules, "small_marks": small,
         "reconstruction": reconstruction_of(plan.headers),
+        "slice_instance_numbers": slice_instance_numbers(plan),
     }
     return write_case(out_dir, case, hu, plan.geometry, instance)
+
+
+def slice_instance_numbers(plan: SeriesPlan) -> list[int | None] | None:
+    """The DICOM InstanceNumber (the image number a PACS viewer shows) of each converted slice k (list index =
+    k, the NIfTI's third axis); None where a file has none, and no list at all where the volume's slices are
+    not one file each (a multi-frame series)."""
+    if len(plan.headers) != plan.geometry.shape_zyx[0]:
+        return None
+    return [h.instance_number for h in plan.headers]
 
 
 def reconstruction_of(headers) -> dict:

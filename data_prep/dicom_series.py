@@ -82,6 +82,7 @@ class DicomHeader:
     pixel_bytes_expected: int
     manufacturer: str = ""
     convolution_kernel: str = ""     # the reconstruction kernel (data_prep.recon_kernels.kernel_name); "" unknown
+    instance_number: int | None = None   # InstanceNumber: the image number a PACS viewer shows; None if absent
 
 
 @dataclass
@@ -156,6 +157,10 @@ def read_header(path: Path) -> DicomHeader | None:
     except (TypeError, ValueError):
         tilt = 0.0
     acq = ds.get("AcquisitionNumber")
+    try:
+        instance_number = int(ds.get("InstanceNumber"))
+    except (TypeError, ValueError):
+        instance_number = None
     return DicomHeader(
         path=path,
         modality=str(ds.get("Modality", "")).upper(),
@@ -180,6 +185,7 @@ def read_header(path: Path) -> DicomHeader | None:
         pixel_bytes_expected=rows * cols * spp * frames * bits // 8,
         manufacturer=str(ds.get("Manufacturer", "") or "").strip(),
         convolution_kernel=kernel_name(ds.get("ConvolutionKernel")),
+        instance_number=instance_number,
     )
 
 

@@ -64,6 +64,10 @@ def test_detect_on_real_lidc_dicom_writes_a_valid_report(lidc_series_dir, ckpts,
         == len(nodules)
     first = nodules[0]
     assert f"p {first['probability']:.2f}  {attenuation_text(first)}, long x short axis" in proc.stdout
+    # the image number a PACS viewer shows: the InstanceNumber of the source file on the nodule's axes slice
+    prov = json.loads((out / "converted" / "provenance" / f"{case['case']}.json").read_text())
+    assert all(n["image_number"] == prov["slice_instance_numbers"][n["axes_slice_k"]] for n in nodules)
+    assert f"image {first['image_number']}\n" in proc.stdout and f"<td>{first['image_number']}</td>" in html
     for png in case["overlays"]:
         assert (out / png).is_file()
     evidence = [p for p in case["overlays"] if p.endswith("_evidence.png")]

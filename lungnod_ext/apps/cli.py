@@ -67,7 +67,8 @@ def _cmd_detect(args) -> int:
             x, y, z = n["centre_lps"]
             kind = "" if n.get("attenuation") is None else f"{attenuation_text(n)}, "
             print(f"  {n['id']:>3}. p {n.get('probability', float('nan')):.2f}  {kind}long x short axis {axes_text(n)} mm, "
-                  f"volume {n['volume_mm3']:.0f} mm3, centre LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm")
+                  f"volume {n['volume_mm3']:.0f} mm3, centre LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm"
+                  + (f", image {n['image_number']}" if n.get("image_number") is not None else ""))
         if case["n_nodules"] > MAX_NODULES_PRINTED:
             print(f"  ... and {case['n_nodules'] - MAX_NODULES_PRINTED} more (report.html, <case>_nodules.csv)")
     s = summary["seconds"]

@@ -287,10 +287,10 @@ def _html_report(summary: dict) -> str:
     for c in summary["cases"]:
         nod_rows = "".join(
             f"<tr><td>{n['id']}</td><td>{n.get('probability', float('nan')):.2f}</td><td>{axes_text(n)}</td>"
-            f"<td>{html.escape(attenuation_text(n))}</td>"
+            f"<td>{html.escape(attenuation_text(n))}</td><td>{n.get('image_number', '-')}</td>"
             f"<td>{n['diameter_mm']:.1f}</td><td>{n['volume_mm3']:.0f}</td><td>({n['centre_lps'][0]:.1f}, "
             f"{n['centre_lps'][1]:.1f}, {n['centre_lps'][2]:.1f})</td></tr>" for n in c["nodules"])
-        table = (f"<table><tr><th>id</th><th>probability</th><th>long x short axis mm (mean)</th><th>attenuation</th>"
+        table = (f"<table><tr><th>id</th><th>probability</th><th>long x short axis mm (mean)</th><th>attenuation</th><th>image</th>"
                  f"<th>equivalent diameter mm</th><th>volume mm&sup3;</th><th>centre LPS mm</th></tr>{nod_rows}"
                  f"</table>" if c["nodules"] else "<p>No nodule found.</p>")
         pics = "".join(f'<a href="{html.escape(p)}"><img src="{html.escape(p)}" alt="{html.escape(Path(p).name)}"></a>'
@@ -336,6 +336,20 @@ def detect(input_path, out_dir, cfg: PipelineConfig | None = None) -> dict:
 
 NOT_DICOM_FOR_SEG = ("--dicom-seg / --dicom-sr need a DICOM folder as input (a DICOM SEG references the source "
                      "CT images): this is not one")
+
+
+def add_image_numbers(candidates: list[dict], slice_instance_numbers: list | None) -> None:
+    """In place: each candidate's ``image_number``, the DICOM InstanceNumber of the source image through it (the
+    axial slice where it is longest, ``axes_slice_k``, else its centre's), the number a PACS viewer shows, from
+    data_prep's provenance (``slice_instance_numbers``, index = slice k); nothing where that is unknown."""
+    if not slice_instance_numbers:
+        return
+    for c in candidates:
+        k = c.get("axes_slice_k")
+        if k is None:
+            k = int(round(float(c["centre_voxel"][2])))
+        if 0 <= int(k) < len(slice_instance_numbers) and slice_instance_numbers[int(k)] is not None:
+            c["image_number"] = int(slice_instance_numbers[int(k)])
 
 
 def _provenance(converted: Path, case: str) -> dict:
@@ -397,7 +411,11 @@ def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
     for case, (img, cands) in per_case.items():
         nodules = sorted((c for c in cands if c["probability"] >= cfg.probability_threshold),
                          key=lambda c: -c["probability"])
-        prov = _provenance(converted, case) if source_dicom else {}
+        # converted from DICOM by this run (a folder or an archive): its provenance
+        prov = _provenance(converted, case) if Path(img).resolve().is_relative_to(converted.resolve()) else {}
+        add_image_numbers(cands, prov.get("slice_instance_numbers"))      # the nodules are these same dicts
+        if not source_dicom:
+            prov = {}
         cases.append(_write_case(case, img, seg_out / case, cands, nodules, out, cfg, source_dicom,
                                  prov.get("series_uid"), classifier, prov.get("reconstruction")))
     summary = {"input": str(input_path), "output": str(out.resolve()), "probability_threshold": cfg.probability_threshold,

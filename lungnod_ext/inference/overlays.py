@@ -212,7 +212,8 @@ def _candidate_lines(case_id: str, c: Mapping, short: bool = False) -> list[str]
     x, y, z = c["centre_lps"]
     lines = [f"{case_id}  cand {c['id']}", f"{score}  d={size}" + (f"  V={c['volume_mm3']:.0f} mm3"
                                                                   if "volume_mm3" in c else ""),
-             f"LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm"]
+             f"LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm"
+             + (f", image {c['image_number']}" if c.get("image_number") is not None else "")]
     if c.get("long_axis_mm") is not None:
         lines.append(f"axes {c['long_axis_mm']:.1f} x {c['short_axis_mm']:.1f} mm (slice k={c['axes_slice_k']})")
     if c.get("mean_hu") is not None and math.isfinite(float(c["mean_hu"])):

@@ -11,6 +11,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import pydicom
 
 from data_prep.nifti_io import read_nifti
 from data_prep.coords import Geometry
@@ -93,6 +94,17 @@ def test_provenance_record(lidc_converted, lidc_series_dir):
     # the scanner and reconstruction kernel the models learned (lungnod detect notes a sharp one)
     assert prov["reconstruction"] == {"manufacturer": "GE MEDICAL SYSTEMS", "convolution_kernel": "STANDARD",
                                       "sharp_kernel": False}
+    # the image number a PACS viewer shows for each converted slice k: the InstanceNumber of the file at k's
+    # position (the series' files, read here by pydicom on their own)
+    by_z = {}
+    for path in lidc_series_dir.rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        by_z[round(float(ds.ImagePositionPatient[2]), 2)] = int(ds.InstanceNumber)
+    geom = Geometry.from_affine_ras(nib.load(str(next((lidc_converted / "images").glob("*.nii.gz")))).affine,
+                                    (512, 512, 133))
+    expected = [by_z[round(float(geom.voxel_to_world([0, 0, k])[2]), 2)] for k in range(133)]
+    assert prov["slice_instance_numbers"] == expected
+    assert sorted(expected) == list(range(1, 134)) and expected[0] != expected[-1]
 
 
 def test_matches_dcm2niix_orientation(lidc_converted, lidc_series_dir, tmp_path):
