@@ -414,8 +414,6 @@ def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
         # converted from DICOM by this run (a folder or an archive): its provenance
         prov = _provenance(converted, case) if Path(img).resolve().is_relative_to(converted.resolve()) else {}
         add_image_numbers(cands, prov.get("slice_instance_numbers"))      # the nodules are these same dicts
-        if not source_dicom:
-            prov = {}
         cases.append(_write_case(case, img, seg_out / case, cands, nodules, out, cfg, source_dicom,
                                  prov.get("series_uid"), classifier, prov.get("reconstruction")))
     summary = {"input": str(input_path), "output": str(out.resolve()), "probability_threshold": cfg.probability_threshold,
