@@ -202,9 +202,8 @@ def run_shipped_demo(args) -> int:
                 if row["axes_mm"] and r.get("axes_mm"):
                     axes = (f"; long x short axis {row['axes_mm'][0]:.1f} x {row['axes_mm'][1]:.1f} mm (readers' "
                             f"{r['axes_mm'][0]:.1f} x {r['axes_mm'][1]:.1f})")
-                kind = ""
-                if row["attenuation"] and reader_attenuation(r.get("texture_median")):
-                    kind = f"; {row['attenuation']} (readers' texture: {reader_attenuation(r['texture_median'])})"
+                readers_kind = reader_attenuation(r.get("texture_median"))
+                kind = f"; {row['attenuation']} (readers' texture: {readers_kind})" if row["attenuation"] and readers_kind else ""
                 print(f"       FOUND   {what}: probability {row['probability']:.2f}, centre {row['distance_mm']:.1f} mm "
                       f"from the readers', {row['diameter_mm']:.1f} mm across{axes}{kind}")
             else:

@@ -47,7 +47,8 @@ def read_references(table_csv, cases: Sequence[str] | None = None) -> dict[str, 
                 "centre_lps": [float(row[f"centre_{a}_lps_mm"]) for a in "xyz"],
                 "diameter_mm": float(row["diameter_mm"]),
                 "n_readers": int(float(row["n_readers"])) if row.get("n_readers") else None,
-                "source": row.get("source") or "lidc_xml", "type": row.get("type") or "real"})
+                "source": row.get("source") or "lidc_xml", "type": row.get("type") or "real",
+                "texture_median": float(row["texture_median"]) if row.get("texture_median") else None})
     return out
 
 

@@ -47,10 +47,9 @@ def _band(diameter_mm: float) -> str | None:
 def _truth(row: dict) -> str | None:
     from lungnod_ext.inference.attenuation import reader_attenuation
 
-    if row.get("source") == "inserted":
-        return INSERTED_CLASS.get(row.get("type", ""))
-    texture = row.get("texture_median")
-    return reader_attenuation(float(texture)) if texture not in (None, "") else None
+    if row["source"] == "inserted":
+        return INSERTED_CLASS.get(row["type"])
+    return reader_attenuation(row["texture_median"])
 
 
 def measure_case(image_path: Path, detect_case_dir: Path, case: str, references: list[dict]) -> list[dict]:
@@ -71,37 +70,28 @@ def measure_case(image_path: Path, detect_case_dir: Path, case: str, references:
     rows = []
     for ref in references:
         truth = _truth(ref)
-        band = _band(float(ref["diameter_mm"]))
+        band = _band(ref["diameter_mm"])
         if truth is None or band is None:
             continue
-        centre = np.array([float(ref[f"centre_{a}_lps_mm"]) for a in "xyz"])
-        dist = np.linalg.norm(centres - centre, axis=1)
+        dist = np.linalg.norm(centres - np.asarray(ref["centre_lps"]), axis=1)
         i = int(np.argmin(dist))
-        if dist[i] > float(ref["diameter_mm"]) / 2:
+        if dist[i] > ref["diameter_mm"] / 2:
             continue
         cand = {"id": int(cands["id"][i]), "bbox_voxel": [int(cands[f"bbox_{a}{e}"][i]) for e in "01" for a in "ijk"]}
         got = add_attenuation([cand], labels, hu, spacing)[0]
-        rows.append({"case": case, "nodule_id": int(ref["nodule_id"]), "diameter_mm": round(float(ref["diameter_mm"]), 2),
+        rows.append({"case": case, "nodule_id": ref["nodule_id"], "diameter_mm": round(ref["diameter_mm"], 2),
                      "band": band, "truth": truth, "reported": got.get("attenuation"),
                      "solid_fraction": got.get("solid_fraction"), "candidate": cand["id"],
                      "distance_mm": round(float(dist[i]), 2)})
     return rows
 
 
-def _references(table: Path) -> dict[str, list[dict]]:
-    import csv
-
-    by_case: dict[str, list[dict]] = {}
-    with open(table, newline="") as f:
-        for row in csv.DictReader(f):
-            by_case.setdefault(row["case_id"], []).append(row)
-    return by_case
-
-
 def measure_set(images_dir: Path, detect_dir: Path) -> list[dict]:
     """Every case of ``images_dir/nodules.csv`` that ``detect_dir`` has (module doc)."""
+    from lungnod_ext.metrics.model_evaluation import read_references
+
     rows = []
-    for case, refs in sorted(_references(images_dir / "nodules.csv").items()):
+    for case, refs in sorted(read_references(images_dir / "nodules.csv").items()):
         if (detect_dir / case / f"{case}_candidates.csv").is_file():
             rows += measure_case(images_dir / "images" / f"{case}.nii.gz", detect_dir / case, case, refs)
     return rows
@@ -144,11 +134,13 @@ def main() -> None:
     if args.real:
         from bench_slice_thickness import converted_series, run_version
 
+        from lungnod_ext.metrics.model_evaluation import read_references
+
         rows = []
         work = Path(args.work)
-        for src, case, _, refs, _ in converted_series(work):
+        for src, case, _, _, _ in converted_series(work):
             run_version(src, work / "out" / case)
-            refs = [{**r, "source": "lidc_xml"} for r in refs]
+            refs = read_references(work / "converted" / "nodules.csv", [case]).get(case, [])
             found = measure_case(src, work / "out" / case / case, case, refs)
             rows += found
             for r in found:
