@@ -1,10 +1,11 @@
-"""MONAI transforms for CT: HU windows, CLAHE, lung mask, resampling, 2.5D slabs, training labels
-and crop sampling. Imports ``lungnod_ext.data`` and ``data_prep``.
+"""MONAI transforms for CT: HU windows, CLAHE, lung mask, resampling, 2.5D slabs, training labels,
+crop sampling and batch augmentation. Imports ``lungnod_ext.data`` and ``data_prep``.
 """
 
 from lungnod_ext import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
+    "batch_augment": ["RandomBatchAugmentation"],
     "clahe": ["clahe_2d_slices", "clahe_3d_volume", "CLAHE", "CLAHEd"],
     "hu_window": ["Window", "resolve_window", "HUWindow", "HUWindowd"],
     "labels": ["BinarizeLabeld"],
