@@ -74,14 +74,19 @@ def detector_prior(datalist_path, split: str = "training", max_rank: int | None 
     (``<detector>_hit`` / (hits + ``<detector>_negative``)); for the dot filter only those of ``blob_rank`` <
     ``max_rank`` when given (inference keeping fewer peaks than training saw); None without any. The
     classification bundle's ``detector_priors`` {detector: ...} turns the balanced classifier's probability
-    into a posterior with it. ``skip_cases``: case names left out (copies enriched with nodules on purpose)."""
+    into a posterior with it. ``skip_cases``: case names left out (copies enriched with nodules on purpose).
+    No hit among n candidates (or only hits) gives the Jeffreys estimate 0.5 / (n + 1) (or (n + 0.5) / (n + 1))
+    instead of 0 (or 1): a prior must lie strictly between 0 and 1, and none seen is not impossible (the
+    LIDC-IDRI-0006 fold's training volumes held no faint dot-filter hit, and its prior 0 broke the config)."""
     skip = set(skip_cases)
     items = [e for e in json.loads(Path(datalist_path).read_text()).get(split, [])
              if (detector != "blob" or max_rank is None or e.get("blob_rank", -1) < max_rank)
              and e.get("case") not in skip]
     hits = sum(e.get("kind") == f"{detector}_hit" for e in items)
     total = hits + sum(e.get("kind") == f"{detector}_negative" for e in items)
-    return hits / total if total else None
+    if not total:
+        return None
+    return hits / total if 0 < hits < total else (hits + 0.5) / (total + 1)
 
 
 def _candidates(candidates_dir: Path | None, case: str) -> list[dict]:

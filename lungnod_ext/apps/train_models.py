@@ -334,7 +334,7 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                 **s.cls_overrides, "seed": seed}, logs / f"{name}_train.log"))
 
         # the small-nodule copies are enriched on purpose: the priors come from the other volumes
-        priors = {d: round(p, 4) for d in PRIOR_DETECTORS
+        priors = {d: float(f"{p:.3g}") for d in PRIOR_DETECTORS   # 3 significant figures: never rounded to 0
                   if (p := detector_prior(patches / "datalist.json", "training", max_rank=s.blob_candidates,
                                           detector=d, skip_cases=small_names)) is not None}
         export = out / "export"

@@ -111,4 +111,14 @@ def test_other_detectors_get_their_own_kinds_and_prior(tmp_path, sphere_volume, 
     assert kinds == [("blob_negative", [0]), (f"{detector}_hit", [1]), (f"{detector}_negative", [0])]
     assert detector_prior(path, detector=detector) == 1 / 2
     assert detector_prior(path, max_rank=0, detector=detector) == 1 / 2
-    assert detector_prior(path) == 0.0
+    assert detector_prior(path) == 0.5 / 2          # no hit among 1: the Jeffreys estimate, not 0
+
+
+def test_a_detector_without_hits_or_negatives_gets_a_prior_strictly_inside_0_1(tmp_path):
+    """0 of n and n of n give (0.5) / (n + 1) and (n + 0.5) / (n + 1): a classifier config refuses 0 and 1."""
+    path = tmp_path / "datalist.json"
+    negatives = [{"case": "a", "kind": "faint_negative"}] * 999
+    path.write_text(json.dumps({"training": negatives, "validation": [{"case": "b", "kind": "faint_hit"}] * 3}))
+    assert detector_prior(path, detector="faint") == pytest.approx(0.0005)
+    assert detector_prior(path, split="validation", detector="faint") == pytest.approx(3.5 / 4)
+    assert float(f"{detector_prior(path, detector='faint'):.3g}") == 0.0005    # as the recipe writes it
