@@ -182,3 +182,23 @@ def test_finer_second_sampling_trains_and_infers(data, tmp_path):
                 "--fine_spacing_mm", "0.5"])
     doc = json.loads((tmp_path / "out" / f"{row['case_id']}_classified.json").read_text())
     assert len(doc["candidates"]) == 1 and 0.0 <= doc["candidates"][0]["probability"] <= 1.0
+
+
+@pytest.mark.parametrize("batch_augmentation", [True, False])
+def test_train_config_augments_batches_or_samples(batch_augmentation):
+    """``batch_augmentation`` (default true) puts the augmentation in the trainer's prepare_batch and none in the
+    loader; false gives the loader MONAI's six per-sample transforms (as up to 0.11.1) and the trainer none."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    assert parser["batch_augmentation"] is True
+    parser["batch_augmentation"] = batch_augmentation
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#random_transforms")]
+    augmentation = parser.get_parsed_content("train#augmentation")
+    assert augmentation.enabled is batch_augmentation
+    assert parser["train#trainer#prepare_batch"].replace("::", "#") == "@train#augmentation"
+    assert names == ([] if batch_augmentation else ["RandFlipd", "RandFlipd", "RandRotated", "RandScaleIntensityd",
+                                                    "RandAdjustContrastd", "RandGaussianNoised"])
+    assert (augmentation.flip_prob, augmentation.rotate_prob, augmentation.rotate_range, augmentation.noise_prob) == (
+        parser["flip_prob"], parser["rotate_prob"], parser["rotate_range"], parser["noise_prob"])
