@@ -119,4 +119,3 @@ class RandomBatchAugmentation(PrepareBatch):
             theta[:, 2, 2] = 1.0                      # the first spatial axis (depth) is the rotation's axis
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-

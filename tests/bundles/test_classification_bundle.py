@@ -202,3 +202,9 @@ def test_train_config_augments_batches_or_samples(batch_augmentation):
                                                     "RandAdjustContrastd", "RandGaussianNoised"])
     assert (augmentation.flip_prob, augmentation.rotate_prob, augmentation.rotate_range, augmentation.noise_prob) == (
         parser["flip_prob"], parser["rotate_prob"], parser["rotate_range"], parser["noise_prob"])
+    # both ways read the same scale, contrast and noise ranges from the config's top level
+    assert (augmentation.scale_factor, augmentation.gamma, augmentation.noise_std) == (0.1, (0.8, 1.25), 0.02)
+    parser["batch_augmentation"] = False
+    scale, contrast, noise = parser.get_parsed_content("train#random_transforms")[3:]
+    assert tuple(scale.scaler.factors) == (-0.1, 0.1) and tuple(contrast.adjuster.gamma) == (0.8, 1.25)
+    assert noise.rand_gaussian_noise.std == 0.02
