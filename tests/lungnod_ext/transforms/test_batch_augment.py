@@ -111,7 +111,8 @@ def test_3d_batches_turn_in_plane_and_keep_depth():
         aug.augment(torch.zeros(2, 1, 24, 24))
 
 
-@pytest.mark.parametrize("bad", [dict(spatial_dims=1), dict(flip_prob=1.5), dict(gamma=(1.2, 0.8))])
+@pytest.mark.parametrize("bad", [dict(spatial_dims=1), dict(flip_prob=1.5), dict(gamma=(1.2, 0.8)),
+                                 dict(enabled="false")])   # the string `monai.bundle run --batch_augmentation false` gives
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match="RandomBatchAugmentation"):
         RandomBatchAugmentation(**bad)
