@@ -67,8 +67,9 @@ RECIPE_SMALL_TYPES = (("juxta_vascular", 0.7), ("solid", 0.1), ("part_solid", 0.
 class RecipeSettings:
     """What the recipe trains. The defaults made the shipped models (segmentation 0.12.x, classification 0.11.0, whose
     classifiers augmented in the data loader: ``cls_overrides={"batch_augmentation": False}`` for those exact weights);
-    about 2 h on 2 free CPU cores (sessions 35-36: the segmenter about 45 min, its mass fine-tuning 11, the
-    classifiers' candidates 13, the three classifiers 13-16 min each with the batch augmentation)."""
+    1 h 48 min on 2 free CPU cores, timed in one go in session 38 (``tests/benchmarks/results/recipe_oneshot.json``:
+    the segmenter 45 min, its mass fine-tuning 10, the classifiers' candidates 12, the three classifiers 12.5-13.2 min
+    each with the batch augmentation)."""
 
     hold_out: list[str] = field(default_factory=lambda: ["LIDC-IDRI-0001"])   # patient ids never trained on
     copies: int = 10                 # cohort volumes per training series (copy 0 = the real scan)
