@@ -6,6 +6,7 @@ from lungnod_ext import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
     "bundle_paths": ["bundle_root", "default_dataset_dir", "load_split"],
+    "bundle_settings": ["check_switches"],
     "data_loading": ["FailLoudThreadBuffer", "ThreadDataLoader"],
     "input_checks": ["check_ct_volume"],
     "inputs": ["resolve_inputs", "resolve_image2d_inputs", "check_checkpoint"],
