@@ -25,15 +25,20 @@ from data_prep.errors import DataPrepError
 
 EXIT_OK, EXIT_ERROR = 0, 2
 MAX_NODULES_PRINTED = 10    # per case on the terminal; all of them are in the report files
+PYTHON_LITERALS = {"True": True, "False": False, "None": None}   # --seg / --cls values spelt as monai.bundle takes them
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
-    """``key=value`` strings -> dict; values parsed as JSON when they are JSON (numbers, lists), else strings."""
+    """``key=value`` strings -> dict; values parsed as JSON when they are JSON (numbers, lists, true / false),
+    Python's ``True`` / ``False`` / ``None`` as those (the monai.bundle command line's spelling), else strings."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"error: override {pair!r} is not key=value")
+        if value in PYTHON_LITERALS:
+            out[key] = PYTHON_LITERALS[value]
+            continue
         try:
             out[key] = json.loads(value)
         except ValueError:

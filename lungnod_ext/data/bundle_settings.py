@@ -20,7 +20,9 @@ def check_switches(**switches) -> None:
         if isinstance(value, (bool, np.bool_)):
             continue
         word = str(value).strip().lower()
-        hint = (f"write --{name} False" if word in ("false", "0", "no", "off") else
-                f"write --{name} True" if word in ("true", "1", "yes", "on") else f"write --{name} True or False")
-        raise ValueError(f"bundle setting {name} must be True or False, got {value!r}; on the monai.bundle "
-                         f"command line {hint} (capitalised: lowercase is read as text)")
+        flag = "False" if word in ("false", "0", "no", "off") else "True" if word in ("true", "1", "yes", "on") else None
+        cli, json_value = (f"--{name} {flag}", f"{name}={flag.lower()}") if flag else \
+            (f"--{name} True (or False)", f"{name}=true (or false)")
+        raise ValueError(f"bundle setting {name} must be True or False, got {value!r}; write {cli} on the "
+                         f"monai.bundle command line (lowercase is read as text), {json_value} after lungnod's "
+                         f"--seg / --cls")

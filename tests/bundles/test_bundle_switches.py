@@ -57,13 +57,14 @@ def test_check_switches_accepts_bools_and_names_a_text_value():
     check_switches(amp=True, write_overlays=False, assume_hu=np.bool_(False))
     with pytest.raises(ValueError) as err:
         check_switches(amp=False, write_overlays="false")
-    assert str(err.value) == ("bundle setting write_overlays must be True or False, got 'false'; on the monai.bundle "
-                              "command line write --write_overlays False (capitalised: lowercase is read as text)")
-    with pytest.raises(ValueError, match="got 'true'; .* write --assume_hu True "):
+    assert str(err.value) == ("bundle setting write_overlays must be True or False, got 'false'; write "
+                              "--write_overlays False on the monai.bundle command line (lowercase is read as text), "
+                              "write_overlays=false after lungnod's --seg / --cls")
+    with pytest.raises(ValueError, match="got 'true'; write --assume_hu True on .* assume_hu=true after"):
         check_switches(assume_hu="true")
-    with pytest.raises(ValueError, match="got 0; .* write --amp False "):
+    with pytest.raises(ValueError, match="got 0; write --amp False on .* amp=false after"):
         check_switches(amp=0)
-    with pytest.raises(ValueError, match=r"got None; .* write --pleural_caps True or False "):
+    with pytest.raises(ValueError, match=r"got None; write --pleural_caps True \(or False\) on"):
         check_switches(pleural_caps=None)
 
 
@@ -90,6 +91,6 @@ def test_monai_bundle_run_with_lowercase_false_stops_with_one_line(tmp_path):
                            "--write_overlays", "false"], cwd=SEG, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode != 0
-    assert ("bundle setting write_overlays must be True or False, got 'false'; on the monai.bundle command line "
-            "write --write_overlays False") in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert ("bundle setting write_overlays must be True or False, got 'false'; write --write_overlays False on the "
+            "monai.bundle command line") in proc.stdout + proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "out").exists()

@@ -256,6 +256,15 @@ def test_assume_hu_lets_an_image_through(tmp_path, ckpt):
     assert (tmp_path / "out" / "summary.json").is_file()
 
 
+def test_a_switch_given_as_text_is_one_line(tmp_path, ckpt):
+    """`--seg write_overlays=yes` reaches the segmentation config as the text 'yes' (true / false / True / False are
+    read as bools): refused before inference with the setting's name, exit 2, nothing written."""
+    img = _test_volume("ok", tmp_path / "ok.nii.gz")
+    proc = detect(img, tmp_path / "out", ckpt, "--seg", "write_overlays=yes")
+    assert_one_line_error(proc, tmp_path / "out", "bundle setting write_overlays must be True or False, got 'yes'",
+                          "write_overlays=true")
+
+
 def test_missing_checkpoint(tmp_path):
     img = _test_volume("ok", tmp_path / "ok.nii.gz")
     proc = detect(img, tmp_path / "out", tmp_path / "no_model.pt")
