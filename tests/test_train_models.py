@@ -432,3 +432,21 @@ def test_the_recipe_defaults_are_the_shipped_models_run(tmp_path):
     seg_config = json.loads((tm.SEG / "configs" / "inference.json").read_text())
     assert (seg_config["blob_max_candidates"], seg_config["blob_faint_candidates"]) == (
         tm.RecipeSettings().blob_candidates, tm.RecipeSettings().inference_faint_candidates)
+
+
+def test_bundle_run_passes_values_that_monai_bundle_reads_back():
+    """The recipe's ``--seg`` / ``--cls`` overrides reach ``monai.bundle run`` as python-fire reads them: before,
+    ``--cls batch_augmentation=false`` went as the text 'false' (JSON), true to Python, and the classifiers were
+    batch-augmented anyway (the bundles' switch check now refuses the text: found so in session 39)."""
+    from fire.parser import DefaultParseValue
+
+    from lungnod_ext.apps.bundle_runs import cli_args
+
+    overrides = {"batch_augmentation": False, "amp": True, "output_prior": None, "epochs": 3, "learning_rate": 1e-3,
+                 "patch_size": (160, 160), "detector_priors": {"blob": 0.0375, "faint": 0.0037},
+                 "network_def#centre_features": False, "device": "cpu", "spacing": [1.5, 1.5, -1]}
+    args = cli_args(overrides)
+    assert args[:4] == ["--batch_augmentation", "False", "--amp", "True"]
+    read = {args[i][2:]: DefaultParseValue(args[i + 1]) for i in range(0, len(args), 2)}
+    assert read == {**overrides, "patch_size": [160, 160]}
+    assert read["batch_augmentation"] is False and read["network_def#centre_features"] is False

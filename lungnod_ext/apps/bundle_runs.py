@@ -1,13 +1,12 @@
 """``python -m monai.bundle run`` of a lungnod bundle in a child process, as a user would type it.
 
-Overrides are config ids -> values (``--key value`` on MONAI's command line; non-strings as JSON). The
+Overrides are config ids -> values (``--key value`` on MONAI's command line; non-strings as Python literals). The
 child's output goes to a log file; a failure raises with the log's last lines, or, where the child stopped on
 bad user data (a :class:`data_prep.errors.DataPrepError` inside MONAI's traceback), that error again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -17,11 +16,22 @@ from pathlib import Path
 from data_prep import errors
 
 
+def _literal(value):
+    """Tuples as lists, recursively: the config's JSON types."""
+    if isinstance(value, (list, tuple)):
+        return [_literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    return value
+
+
 def cli_args(overrides: dict) -> list[str]:
-    """``{"epochs": 3, "device": "cpu"}`` -> ``["--epochs", "3", "--device", "cpu"]``."""
+    """``{"epochs": 3, "device": "cpu", "amp": False}`` -> ``["--epochs", "3", "--device", "cpu", "--amp", "False"]``:
+    non-strings as Python literals, which python-fire (MONAI's command-line reader) reads back as the same values;
+    JSON's ``false`` / ``true`` / ``null`` it would read as text ('false' is true to Python)."""
     out = []
     for k, v in overrides.items():
-        out += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+        out += [f"--{k}", v if isinstance(v, str) else repr(_literal(v))]
     return out
 
 
