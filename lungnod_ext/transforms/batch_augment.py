@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.engines.utils import PrepareBatch, default_prepare_batch
+
+from lungnod_ext.data.bundle_settings import check_switches
 
 
 class RandomBatchAugmentation(PrepareBatch):
@@ -47,10 +48,10 @@ class RandomBatchAugmentation(PrepareBatch):
                         ("noise_prob", noise_prob)):
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"RandomBatchAugmentation: {name} must be in [0, 1], got {p}")
-        if not isinstance(enabled, (bool, np.bool_)):
-            # `monai.bundle run ... --batch_augmentation false` passes the string 'false', which is truthy
-            raise ValueError(f"RandomBatchAugmentation: enabled (batch_augmentation) must be true or false, got "
-                             f"{enabled!r}; on the command line write --batch_augmentation False")
+        try:                       # the bundle configs' own check, for a caller outside them
+            check_switches(batch_augmentation=enabled)
+        except ValueError as err:
+            raise ValueError(f"RandomBatchAugmentation: enabled: {err}") from None
         if len(gamma) != 2 or not 0 < float(gamma[0]) <= float(gamma[1]):
             raise ValueError(f"RandomBatchAugmentation: gamma must be (low, high) with 0 < low <= high, got {gamma}")
         self.spatial_dims = int(spatial_dims)
