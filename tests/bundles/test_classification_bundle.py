@@ -186,13 +186,14 @@ def test_finer_second_sampling_trains_and_infers(data, tmp_path):
 
 @pytest.mark.parametrize("batch_augmentation", [True, False])
 def test_train_config_augments_batches_or_samples(batch_augmentation):
-    """``batch_augmentation`` (default true) puts the augmentation in the trainer's prepare_batch and none in the
-    loader; false gives the loader MONAI's six per-sample transforms (as up to 0.11.1) and the trainer none."""
+    """``batch_augmentation`` true puts the augmentation in the trainer's prepare_batch and none in the loader; false
+    (the default since 0.13.0, how the shipped weights were trained) gives the loader MONAI's six per-sample
+    transforms and the trainer none."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
-    assert parser["batch_augmentation"] is True
+    assert parser["batch_augmentation"] is False
     parser["batch_augmentation"] = batch_augmentation
     names = [type(t).__name__ for t in parser.get_parsed_content("train#random_transforms")]
     augmentation = parser.get_parsed_content("train#augmentation")
