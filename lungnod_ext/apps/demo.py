@@ -10,7 +10,8 @@ reported finding (false positives; LIDC small marks are not counted).
 ``--input``), convert it, write a patient-level datalist, train both bundles briefly (MLflow tracking),
 run ``lungnod detect`` on the held-out test cases and print stage 1 vs stage 1+2. It took 611 s on a
 2-core CPU (session 40, classification 0.13.0's per-sample augmentation); ``--quick`` trains 4 epochs per bundle
-instead of 25 / 30 (not timed since). Small models, few epochs: it shows the machinery, not the accuracy of a full training (``lungnod train-models`` is the recipe of the shipped models).
+instead of 25 / 30 (not timed since). Small models, few epochs: it shows the machinery, not the accuracy of a
+full training (``lungnod train-models`` is the recipe of the shipped models).
 """
 
 from __future__ import annotations
