@@ -59,7 +59,8 @@ def variants(cache_dir: Path) -> dict[str, tuple[dict | None, str]]:
 def overlay_file(path: Path, dataset: dict | None, loader: str, base: dict) -> Path:
     """The overlay config: ``train#dataset`` replaced (when given) and ``train#dataloader`` = train.json's
     with ``loader`` as its class (a plain DataLoader without ThreadDataLoader's ``buffer_size``)."""
-    section = {k: v for k, v in base["train"]["dataloader"].items() if k != "_desc_"}
+    # MONAI's own loaders: without lungnod's track_meta switch, so their batches are MetaTensors as when measured
+    section = {k: v for k, v in base["train"]["dataloader"].items() if k not in ("_desc_", "track_meta")}
     section["_target_"] = loader
     if loader == "DataLoader":
         section.pop("buffer_size", None)

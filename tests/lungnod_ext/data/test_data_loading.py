@@ -1,4 +1,5 @@
-"""lungnod_ext.data.data_loading.ThreadDataLoader: MONAI's batches, and a failing batch fails the loop."""
+"""lungnod_ext.data.data_loading.ThreadDataLoader: MONAI's batches, a failing batch fails the loop, and track_meta=False
+gives the same values as plain tensors."""
 
 from __future__ import annotations
 
@@ -73,3 +74,51 @@ def test_the_bundles_train_with_it():
     for bundle in ("lung_nodule_ct_segmentation", "lung_nodule_ct_classification"):
         loader = json.loads((root / bundle / "configs" / "train.json").read_text())["train"]["dataloader"]
         assert loader["_target_"] == "lungnod_ext.data.data_loading.ThreadDataLoader", bundle
+        assert loader["track_meta"] == "@loader_track_meta", bundle
+
+
+def _augmented(track_meta: bool, num_workers: int, buffer_size: int = 0):
+    """Two epochs of a cached, randomly flipped / rotated / noised set of (2, 16, 16) patches (as the
+    classifier's training makes them), seeded alike: (the batches' images, the one type they all have)."""
+    from monai.data import CacheDataset
+    from monai.transforms import Compose, EnsureTyped, RandFlipd, RandGaussianNoised, RandRotated
+    from monai.utils import set_determinism
+
+    set_determinism(7)
+    items = [{"image": torch.arange(512, dtype=torch.float32).reshape(2, 16, 16) * (k + 1) / 512} for k in range(12)]
+    transform = Compose([EnsureTyped(keys="image", track_meta=False), RandFlipd(keys="image", prob=0.5, spatial_axis=0),
+                         RandRotated(keys="image", range_x=0.26, prob=0.5, padding_mode="border"),
+                         RandGaussianNoised(keys="image", std=0.02, prob=0.5)])
+    loader = ThreadDataLoader(CacheDataset(items, transform, progress=False), batch_size=4, shuffle=True,
+                              num_workers=num_workers, buffer_size=buffer_size, track_meta=track_meta)
+    batches, kinds = [], set()
+    for _ in range(2):
+        for batch in loader:
+            kinds.add(type(batch["image"]).__name__)
+            batches.append(batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"])
+    set_determinism(None)
+    assert len(kinds) == 1, kinds
+    return batches, kinds.pop()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_without_meta_tracking_are_the_same_values_as_plain_tensors(num_workers):
+    from monai.data import get_track_meta
+
+    with_meta, kind = _augmented(True, num_workers)
+    plain, plain_kind = _augmented(False, num_workers)
+    assert (kind, plain_kind) == ("MetaTensor", "Tensor")
+    assert len(plain) == 6 and all(torch.equal(a, b) for a, b in zip(with_meta, plain))
+    assert not all(torch.equal(a, b) for a, b in zip(plain[:3], plain[3:]))  # the augmentation did draw
+    assert get_track_meta()  # the training thread's setting is back
+
+
+def test_meta_tracking_is_restored_when_a_batch_fails_and_kept_with_a_buffer_thread():
+    from monai.data import get_track_meta
+
+    with pytest.raises(RuntimeError, match="applying transform"):
+        _values(ThreadDataLoader(_dataset(fail_at=4), batch_size=3, buffer_size=0, track_meta=False))
+    assert get_track_meta()
+    assert _augmented(False, 0, buffer_size=1)[1] == "MetaTensor"  # a buffer thread without workers: left on
+    with pytest.raises(ValueError, match="track_meta must be true or false, got 'false'"):
+        ThreadDataLoader(_dataset(), track_meta="false")
