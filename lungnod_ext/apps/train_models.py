@@ -67,10 +67,10 @@ RECIPE_SMALL_TYPES = (("juxta_vascular", 0.7), ("solid", 0.1), ("part_solid", 0.
 class RecipeSettings:
     """What the recipe trains. The defaults made the shipped models (segmentation 0.12.x, classification 0.11.0;
     the classifiers augment per sample in the data loader, the bundle's default since classification 0.13.0);
-    about 2 h 20 min on 2 free CPU cores: 1 h 48 min timed in one go in session 38 with the batched augmentation
+    about 1 h 50 min on 2 free CPU cores: 1 h 48 min timed in one go in session 38 with the batched augmentation
     (``tests/benchmarks/results/recipe_oneshot.json``: the segmenter 45 min, its mass fine-tuning 10, the
-    classifiers' candidates 12, the three classifiers 12.5-13.2 min each), where a per-sample classifier takes
-    21-25 min (``recipe_jv_cls.json``; 30-34 min on session 40's slower cores, ``recipe_per_sample.json``)."""
+    classifiers' candidates 12, the three classifiers 12.5-13.2 min each); a per-sample classifier's epoch is as
+    fast as a batched one since the loader makes plain tensors (classification 0.13.1, ``loader_plain_tensors.json``)."""
 
     hold_out: list[str] = field(default_factory=lambda: ["LIDC-IDRI-0001"])   # patient ids never trained on
     copies: int = 10                 # cohort volumes per training series (copy 0 = the real scan)
