@@ -28,6 +28,8 @@ from monai.data import ThreadDataLoader as _MonaiThreadDataLoader
 from monai.data.thread_buffer import ThreadBuffer
 from monai.data.utils import worker_init_fn as monai_worker_init_fn
 
+from lungnod_ext.data.bundle_settings import check_switches
+
 
 class FailLoudThreadBuffer(ThreadBuffer):
     """``monai.data.thread_buffer.ThreadBuffer`` that re-raises, in the consuming thread, the exception that
@@ -79,9 +81,11 @@ class ThreadDataLoader(_MonaiThreadDataLoader):
 
     def __init__(self, dataset, buffer_size: int = 1, buffer_timeout: float = 0.01, repeats: int = 1,
                  use_thread_workers: bool = False, track_meta: bool = True, **kwargs):
-        if not isinstance(track_meta, bool):
-            raise ValueError(f"ThreadDataLoader: track_meta must be true or false, got {track_meta!r}")
-        self.track_meta = track_meta
+        try:                       # the bundle configs' own check, for a caller outside them
+            check_switches(loader_track_meta=track_meta)
+        except ValueError as err:
+            raise ValueError(f"ThreadDataLoader: track_meta: {err}") from None
+        self.track_meta = bool(track_meta)
         if not track_meta and kwargs.get("num_workers", 0) > 0 and not use_thread_workers:
             init = kwargs.get("worker_init_fn") or monai_worker_init_fn
             kwargs["worker_init_fn"] = functools.partial(_init_worker_without_meta, init=init)

@@ -121,5 +121,9 @@ def test_meta_tracking_is_restored_when_a_batch_fails_and_kept_with_a_buffer_thr
         _values(ThreadDataLoader(_dataset(fail_at=4), batch_size=3, buffer_size=0, track_meta=False))
     assert get_track_meta()
     assert _augmented(False, 0, buffer_size=1)[1] == "MetaTensor"  # a buffer thread without workers: left on
-    with pytest.raises(ValueError, match="track_meta must be true or false, got 'false'"):
+    with pytest.raises(ValueError, match="^ThreadDataLoader: track_meta: bundle setting loader_track_meta must be True "
+                                         "or False, got 'false'; write --loader_track_meta False on"):
         ThreadDataLoader(_dataset(), track_meta="false")
+    import numpy as np
+
+    assert ThreadDataLoader(_dataset(), track_meta=np.bool_(False)).track_meta is False   # as the configs' check
