@@ -35,9 +35,9 @@ BUNDLES = {"classification": REPO / "bundles" / "lung_nodule_ct_classification",
            "segmentation": REPO / "bundles" / "lung_nodule_ct_segmentation"}
 
 
-def runs(work: Path, member: bool) -> dict[str, tuple[str, dict]]:
-    """run name -> (bundle, the ``monai.bundle run`` settings beyond output_dir / ckpt_dir)."""
-    recipe = json.loads((work / "recipe.json").read_text())["settings"]
+def run_settings(work: Path, recipe: dict, member: bool) -> dict[str, tuple[str, dict]]:
+    """run name -> (bundle, the ``monai.bundle run`` settings beyond output_dir / ckpt_dir); ``recipe`` is
+    ``W/recipe.json``'s settings."""
     workers = recipe.get("loader_workers") or 0
     cls = {"dataset_dir": str(work / "patches"), "val_interval": 2, "epochs": 2, "seed": 1,
            "learning_rate": recipe["cls_learning_rate"], "num_workers": workers, "batch_augmentation": False}
@@ -49,7 +49,8 @@ def runs(work: Path, member: bool) -> dict[str, tuple[str, dict]]:
            "segmentation_meta": ("segmentation", {**seg, "loader_track_meta": True}),
            "segmentation_plain": ("segmentation", {**seg, "loader_track_meta": False})}
     if member:
-        out["member"] = ("classification", {**cls, "epochs": recipe["cls_epochs"], "val_interval": recipe["cls_val_interval"],
+        out["member"] = ("classification", {**cls, "epochs": recipe["cls_epochs"],
+                                            "val_interval": recipe["cls_val_interval"],
                                             "seed": recipe["cls_seeds"][0]})
     return out
 
@@ -86,6 +87,11 @@ def summary(run_dir: Path, models_dir: Path | None = None) -> dict:
             "_weights": weights.get("model", weights)}
 
 
+def figures(run: dict) -> dict:
+    """A summary without its weights (what the results file keeps)."""
+    return {k: v for k, v in run.items() if not k.startswith("_")}
+
+
 def identical(a: dict, b: dict) -> bool:
     """Every loss, every validation figure and every weight equal, exactly."""
     wa, wb = a["_weights"], b["_weights"]
@@ -99,28 +105,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True, help="where the runs are kept (reused when finished)")
     parser.add_argument("--member", action="store_true", help="also the recipe's first classifier, whole")
     args = parser.parse_args(argv)
-    made = {name: make(name, bundle, settings, args.out) for name, (bundle, settings) in runs(args.work, args.member).items()}
-    runs_ = {name: summary(args.out / name) for name in made}
+    recipe = json.loads((args.work / "recipe.json").read_text())
+    made = {name: make(name, bundle, settings, args.out)
+            for name, (bundle, settings) in run_settings(args.work, recipe["settings"], args.member).items()}
+    summaries = {name: summary(args.out / name) for name in made}
     pairs = {"classification": ("classification_meta", "classification_plain"),
              "segmentation": ("segmentation_meta", "segmentation_plain")}
     result = {"work": str(args.work), "torch_threads": torch.get_num_threads(), "runs": {}}
-    for name, s in runs_.items():
-        result["runs"][name] = {**{k: v for k, v in s.items() if not k.startswith("_")}, **made[name]}
+    for name, run in summaries.items():
+        result["runs"][name] = {**figures(run), **made[name]}
     for bundle, (meta, plain) in pairs.items():
-        same = identical(runs_[meta], runs_[plain])
-        result[f"{bundle}_identical"] = same
+        before, after = summaries[meta], summaries[plain]
+        same = result[f"{bundle}_identical"] = identical(before, after)
         print(f"{bundle}: loader_track_meta True -> False, identical losses / validation / weights: {same}; epoch "
-              f"{runs_[meta]['epoch_s']} -> {runs_[plain]['epoch_s']} s, waiting for data {runs_[meta]['data_s']} -> "
-              f"{runs_[plain]['data_s']} s")
-    print(f"classification, batched augmentation: epoch {runs_['classification_batched']['epoch_s']} s")
-    if "member" in runs_:
+              f"{before['epoch_s']} -> {after['epoch_s']} s, waiting for data {before['data_s']} -> "
+              f"{after['data_s']} s")
+    print(f"classification, batched augmentation: epoch {summaries['classification_batched']['epoch_s']} s")
+    if "member" in summaries:
         theirs = summary(args.work / "runs" / "classification", args.work / "models" / "classification")
-        result["member_before"] = {**{k: v for k, v in theirs.items() if not k.startswith("_")},
-                                   "wall_s": json.loads((args.work / "recipe.json").read_text())["seconds"]["classification"]}
-        result["member_identical"] = identical(theirs, runs_["member"])
+        result["member_before"] = {**figures(theirs), "wall_s": recipe["seconds"]["classification"]}
+        result["member_identical"] = identical(theirs, summaries["member"])
         print(f"the recipe's first classifier again: identical to {args.work}'s: {result['member_identical']}; "
-              f"epochs {theirs['epochs_total_s']} -> {runs_['member']['epochs_total_s']} s, waiting for data "
-              f"{theirs['data_total_s']} -> {runs_['member']['data_total_s']} s; the stage "
+              f"epochs {theirs['epochs_total_s']} -> {summaries['member']['epochs_total_s']} s, waiting for data "
+              f"{theirs['data_total_s']} -> {summaries['member']['data_total_s']} s; the stage "
               f"{result['member_before']['wall_s']} s -> {made['member']['wall_s']} s wall")
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {RESULTS}")
