@@ -11,6 +11,10 @@ class DataPrepError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):
+        """Pickled as (path, problem), so the error crosses a process boundary (a forked conversion) intact."""
+        return type(self), (self.path, self.problem), self.__dict__
+
 
 class InputNotFoundError(DataPrepError):
     """The path does not exist, or holds nothing we can use."""

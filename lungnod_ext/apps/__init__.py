@@ -7,6 +7,7 @@ from lungnod_ext import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
     "bundle_runs": ["cli_args", "bundle_run"],
     "cli": ["build_parser", "run", "main"],
+    "detect_inputs": ["DetectInputs", "can_fork_conversion"],
     "demo": ["prepare_data", "run_training_demo", "compare_with_readers", "run_shipped_demo", "run_demo"],
     "monailabel_serve": ["ServeError", "copy_bundle_into_app", "start_server_command", "prepare", "main"],
     "patch_dataset": ["build_patch_dataset", "build_patch_dataset_2d"],

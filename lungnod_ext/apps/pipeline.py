@@ -2,7 +2,8 @@
 
 Stages, each through the bundles' own configs (what ``python -m monai.bundle run inference`` runs):
 
-1. **inputs**: NIfTI as is; a DICOM folder is converted by data_prep (every check, int16 HU).
+1. **inputs**: NIfTI as is; a DICOM folder is converted by data_prep (every check, int16 HU); ``lungnod detect``
+   converts it in a forked process while it imports torch and MONAI (:mod:`lungnod_ext.apps.detect_inputs`).
 2. **segment**: ``lung_nodule_ct_segmentation/configs/inference.json`` -> per case a mask on the
    original grid and the candidate list (LPS mm).
 3. **classify**: ``lung_nodule_ct_classification/configs/inference.json`` scores every candidate
@@ -31,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.convert import check_output_dir
 from data_prep.coords import Geometry
 from data_prep.errors import DataPrepError
 from data_prep.nifti_io import read_nifti, write_text_atomic
+from lungnod_ext.apps.detect_inputs import DetectInputs
 from lungnod_ext.data.bundle_paths import REPO_ROOT
 from lungnod_ext.inference.candidates import write_candidates
-from lungnod_ext.data.inputs import resolve_inputs
 from lungnod_ext.inference.overlays import write_candidate_overlays
 from lungnod_ext.inference.report import replace_dir
 
@@ -317,18 +317,23 @@ Coordinates are LPS millimetres (DICOM patient space).</p>
 """
 
 
-def detect(input_path, out_dir, cfg: PipelineConfig | None = None) -> dict:
-    """Run the pipeline (module doc) on ``input_path`` into ``out_dir``; returns the summary dict."""
+def detect(input_path, out_dir, cfg: PipelineConfig | None = None, inputs: DetectInputs | None = None) -> dict:
+    """Run the pipeline (module doc) on ``input_path`` into ``out_dir``; returns the summary dict. ``inputs``: the
+    same input and folder already started by the CLI (:class:`~lungnod_ext.apps.detect_inputs.DetectInputs`,
+    converting beside MONAI's import); None converts here."""
     cfg = cfg or PipelineConfig()
-    created = not Path(out_dir).exists()
-    out = check_output_dir(out_dir)
+    if inputs is None:
+        inputs = DetectInputs(input_path, out_dir, assume_hu=cfg.assume_hu)
+    elif (Path(str(inputs.input_path)), inputs.out.resolve(), inputs.assume_hu) != (
+            Path(str(input_path)), Path(out_dir).resolve(), cfg.assume_hu):
+        raise ValueError("detect(): inputs were started for another input, output folder or assume_hu")
+    out = inputs.out
     work = out / f".work-{uuid.uuid4().hex[:8]}"
     try:
-        return _detect(input_path, out, work, cfg)
+        return _detect(input_path, out, work, cfg, inputs)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-        if created:  # a run that failed leaves no output folder it made (a user's existing folder is kept)
-            shutil.rmtree(out, ignore_errors=True)
+        inputs.abandon()  # a run that failed leaves no output folder it made (a user's existing folder is kept)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -359,16 +364,15 @@ def _provenance(converted: Path, case: str) -> dict:
     return _read_json(prov) if prov.is_file() else {}
 
 
-def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig) -> dict:
+def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig, inputs: DetectInputs) -> dict:
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    converted = out / "converted"
+    converted = inputs.converted
     if cfg.dicom_seg and not Path(input_path).is_dir():
         raise DataPrepError(input_path, NOT_DICOM_FOR_SEG)
-    datalist = resolve_inputs(input_path, converted, assume_hu=cfg.assume_hu)
+    datalist = inputs.datalist()
     if cfg.dicom_seg and not converted.is_dir():   # a folder of NIfTI files
         raise DataPrepError(input_path, NOT_DICOM_FOR_SEG)
-    seconds["inputs"] = time.perf_counter() - t0
+    seconds["inputs"] = inputs.seconds   # the conversion's own time (beside MONAI's import when the CLI started it)
 
     t0 = time.perf_counter()
     seg_out = work / "segmentation"
