@@ -1,4 +1,5 @@
-"""MONAI imported for inference without MLflow / pandas (lungnod_ext.apps.monai_import) and the CLI's use of it."""
+"""MONAI imported for inference without MLflow, pandas, scipy.signal, ... (lungnod_ext.apps.monai_import) and the CLI's use
+of it."""
 
 import subprocess
 import sys
@@ -33,12 +34,42 @@ def test_hidden_package_is_missing_inside_the_block_and_importable_after(tmp_pat
     monkeypatch.delitem(sys.modules, "lungnod_probe_pkg.sub")
 
 
+def test_a_dotted_name_hides_a_subpackage_and_importers_limit_who_is_refused(tmp_path, monkeypatch):
+    pkg = tmp_path / "lungnod_probe_big"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "heavy.py").write_text("VALUE = 3\n")
+    (pkg / "light.py").write_text("VALUE = 4\n")
+    user = tmp_path / "lungnod_probe_user"      # a package whose own imports are refused
+    user.mkdir()
+    (user / "__init__.py").write_text("try:\n    import lungnod_probe_big.heavy\n    SAW = True\n"
+                                      "except ModuleNotFoundError:\n    SAW = False\n")
+    other = tmp_path / "lungnod_probe_other"    # another package importing the same module gets it
+    other.mkdir()
+    (other / "__init__.py").write_text("import lungnod_probe_big.heavy\nSAW = lungnod_probe_big.heavy.VALUE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with hidden_packages(["lungnod_probe_big.heavy"], importers=["lungnod_probe_user"]):
+        import lungnod_probe_big.light   # the package and its other modules are untouched
+
+        import lungnod_probe_user
+        assert lungnod_probe_user.SAW is False
+        import lungnod_probe_other
+        assert lungnod_probe_other.SAW == 3
+    assert lungnod_probe_big.light.VALUE == 4
+    for name in ("lungnod_probe_big", "lungnod_probe_big.heavy", "lungnod_probe_big.light", "lungnod_probe_user",
+                 "lungnod_probe_other"):
+        monkeypatch.delitem(sys.modules, name)
+
+
 def test_fresh_process_imports_monai_without_mlflow_and_pandas_and_still_parses_the_bundle():
     script = textwrap.dedent(f"""
         import sys
         from lungnod_ext.apps.monai_import import import_monai_for_inference
         print("hidden", import_monai_for_inference())
         print("loaded", "mlflow" in sys.modules, "pandas" in sys.modules)
+        print("also hidden", [m for m in ("scipy.signal", "matplotlib", "sklearn", "itk") if m in sys.modules])
+        import monai.transforms.utils as transform_utils
+        print("scikit-image", transform_utils.has_measure, "skimage.measure" in sys.modules)
         from monai.bundle import ConfigParser
         import monai.handlers.mlflow_handler as mlflow_handler
         p = ConfigParser()
@@ -51,8 +82,9 @@ def test_fresh_process_imports_monai_without_mlflow_and_pandas_and_still_parses_
             print("mlflow-handler works")
         except Exception as exc:
             print("mlflow-handler", type(exc).__name__)
-        import mlflow, pandas
-        print("after", "mlflow" in sys.modules, pandas.DataFrame({{"a": [1, 2]}})["a"].sum())
+        import mlflow, pandas, scipy.signal
+        print("after", "mlflow" in sys.modules, pandas.DataFrame({{"a": [1, 2]}})["a"].sum(),
+              round(float(abs(scipy.signal.hilbert([1.0, 0.0, -1.0, 0.0])).sum()), 6))
         print("again", import_monai_for_inference())
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -62,7 +94,9 @@ def test_fresh_process_imports_monai_without_mlflow_and_pandas_and_still_parses_
     assert "loaded False False" in lines
     assert "network FlexibleUNet True" in lines
     assert "mlflow-handler OptionalImportError" in lines      # MONAI saw MLflow as not installed
-    assert "after True 3" in lines                            # ... while the packages themselves still import
+    assert "also hidden []" in lines                          # nor scipy.signal, matplotlib, scikit-learn, ITK
+    assert "scikit-image True True" in lines                  # which MONAI's lung tools do not need, unlike skimage
+    assert "after True 3 4.0" in lines                         # ... while the packages themselves still import
     assert "again False" in lines                             # MONAI already imported: nothing hidden
 
 
