@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from data_prep.convert import check_output_dir
+from lungnod_ext.apps.process_memory import peak_rss_mb
 
 
 def can_fork_conversion() -> bool:
@@ -31,12 +32,14 @@ def can_fork_conversion() -> bool:
 
 
 def _convert_in_child(conn, input_path, converted: Path, assume_hu: bool) -> None:
-    """The child: the datalist and the seconds it took, or the exception (pickled), sent through ``conn``."""
+    """The child: the datalist, the seconds it took and its peak memory (MB), or the exception (pickled), sent
+    through ``conn``."""
     from lungnod_ext.data.inputs import resolve_inputs
 
     t0 = time.perf_counter()
     try:
-        message = ("ok", resolve_inputs(input_path, converted, assume_hu=assume_hu), time.perf_counter() - t0)
+        message = ("ok", resolve_inputs(input_path, converted, assume_hu=assume_hu), time.perf_counter() - t0,
+                   peak_rss_mb())
     except BaseException as exc:  # noqa: BLE001 (handed to the parent, which raises it)
         message = ("error", exc, traceback.format_exc())
     try:
@@ -51,7 +54,8 @@ class DetectInputs:
     """The inputs of one detect run: ``out`` (checked, created if missing; ``created`` says whether this run
     made it) and the datalist ``[{"image": <NIfTI path>}]`` of ``input_path``, converted into ``out/converted``
     by a forked child when ``background`` (and :func:`can_fork_conversion`), else by this process when
-    :meth:`datalist` is called. ``seconds``: how long the conversion itself took, once known."""
+    :meth:`datalist` is called. ``seconds``: how long the conversion itself took, once known;
+    ``child_peak_rss_mb``: the conversion child's peak resident memory (None without a child)."""
 
     def __init__(self, input_path, out_dir, assume_hu: bool = False, background: bool = False) -> None:
         self.input_path = input_path
@@ -61,6 +65,7 @@ class DetectInputs:
         self.converted = self.out / "converted"
         self._converted_created = not self.converted.exists()
         self.seconds: float | None = None
+        self.child_peak_rss_mb: float | None = None
         self._result: list[dict] | None = None
         self._process = self._conn = None
         if background and can_fork_conversion():
@@ -103,7 +108,7 @@ class DetectInputs:
             if hasattr(exc, "add_note"):  # Python >= 3.11: --debug shows where the child failed
                 exc.add_note("in the input conversion process:\n" + child_traceback)
             raise exc
-        self._result, self.seconds = message[1], message[2]
+        self._result, self.seconds, self.child_peak_rss_mb = message[1], message[2], message[3]
         return self._result
 
     def cancel(self) -> None:

@@ -23,7 +23,6 @@ import gc
 import html
 import json
 import logging
-import resource
 import shutil
 import time
 import uuid
@@ -36,6 +35,7 @@ from data_prep.coords import Geometry
 from data_prep.errors import DataPrepError
 from data_prep.nifti_io import read_nifti, write_text_atomic
 from lungnod_ext.apps.detect_inputs import DetectInputs
+from lungnod_ext.apps.process_memory import peak_rss_mb
 from lungnod_ext.data.bundle_paths import REPO_ROOT
 from lungnod_ext.inference.candidates import write_candidates
 from lungnod_ext.inference.overlays import write_candidate_overlays
@@ -76,19 +76,6 @@ class PipelineConfig:
         self.seg_config = [*self.seg_config, FAST_OVERLAY]
         self.cls_config = [*self.cls_config, FAST_OVERLAY]
         return self
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory, MB: Linux's VmHWM (the high-water mark of its own memory since
-    exec), else ru_maxrss, which on Linux starts from the launching process's size when that was larger (a
-    forked child keeps its parent's high-water mark across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0   # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_bundle_inference(bundle: Path, config_files: list[str], datalist: list[dict], output_dir: Path,
@@ -425,7 +412,8 @@ def _detect(input_path, out: Path, work: Path, cfg: PipelineConfig, inputs: Dete
                "seconds": seconds}
     seconds["report"] = time.perf_counter() - t0
     seconds["total"] = sum(v for k, v in seconds.items() if k != "total")
-    summary["peak_rss_mb"] = _peak_rss_mb()
+    # this process's peak, or the conversion child's where that was larger (they overlap only during the import)
+    summary["peak_rss_mb"] = max(peak_rss_mb(), inputs.child_peak_rss_mb or 0.0)
     write_text_atomic(out / "report.html", _html_report(summary))
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return summary

@@ -50,11 +50,12 @@ def test_the_forked_conversion_gives_the_in_process_datalist_and_files(lidc_seri
         print("bytes", all(Path(x["image"]).read_bytes() == Path(y["image"]).read_bytes() for x, y in zip(a, b)))
         print("in out", all(Path(x["image"]).is_relative_to({str(tmp_path / "a" / "converted")!r}) for x in a))
         print("seconds", forked.seconds > 0, here.seconds > 0)
+        print("child peak MB", 20 < forked.child_peak_rss_mb < 3000, here.child_peak_rss_mb is None)
         print("again", forked.datalist() is a)
         print("torch", "torch" in sys.modules)
     """)
     assert lines == ["can fork True", "background True False True", "names True 1", "bytes True", "in out True",
-                     "seconds True True", "again True", "torch False"]
+                     "seconds True True", "child peak MB True True", "again True", "torch False"]
 
 
 def test_the_childs_bad_input_error_reaches_the_parent_as_itself(tmp_path):
