@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, __path__, {
     "detect_inputs": ["DetectInputs", "can_fork_conversion"],
     "demo": ["prepare_data", "run_training_demo", "compare_with_readers", "run_shipped_demo", "run_demo"],
     "monailabel_serve": ["ServeError", "copy_bundle_into_app", "start_server_command", "prepare", "main"],
+    "process_memory": ["peak_rss_mb"],
     "patch_dataset": ["build_patch_dataset", "build_patch_dataset_2d"],
     "pipeline": ["PipelineConfig", "run_bundle_inference", "detect"],
     "train_models": ["RecipeSettings", "export_fp16", "train_models"],
