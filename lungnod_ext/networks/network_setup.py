@@ -1,9 +1,16 @@
-"""Networks made ready for inference: on the device, in eval mode, in the memory layout that is fastest.
+"""Networks made ready for inference (on the device, in eval mode, in the memory layout that is fastest) or
+for training (on the device, channels-last when asked).
 
 On CPU (oneDNN) and on CUDA GPUs, convolutions run faster on channels-last tensors: for the bundles'
 2-D ResNet-50 U-Net over LIDC-IDRI-0001 (113 slices of 192 x 160) on 2 CPU cores, 3.7-4.3 s instead of
 4.7-5.8 s, identical outputs (max difference 6e-9). The weights are converted once; inputs may stay
 contiguous (PyTorch then picks channels-last for the convolution itself).
+
+Training in channels-last (:func:`prepare_for_training`, the segmentation bundle's ``train_channels_last``) is not
+bit-identical to the default layout (the losses part in the 4th digit after a few steps) but follows the same
+course: 2 epochs of the recipe's 44-volume cohort (session 42, 2 CPU cores, two runs each) took 30.8-35.8 s an
+epoch instead of 40.0-53.3 s, mean losses 0.869 / 0.709 against 0.875 / 0.705. For the classifier the gain is small
+(one epoch 87.1 against 89.5 s). Off by default: the shipped models were trained without it.
 """
 
 from __future__ import annotations
@@ -65,3 +72,12 @@ def bundle_network(bundle, configs=("configs/inference.json",), overrides: dict 
     parser.read_config([str(Path(bundle) / c) for c in configs])
     parser.update({"bundle_root": str(bundle), **(overrides or {})})
     return parser.get_parsed_content("network_def")
+
+
+def prepare_for_training(network: torch.nn.Module, device="cpu", channels_last: bool = False) -> torch.nn.Module:
+    """``network`` on ``device`` for training, its weights channels-last when ``channels_last`` (module doc); the
+    checkpoints it writes load into a network of either layout (``load_state_dict`` copies values)."""
+    network = network.to(device)
+    if channels_last:
+        network = network.to(memory_format=memory_format_for(network))
+    return network
