@@ -112,19 +112,19 @@ class DetectInputs:
         return self._result
 
     def cancel(self) -> None:
-        """Stop a child that is still converting (a run that fails or is interrupted), wait for it, and remove
-        the ``converted`` folder it had begun if this run made it."""
+        """Stop a child that is still converting and wait for it (nothing is removed: :meth:`abandon`)."""
         if self._process is not None and self._process.is_alive():
             self._process.terminate()
             self._process.join()
-            if self._converted_created:
-                shutil.rmtree(self.converted, ignore_errors=True)
         if self._conn is not None:
             self._conn.close()
 
     def abandon(self) -> None:
-        """A run that failed: :meth:`cancel`, and remove the output folder if this run made it (a user's existing
-        folder is kept)."""
+        """A run that failed or was interrupted: :meth:`cancel`, then remove what this run wrote: the output folder
+        if it made it, else the ``converted`` folder if it made that (a user's existing folder and an earlier run's
+        conversion in it are kept)."""
         self.cancel()
         if self.created:
             shutil.rmtree(self.out, ignore_errors=True)
+        elif self._converted_created:
+            shutil.rmtree(self.converted, ignore_errors=True)

@@ -320,7 +320,7 @@ def detect(input_path, out_dir, cfg: PipelineConfig | None = None, inputs: Detec
         return _detect(input_path, out, work, cfg, inputs)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-        inputs.abandon()  # a run that failed leaves no output folder it made (a user's existing folder is kept)
+        inputs.abandon()  # a run that failed leaves nothing it wrote (a user's existing folder is kept)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -108,6 +108,30 @@ def test_abandon_stops_the_child_and_removes_only_what_the_run_made(tmp_path):
     assert (kept / "theirs.txt").read_text() == "keep me\n"
 
 
+def test_a_run_that_fails_after_its_conversion_removes_that_conversion_from_the_users_folder(lidc_series_dir,
+                                                                                              tmp_path):
+    src = _series(lidc_series_dir, tmp_path / "dicom", n=12)
+    kept = tmp_path / "users_folder"
+    kept.mkdir()
+    (kept / "theirs.txt").write_text("keep me\n")
+    lines = _fresh_python(f"""
+        from pathlib import Path
+        from lungnod_ext.apps.detect_inputs import DetectInputs
+        inputs = DetectInputs({str(src)!r}, {str(kept)!r}, background=True)
+        [item] = inputs.datalist()                 # converted; then the run fails (e.g. in the segmentation)
+        print(inputs.in_background, Path(item["image"]).is_file())
+        inputs.abandon()
+        print(sorted(p.name for p in Path({str(kept)!r}).iterdir()))
+        again = DetectInputs({str(src)!r}, {str(kept)!r}, background=True)
+        again.datalist()                           # a run that succeeds keeps its conversion ...
+        failed = DetectInputs({str(src)!r}, {str(kept)!r}, background=True)
+        failed.datalist()
+        failed.abandon()                           # ... and a later failed run into it does not remove it
+        print(sorted(p.name for p in Path({str(kept)!r}).iterdir()))
+    """)
+    assert lines == ["True True", "['theirs.txt']", "['converted', 'theirs.txt']"]
+
+
 def test_no_fork_once_torch_is_imported(lidc_series_dir, tmp_path):
     import torch  # noqa: F401  (as in this test session, a notebook, or detect() called from Python)
 
