@@ -31,15 +31,20 @@ def can_fork_conversion() -> bool:
     return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
 
 
-def _convert_in_child(conn, input_path, converted: Path, assume_hu: bool) -> None:
-    """The child: the datalist, the seconds it took and its peak memory (MB), or the exception (pickled), sent
-    through ``conn``."""
+def _timed_conversion(input_path, converted: Path, assume_hu: bool) -> tuple[list[dict], float]:
+    """:func:`~lungnod_ext.data.inputs.resolve_inputs` into ``converted`` -> (the datalist, the seconds it took)."""
     from lungnod_ext.data.inputs import resolve_inputs
 
     t0 = time.perf_counter()
+    datalist = resolve_inputs(input_path, converted, assume_hu=assume_hu)
+    return datalist, time.perf_counter() - t0
+
+
+def _convert_in_child(conn, input_path, converted: Path, assume_hu: bool) -> None:
+    """The child: the datalist, the seconds it took and its peak memory (MB), or the exception (pickled), sent
+    through ``conn``."""
     try:
-        message = ("ok", resolve_inputs(input_path, converted, assume_hu=assume_hu), time.perf_counter() - t0,
-                   peak_rss_mb())
+        message = ("ok", *_timed_conversion(input_path, converted, assume_hu), peak_rss_mb())
     except BaseException as exc:  # noqa: BLE001 (handed to the parent, which raises it)
         message = ("error", exc, traceback.format_exc())
     try:
@@ -88,11 +93,7 @@ class DetectInputs:
         if self._result is not None:
             return self._result
         if self._process is None:
-            from lungnod_ext.data.inputs import resolve_inputs
-
-            t0 = time.perf_counter()
-            self._result = resolve_inputs(self.input_path, self.converted, assume_hu=self.assume_hu)
-            self.seconds = time.perf_counter() - t0
+            self._result, self.seconds = _timed_conversion(self.input_path, self.converted, self.assume_hu)
             return self._result
         try:
             message = self._conn.recv()

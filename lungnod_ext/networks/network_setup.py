@@ -34,10 +34,7 @@ def prepare_for_inference(network: torch.nn.Module, device="cpu", channels_last:
 
     Loading a checkpoint afterwards (``load_state_dict``, MONAI's ``CheckpointLoader``) keeps the layout.
     """
-    network = network.to(device)
-    if channels_last:
-        network = network.to(memory_format=memory_format_for(network))
-    return network.eval()
+    return prepare_for_training(network, device, channels_last).eval()
 
 
 def init_output_prior(network: torch.nn.Module, prior: float | None = 0.01) -> torch.nn.Module:
@@ -75,8 +72,9 @@ def bundle_network(bundle, configs=("configs/inference.json",), overrides: dict 
 
 
 def prepare_for_training(network: torch.nn.Module, device="cpu", channels_last: bool = False) -> torch.nn.Module:
-    """``network`` on ``device`` for training, its weights channels-last when ``channels_last`` (module doc); the
-    checkpoints it writes load into a network of either layout (``load_state_dict`` copies values)."""
+    """``network`` on ``device``, its weights channels-last when ``channels_last`` (module doc; the mode is left
+    as it is: :func:`prepare_for_inference` adds eval mode); the checkpoints it writes load into a network of
+    either layout (``load_state_dict`` copies values)."""
     network = network.to(device)
     if channels_last:
         network = network.to(memory_format=memory_format_for(network))
