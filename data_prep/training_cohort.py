@@ -7,7 +7,9 @@ folder: ``images/``, ``labels/``, ``small_marks.csv``) becomes ``copies`` traini
 2. 3-30 mm nodules inserted with :func:`data_prep.insert.insert_nodules` in its ``psf`` style (solid,
    part-solid, ground-glass, juxta-pleural, juxta-vascular; smooth, lobulated, spiculated; blurred by the
    scanner's point spread on top of the scan's own noise), away from the scan's own nodules;
-3. scanner variety for the whole volume (nodules included): a softer or sharper reconstruction kernel,
+3. with ``dependent_density_share`` (0 by default), posterior subpleural ground-glass density in that share of the
+   copies, as background (:mod:`data_prep.dependent_density`);
+4. scanner variety for the whole volume (nodules included): a softer or sharper reconstruction kernel,
    added correlated noise, thicker slices (z blur, up to 5 mm).
 
 Labels (uint8): 0 background, 1 nodule (the readers' consensus of the real nodules + the inserted ones),
@@ -37,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from data_prep.convert import _csv_text as csv_text
+from data_prep.dependent_density import add_dependent_density
 from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.insert import find_lung_mask, insert_nodules
 from data_prep.masks import bounding_box
@@ -47,6 +50,7 @@ from data_prep.coords import Geometry
 log = logging.getLogger(__name__)
 
 INSERTED_ID_OFFSET = 100               # instance id of inserted nodule n: 100 + n (real nodules keep theirs)
+DEPENDENT_DENSITY_STREAM = 7           # random stream of a copy's dependent density (its own: see CohortOptions)
 IGNORE_LABEL = 255                      # label of voxels left out of training (lungnod_ext.networks.losses uses it)
 SMALL_MARK_RADIUS_MM = 4.0
 TYPE_WEIGHTS = {"solid": 0.3, "part_solid": 0.12, "ground_glass": 0.13, "juxta_pleural": 0.22, "juxta_vascular": 0.23}
@@ -66,6 +70,8 @@ class CohortOptions:
     type_weights: tuple = tuple(TYPE_WEIGHTS.items())   # (nodule type, share) of the inserted nodules
     ground_glass_hu: tuple = GROUND_GLASS_HU   # (low, high) HU of inserted ground glass (part-solid halos from low)
     diaphragm_share: float = 0.0       # chance that a juxta-pleural nodule sits on the diaphragm's dome
+    dependent_density_share: float = 0.0   # chance that a copy gets posterior subpleural density (background;
+    #                                        data_prep.dependent_density), drawn from a random stream of its own
 
 
 def crop_to_lungs(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.ndarray, margin_mm: float):
@@ -242,10 +248,17 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
                                                      ground_glass_hu=options.ground_glass_hu,
                                                      diaphragm_share=options.diaphragm_share)
             done = {}
-            if options.augment:
-                aug, done = augment_scanner(new, cgeo, rng)
-                new = np.clip(np.rint(aug), -1024, 3071).astype(np.int16)
             nodule_mask = label | (instance > 0)
+            if options.dependent_density_share > 0:   # its own stream: the copy's other draws stay as without it
+                drng = np.random.default_rng([options.seed, int(idx), sum(map(ord, case)), DEPENDENT_DENSITY_STREAM])
+                if drng.uniform() < options.dependent_density_share:
+                    dense, drawn = add_dependent_density(new, lung, cgeo, drng, avoid_zyx=nodule_mask | ignore)
+                    new = np.clip(np.rint(dense), -1024, 3071).astype(np.int16)
+                    done.update(drawn)
+            if options.augment:
+                aug, scanner = augment_scanner(new, cgeo, rng)
+                new = np.clip(np.rint(aug), -1024, 3071).astype(np.int16)
+                done.update(scanner)
             instances = np.where(instance > 0, instance.astype(np.uint16) + INSERTED_ID_OFFSET, real_instance)
         lab = np.where(ignore, IGNORE_LABEL, nodule_mask.astype(np.uint8)).astype(np.uint8)
         write_nifti(out / "images" / f"{name}.nii.gz", new, cgeo)

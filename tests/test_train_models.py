@@ -268,6 +268,12 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
     assert seen[1].small_types == tm.RecipeSettings().small_types == tm.RECIPE_SMALL_TYPES
     assert cli.main(base + ["--inference-faint-candidates", "30"]) == 0
     assert seen[7].inference_faint_candidates == 30 and seen[7].faint_candidates == 30
+    assert cli.main(base + ["--dependent-density", "0.5"]) == 0
+    assert seen[8].dependent_density_share == 0.5 and seen[1].dependent_density_share == 0.0
+    for bad in ("2", "-0.5", "some"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(base + ["--dependent-density", bad])
+        assert exc.value.code == 2
     # the help lists the types by hand (the parser imports no numpy): it names every one there is
     from data_prep.synth.nodules import NODULE_TYPES
 
@@ -282,22 +288,28 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
 
 
 def test_ground_glass_density_reaches_the_cohort_and_the_masses(tmp_path, monkeypatch):
-    """``RecipeSettings.ground_glass_hu`` is the cohort's (and the mass copies') ``CohortOptions.ground_glass_hu``;
-    the default is the range the shipped models were trained with."""
+    """``RecipeSettings.ground_glass_hu`` and ``dependent_density_share`` are the cohort's (and the mass copies')
+    ``CohortOptions`` values; the defaults are those the shipped models were trained with."""
     from data_prep import training_cohort
     from lungnod_ext.apps import train_models as tm
 
     seen = []
+
+    def record(stage, out, options):
+        seen.append((stage, options.ground_glass_hu, options.dependent_density_share))
+        return out
+
     monkeypatch.setattr(training_cohort, "build_training_cohort",
-                        lambda conv, out, cases, options: seen.append(("cohort", options.ground_glass_hu)) or out)
+                        lambda conv, out, cases, options: record("cohort", out, options))
     monkeypatch.setattr(training_cohort, "add_mass_copies",
-                        lambda out, cases, conv, n, options: seen.append(("masses", options.ground_glass_hu)) or out)
-    for n, band in enumerate((None, (-750.0, -400.0))):
+                        lambda out, cases, conv, n, options: record("masses", out, options))
+    for n, (band, share) in enumerate(((None, None), ((-750.0, -400.0), 0.4))):
         out = _recipe_folder(tmp_path / f"run{n}", ("convert", "segmentation"))
-        settings = tm.RecipeSettings() if band is None else tm.RecipeSettings(ground_glass_hu=band)
+        settings = (tm.RecipeSettings() if band is None
+                    else tm.RecipeSettings(ground_glass_hu=band, dependent_density_share=share))
         tm.train_models(tmp_path, out, settings, until="masses", tracking=False, log=lambda *a: None)
-    assert seen == [("cohort", (-600.0, -400.0)), ("masses", (-600.0, -400.0)),
-                    ("cohort", (-750.0, -400.0)), ("masses", (-750.0, -400.0))]
+    assert seen == [("cohort", (-600.0, -400.0), 0.0), ("masses", (-600.0, -400.0), 0.0),
+                    ("cohort", (-750.0, -400.0), 0.4), ("masses", (-750.0, -400.0), 0.4)]
 
 
 def test_classifier_masses_redraw_the_mass_copies_after_the_segmenter(tmp_path, monkeypatch):

@@ -136,7 +136,7 @@ def _hu_range(text: str) -> tuple[float, float]:
 
 
 def _share(text: str) -> float:
-    """A chance, 0 to 1 (argparse's type for --cls-mass-diaphragm-share)."""
+    """A chance, 0 to 1 (argparse's type for --cls-mass-diaphragm-share, --dependent-density)."""
     try:
         if 0.0 <= (value := float(text)) <= 1.0:
             return value
@@ -173,7 +173,7 @@ def _cmd_train_models(args) -> int:
     settings = RecipeSettings.tiny(hold_out) if args.tiny else RecipeSettings(hold_out=hold_out)
     for key in ("copies", "seg_epochs", "cls_epochs", "cls_seeds", "workers", "ground_glass_hu",
                 "cls_mass_diaphragm_share", "faint_candidates", "inference_faint_candidates", "small_copies",
-                "small_types"):
+                "small_types", "dependent_density_share"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
     settings.seg_overrides = parse_overrides(args.seg)
@@ -251,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--small-types", type=_type_shares, metavar="TYPE=SHARE[,...]",
                    help="the small copies' nodule types (juxta_vascular=0.7,solid=0.1,part_solid=0.1,"
                         "ground_glass=0.1; types: solid, part_solid, ground_glass, juxta_pleural, juxta_vascular)")
+    t.add_argument("--dependent-density", dest="dependent_density_share", type=_share, metavar="SHARE",
+                   help="this share of the cohort's copies (and of the mass and small copies) get posterior "
+                        "subpleural ground-glass density as background, the dependent lung a supine scan shows "
+                        "(0: none)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",

@@ -5,7 +5,9 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
 1. ``converted/``: ``data-prep convert`` of the LIDC-IDRI folder (DICOM + XML -> int16 HU NIfTI, consensus
    masks, ``nodules.csv``, ``small_marks.csv``);
 2. ``cohort/``: every training series (all but ``--hold-out``) as ``copies`` volumes with simulated nodules
-   imaged into its real lungs and scanner variety (:mod:`data_prep.training_cohort`);
+   imaged into its real lungs and scanner variety (:mod:`data_prep.training_cohort`); with
+   ``dependent_density_share`` (``--dependent-density``, 0 by default) that share of the copies also gets
+   posterior subpleural density as background (:mod:`data_prep.dependent_density`);
 3. ``models/segmentation``: the segmentation bundle's ``train.json`` (2.5D ResNet-18 U-Net) on the cohort;
    then ``mass_copies`` more volumes per series with masses of 30-50 mm among the nodules join the cohort
    (:func:`data_prep.training_cohort.add_mass_copies`) and ``models/segmentation_masses`` fine-tunes the
@@ -76,6 +78,7 @@ class RecipeSettings:
     copies: int = 10                 # cohort volumes per training series (copy 0 = the real scan)
     val_copies: int = 1
     ground_glass_hu: tuple[float, float] = GROUND_GLASS_HU   # HU of the cohort's (and masses') ground glass, halos
+    dependent_density_share: float = 0.0   # copies with posterior subpleural density (data_prep.dependent_density)
     seg_epochs: int = 140            # 10 steps of 16 slices each per epoch with two training series
     seg_val_interval: int = 10
     seg_patch_size: tuple[int, int] = (160, 160)
@@ -261,7 +264,8 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
 
         cohort = out / "cohort"
         cohort_options = CohortOptions(copies=s.copies, val_copies=s.val_copies, seed=s.seed, workers=s.workers,
-                                       ground_glass_hu=ground_glass_range(s.ground_glass_hu))
+                                       ground_glass_hu=ground_glass_range(s.ground_glass_hu),
+                                       dependent_density_share=s.dependent_density_share)
         stage("cohort", lambda: {"datalist": str(build_training_cohort(converted, cohort, train_cases, cohort_options))})
 
         seg_models = out / "models" / "segmentation"
