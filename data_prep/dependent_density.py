@@ -40,7 +40,7 @@ def posterior_axis(geometry: Geometry) -> tuple[int, int] | None:
 
 def _posterior_position(lung: np.ndarray, axis: int, sign: int) -> np.ndarray:
     """float32 (z, y, x): each voxel's place between its slice's most anterior (0) and most posterior (1) lung
-    voxel along ``axis`` (0 where a slice has no lung)."""
+    voxel along ``axis`` (meaningless in a slice without lung, where no voxel gets density anyway)."""
     n = lung.shape[axis]
     other = 2 if axis == 1 else 1
     present = lung.any(axis=other)                 # (z, n): lung somewhere at this front-to-back index
