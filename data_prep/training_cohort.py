@@ -207,6 +207,11 @@ def copy_name(case: str, index: int) -> str:
     return f"{case}_c{index:02d}"
 
 
+def _stored_hu(hu_zyx: np.ndarray) -> np.ndarray:
+    """Float HU as a copy's image stores them: rounded, clipped to -1024..3071, int16."""
+    return np.clip(np.rint(hu_zyx), -1024, 3071).astype(np.int16)
+
+
 def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptions) -> list[dict]:
     """Write copies ``indices`` of one converted case into ``out_dir`` -> one record per copy."""
     converted, out = Path(converted_dir), Path(out_dir)
@@ -236,7 +241,8 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
     forbidden = ndimage.binary_dilation(label | ignore, iterations=2)
     records = []
     for idx in indices:
-        rng = np.random.default_rng([options.seed, int(idx), sum(map(ord, case))])
+        copy_key = [options.seed, int(idx), sum(map(ord, case))]   # the copy's random streams are drawn from it
+        rng = np.random.default_rng(copy_key)
         name = copy_name(case, idx)
         if idx == 0:
             new, inserted, done = hu, [], {}
@@ -250,14 +256,14 @@ def make_copies(converted_dir, case: str, out_dir, indices, options: CohortOptio
             done = {}
             nodule_mask = label | (instance > 0)
             if options.dependent_density_share > 0:   # its own stream: the copy's other draws stay as without it
-                drng = np.random.default_rng([options.seed, int(idx), sum(map(ord, case)), DEPENDENT_DENSITY_STREAM])
+                drng = np.random.default_rng(copy_key + [DEPENDENT_DENSITY_STREAM])
                 if drng.uniform() < options.dependent_density_share:
                     dense, drawn = add_dependent_density(new, lung, cgeo, drng, avoid_zyx=nodule_mask | ignore)
-                    new = np.clip(np.rint(dense), -1024, 3071).astype(np.int16)
+                    new = _stored_hu(dense)
                     done.update(drawn)
             if options.augment:
                 aug, scanner = augment_scanner(new, cgeo, rng)
-                new = np.clip(np.rint(aug), -1024, 3071).astype(np.int16)
+                new = _stored_hu(aug)
                 done.update(scanner)
             instances = np.where(instance > 0, instance.astype(np.uint16) + INSERTED_ID_OFFSET, real_instance)
         lab = np.where(ignore, IGNORE_LABEL, nodule_mask.astype(np.uint8)).astype(np.uint8)
