@@ -10,7 +10,8 @@ Training in channels-last (:func:`prepare_for_training`, the segmentation bundle
 bit-identical to the default layout (the losses part in the 4th digit after a few steps) but follows the same
 course: 2 epochs of the recipe's 44-volume cohort (session 42, 2 CPU cores, two runs each) took 30.8-35.8 s an
 epoch instead of 40.0-53.3 s, mean losses 0.869 / 0.709 against 0.875 / 0.705. For the classifier the gain is small
-(one epoch 87.1 against 89.5 s). Off by default: the shipped models were trained without it.
+(one epoch 87.1 against 89.5 s). The segmentation bundle's train.json turns it on (since 0.13.4); the classification
+bundle's stays off.
 """
 
 from __future__ import annotations
