@@ -26,7 +26,7 @@ def split_label(label: torch.Tensor, ignore_value: int = IGNORE_LABEL) -> tuple[
 def component_weights(target: torch.Tensor, reference_size: float, max_weight: float) -> torch.Tensor:
     """Per-voxel weights that give each connected nodule component of a sample about the same total weight.
 
-    ``target``: (B, 1, *spatial) 0/1. A component of n voxels (face and edge neighbours) gets
+    ``target``: (B, 1, *spatial) 0/1. A component of n voxels (touching voxels, corners included) gets
     ``clip(reference_size / n, 1, max_weight)`` on its voxels; background keeps 1. So a component smaller than
     ``reference_size`` voxels counts as much as one of that size (up to ``max_weight`` times its own), larger ones
     as themselves. Same shape and device as ``target``, float32."""
