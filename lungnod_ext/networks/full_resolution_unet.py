@@ -13,37 +13,36 @@ Shapes: (B, in_channels, H, W[, D]) -> (B, out_channels, H, W[, D]), any size th
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.basic_unet import TwoConv, UpCat
 
 
 class FullResolutionUNet(FlexibleUNet):
-    """``FlexibleUNet`` (all its arguments) plus a full-resolution skip of ``full_resolution_channels`` channels
-    into the last decoder block (module doc). 0 channels: exactly ``FlexibleUNet``."""
+    """``FlexibleUNet`` (all its arguments, with its defaults) plus a full-resolution skip of
+    ``full_resolution_channels`` channels into the last decoder block (module doc). 0 channels: exactly
+    ``FlexibleUNet``."""
 
-    def __init__(self, in_channels: int, out_channels: int, backbone: str, full_resolution_channels: int = 16,
-                 spatial_dims: int = 2, decoder_channels=(256, 128, 64, 32, 16),
-                 norm=("batch", {"eps": 1e-3, "momentum": 0.1}), act=("relu", {"inplace": True}),
-                 dropout: float = 0.0, decoder_bias: bool = False, upsample: str = "nontrainable",
-                 pre_conv: str = "default", interp_mode: str = "nearest", is_pad: bool = True, **kwargs) -> None:
-        super().__init__(in_channels=in_channels, out_channels=out_channels, backbone=backbone,
-                         spatial_dims=spatial_dims, decoder_channels=decoder_channels, norm=norm, act=act,
-                         dropout=dropout, decoder_bias=decoder_bias, upsample=upsample, pre_conv=pre_conv,
-                         interp_mode=interp_mode, is_pad=is_pad, **kwargs)
+    def __init__(self, *args, full_resolution_channels: int = 16, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         if full_resolution_channels < 0:
             raise ValueError(f"full_resolution_channels must be >= 0, got {full_resolution_channels}")
         self.full_resolution_channels = int(full_resolution_channels)
         if not self.full_resolution_channels:
             return
-        decoder_channels = list(decoder_channels)
-        self.full_resolution = TwoConv(spatial_dims, in_channels, self.full_resolution_channels, act, norm,
-                                       decoder_bias, dropout)
+        bound = inspect.signature(FlexibleUNet.__init__).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        last = self.decoder.blocks[-1]   # built by FlexibleUNet with no skip: rebuilt the same but for the skip
+        self.full_resolution = TwoConv(a["spatial_dims"], a["in_channels"], self.full_resolution_channels, a["act"],
+                                       a["norm"], a["decoder_bias"], a["dropout"])
         self.decoder.blocks[-1] = UpCat(
-            spatial_dims, in_chns=decoder_channels[-2], cat_chns=self.full_resolution_channels,
-            out_chns=decoder_channels[-1], act=act, norm=norm, bias=decoder_bias, dropout=dropout,
-            upsample=upsample, pre_conv=pre_conv, interp_mode=interp_mode,
-            align_corners=None, halves=False, is_pad=is_pad)
+            a["spatial_dims"], in_chns=last.convs.conv_0.conv.in_channels, cat_chns=self.full_resolution_channels,
+            out_chns=last.convs.conv_1.conv.out_channels, act=a["act"], norm=a["norm"], bias=a["decoder_bias"],
+            dropout=a["dropout"], upsample=a["upsample"], pre_conv=a["pre_conv"], interp_mode=a["interp_mode"],
+            align_corners=None, halves=False, is_pad=a["is_pad"])
         # keep the segmentation head the last module registered, so "the last convolution" (init_output_prior)
         # is still the output layer
         head = self.segmentation_head
@@ -53,10 +52,6 @@ class FullResolutionUNet(FlexibleUNet):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self.full_resolution_channels:
             return super().forward(inputs)
-        features = self.encoder(inputs)
-        skips = list(features[:-1][::-1]) + [self.full_resolution(inputs)]
-        x = features[-1]
-        for i, block in enumerate(self.decoder.blocks):
-            skip = skips[i] if i < self.skip_connect or i == len(self.decoder.blocks) - 1 else None
-            x = block(x, skip)
-        return self.segmentation_head(x)
+        # the full-resolution features as the finest "encoder" output: the decoder then gives every block a skip
+        features = [self.full_resolution(inputs), *self.encoder(inputs)]
+        return self.segmentation_head(self.decoder(features, self.skip_connect + 1))
