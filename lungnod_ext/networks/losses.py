@@ -69,14 +69,14 @@ class MaskedDiceBCELoss(torch.nn.Module):
             raise ValueError(f"logits {tuple(logits.shape)} and label {tuple(label.shape)} differ in shape")
         target, valid = split_label(label, self.ignore_value)
         logits = logits.float()
-        balance = (component_weights(target, self.balance_size, self.balance_max_weight) if self.balance_size > 0
-                   else torch.ones_like(target))
-        weight = valid * (1.0 + (self.pos_weight - 1.0) * target) * balance
+        if self.balance_size > 0:   # the component weights ride on the mask (target is 0 wherever valid is 0)
+            valid = valid * component_weights(target, self.balance_size, self.balance_max_weight)
+        weight = valid * (1.0 + (self.pos_weight - 1.0) * target)
         bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
         bce = bce / weight.sum().clamp_min(1.0)
-        prob = torch.sigmoid(logits) * valid * balance
+        prob = torch.sigmoid(logits) * valid
         inter = (prob * target).sum()
-        dice = 1.0 - (2.0 * inter + self.smooth) / (prob.sum() + (target * balance).sum() + self.smooth)
+        dice = 1.0 - (2.0 * inter + self.smooth) / (prob.sum() + (target * valid).sum() + self.smooth)
         return self.bce_weight * bce + self.dice_weight * dice
 
 
