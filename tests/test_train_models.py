@@ -269,8 +269,8 @@ def test_cli_passes_classifier_seeds_and_overrides(tmp_path, monkeypatch):
     assert seen[1].small_types == tm.RecipeSettings().small_types == tm.RECIPE_SMALL_TYPES
     assert cli.main(base + ["--inference-faint-candidates", "30"]) == 0
     assert seen[7].inference_faint_candidates == 30 and seen[7].faint_candidates == 30
-    assert cli.main(base + ["--dependent-density", "0.5"]) == 0
-    assert seen[8].dependent_density_share == 0.5 and seen[1].dependent_density_share == 0.0
+    assert cli.main(base + ["--dependent-density", "0"]) == 0
+    assert seen[8].dependent_density_share == 0.0 and seen[1].dependent_density_share == 0.5
     # the help lists the types by hand (the parser imports no numpy): it names every one there is
     from data_prep.synth.nodules import NODULE_TYPES
 
@@ -305,7 +305,7 @@ def test_ground_glass_density_reaches_the_cohort_and_the_masses(tmp_path, monkey
         settings = (tm.RecipeSettings() if band is None
                     else tm.RecipeSettings(ground_glass_hu=band, dependent_density_share=share))
         tm.train_models(tmp_path, out, settings, until="masses", tracking=False, log=lambda *a: None)
-    assert seen == [("cohort", (-600.0, -400.0), 0.0), ("masses", (-600.0, -400.0), 0.0),
+    assert seen == [("cohort", (-600.0, -400.0), 0.5), ("masses", (-600.0, -400.0), 0.5),
                     ("cohort", (-750.0, -400.0), 0.4), ("masses", (-750.0, -400.0), 0.4)]
 
 
@@ -410,9 +410,9 @@ def test_install_sets_the_inference_configs_the_models_need(tmp_path):
     before = (tm.SEG / "configs" / "inference.json").read_text().splitlines()
     after = (seg / "configs" / "inference.json").read_text().splitlines()
     assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) == 2   # faint quota, caps
-    # the shipped pair's own settings and priors (recipe_jv_cls.json) leave both configs as they are
+    # the shipped pair's own settings and priors (recipe_dependent_density_0001.json) leave both configs as they are
     shutil.copyfile(tm.SEG / "configs" / "inference.json", seg / "configs" / "inference.json")
-    tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.038, "faint": 0.0019}, tm.RecipeSettings(), seg, cls)
+    tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.0469, "faint": 0.00279}, tm.RecipeSettings(), seg, cls)
     assert (seg / "configs" / "inference.json").read_text() == (tm.SEG / "configs" / "inference.json").read_text()
     assert (cls / "configs" / "inference.json").read_text() == (tm.CLS / "configs" / "inference.json").read_text()
     (seg / "configs" / "inference.json").write_text('{"blob_max_candidates": 50}\n')
@@ -423,8 +423,9 @@ def test_install_sets_the_inference_configs_the_models_need(tmp_path):
 
 
 def test_the_recipe_defaults_are_the_shipped_models_run(tmp_path):
-    """``lungnod train-models`` with no flags is the run that made the shipped classifiers (classification 0.11.0:
-    ``tests/benchmarks/results/recipe_jv_cls.json``, every setting but the machine's loader processes) and
+    """``lungnod train-models`` with no flags is the run that made the shipped models (segmentation 0.14.0 /
+    classification 0.14.0: ``tests/benchmarks/results/recipe_dependent_density_0001.json``, every setting but the
+    machine's loader processes) and
     ``--install`` with its priors leaves the shipped inference configs as they are: the classification
     ``detector_priors`` are that run's, the faint detector's included (a user who turns the faint quota on gets
     those candidates scored at their prior, not as if half were nodules)."""
@@ -432,12 +433,12 @@ def test_the_recipe_defaults_are_the_shipped_models_run(tmp_path):
 
     from lungnod_ext.apps import train_models as tm
 
-    run = json.loads((tm.REPO_ROOT / "tests" / "benchmarks" / "results" / "recipe_jv_cls.json").read_text())
+    run = json.loads((tm.REPO_ROOT / "tests" / "benchmarks" / "results" / "recipe_dependent_density_0001.json").read_text())
     defaults = json.loads(json.dumps(asdict(tm.RecipeSettings())))      # tuples as JSON lists, as recipe.json has them
     differ = {k: (v, defaults.get(k)) for k, v in run["settings"].items() if k != "loader_workers" and defaults.get(k) != v}
     assert differ == {}
     cls_config = json.loads((tm.CLS / "configs" / "inference.json").read_text())
-    assert cls_config["detector_priors"] == run["detector_priors"] == {"blob": 0.038, "faint": 0.0019}
+    assert cls_config["detector_priors"] == run["detector_priors"] == {"blob": 0.0469, "faint": 0.00279}
     seg_config = json.loads((tm.SEG / "configs" / "inference.json").read_text())
     assert (seg_config["blob_max_candidates"], seg_config["blob_faint_candidates"]) == (
         tm.RecipeSettings().blob_candidates, tm.RecipeSettings().inference_faint_candidates)

@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dependent-density", dest="dependent_density_share", type=_share, metavar="SHARE",
                    help="this share of the cohort's copies (and of the mass and small copies) get posterior "
                         "subpleural ground-glass density as background, the dependent lung a supine scan shows "
-                        "(0: none)")
+                        "(0.5, the shipped models'; 0: none)")
     t.add_argument("--seg", action="append", metavar="KEY=VALUE",
                    help="segmentation config override for training and the candidate run, e.g. decoder_channels=[128,64,32,16,8]")
     t.add_argument("--cls", action="append", metavar="KEY=VALUE",

@@ -6,8 +6,9 @@ Stages (each one's output is kept under ``--out``; a rerun skips the stages alre
    masks, ``nodules.csv``, ``small_marks.csv``);
 2. ``cohort/``: every training series (all but ``--hold-out``) as ``copies`` volumes with simulated nodules
    imaged into its real lungs and scanner variety (:mod:`data_prep.training_cohort`); with
-   ``dependent_density_share`` (``--dependent-density``, 0 by default) that share of the copies also gets
-   posterior subpleural density as background (:mod:`data_prep.dependent_density`);
+   ``dependent_density_share`` (``--dependent-density``, 0.5 by default: the shipped models' since
+   segmentation 0.14.0 / classification 0.14.0) that share of the copies also gets posterior subpleural density
+   as background (:mod:`data_prep.dependent_density`);
 3. ``models/segmentation``: the segmentation bundle's ``train.json`` (2.5D ResNet-18 U-Net) on the cohort;
    then ``mass_copies`` more volumes per series with masses of 30-50 mm among the nodules join the cohort
    (:func:`data_prep.training_cohort.add_mass_copies`) and ``models/segmentation_masses`` fine-tunes the
@@ -67,18 +68,16 @@ RECIPE_SMALL_TYPES = (("juxta_vascular", 0.7), ("solid", 0.1), ("part_solid", 0.
 
 @dataclass
 class RecipeSettings:
-    """What the recipe trains. The defaults made the shipped models (segmentation 0.12.x, classification 0.11.0;
-    the classifiers augment per sample in the data loader, the bundle's default since classification 0.13.0);
-    about 1 h 50 min on 2 free CPU cores: 1 h 48 min timed in one go in session 38 with the batched augmentation
-    (``tests/benchmarks/results/recipe_oneshot.json``: the segmenter 45 min, its mass fine-tuning 10, the
-    classifiers' candidates 12, the three classifiers 12.5-13.2 min each); a per-sample classifier's epoch is as
-    fast as a batched one since the loader makes plain tensors (classification 0.13.1, ``loader_plain_tensors.json``)."""
+    """What the recipe trains. The defaults made the shipped models (segmentation 0.14.0, classification 0.14.0,
+    from scratch in one go: ``tests/benchmarks/results/recipe_dependent_density_0001.json``, 77 min on session 45's
+    2 CPU cores: the segmenter 22 min, its mass fine-tuning 6, the classifiers' candidates 8, the three classifiers
+    11.6-12.4 min each). Slower cores take longer: 1 h 48 min in session 38 (``recipe_oneshot.json``)."""
 
     hold_out: list[str] = field(default_factory=lambda: ["LIDC-IDRI-0001"])   # patient ids never trained on
     copies: int = 10                 # cohort volumes per training series (copy 0 = the real scan)
     val_copies: int = 1
     ground_glass_hu: tuple[float, float] = GROUND_GLASS_HU   # HU of the cohort's (and masses') ground glass, halos
-    dependent_density_share: float = 0.0   # copies with posterior subpleural density (data_prep.dependent_density)
+    dependent_density_share: float = 0.5   # copies with posterior subpleural density (data_prep.dependent_density)
     seg_epochs: int = 140            # 10 steps of 16 slices each per epoch with two training series
     seg_val_interval: int = 10
     seg_patch_size: tuple[int, int] = (160, 160)
