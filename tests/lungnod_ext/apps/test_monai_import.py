@@ -92,7 +92,7 @@ def test_fresh_process_imports_monai_without_mlflow_and_pandas_and_still_parses_
     lines = proc.stdout.splitlines()
     assert "hidden True" in lines
     assert "loaded False False" in lines
-    assert "network FlexibleUNet True" in lines
+    assert "network TraceableFlexibleUNet True" in lines
     assert "mlflow-handler OptionalImportError" in lines      # MONAI saw MLflow as not installed
     assert "also hidden []" in lines                          # nor scipy.signal, matplotlib, scikit-learn, ITK
     assert "scikit-image True True" in lines                  # which MONAI's lung tools do not need, unlike skimage
