@@ -36,7 +36,7 @@ SEG_TINY = ["--network_def#backbone", "resnet18", "--spacing", "[4,4,4]", "--inf
 BUNDLE_SPECS = {
     "lung_nodule_ct_segmentation": {"args": SEG_TINY, "epochs": 3, "val_metric": "val_mean_dice", "overlays": True,
                                     "params": {"learning_rate": "0.001", "loss": "MaskedDiceBCELoss",
-                                               "network": "FlexibleUNet", "epochs": "3"}},
+                                               "network": "TraceableFlexibleUNet", "epochs": "3"}},
     "lung_nodule_ct_classification": {"args": ["--batch_size", "16", "--learning_rate", "0.001"], "epochs": 2,
                                       "val_metric": "val_auc", "overlays": False,
                                       "params": {"learning_rate": "0.001", "loss": "BCEWithLogitsLoss",
