@@ -19,11 +19,13 @@ import torch
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.basic_unet import TwoConv, UpCat
 
+from lungnod_ext.networks.traceable_unet import TraceableFlexibleUNet
 
-class FullResolutionUNet(FlexibleUNet):
-    """``FlexibleUNet`` (all its arguments, with its defaults) plus a full-resolution skip of
-    ``full_resolution_channels`` channels into the last decoder block (module doc). 0 channels: exactly
-    ``FlexibleUNet``."""
+
+class FullResolutionUNet(TraceableFlexibleUNet):
+    """``FlexibleUNet`` (all its arguments, with its defaults; its ResNet shortcuts traceable, as the bundle's
+    ``TraceableFlexibleUNet``) plus a full-resolution skip of ``full_resolution_channels`` channels into the last
+    decoder block (module doc). 0 channels: exactly ``TraceableFlexibleUNet``."""
 
     def __init__(self, *args, full_resolution_channels: int = 16, **kwargs) -> None:
         super().__init__(*args, **kwargs)
