@@ -18,6 +18,9 @@ runs them) on:
 the same nodules and references), e.g. 40 HU: LIDC-IDRI-0001's lung noise 16 -> 37 HU
 (``bench_dose.lung_noise_hu``), roughly a fifth of its dose; ``--sharpen A`` first passes them through a sharper
 reconstruction kernel (``bench_dose.sharper``, an in-plane unsharp mask of amount A; the training cohort's go to 1.0).
+``--slice-profile-mm T`` before both makes them a thicker reconstruction on the same grid (``bench_dose.thicker``: the
+slices blurred along z to a T mm slice profile, as the cohort's augmentation does), e.g. LIDC-IDRI-0002's 1.25 mm
+slices seen as 2.5 mm ones.
 The copies are crops of the scan to its lungs + 15 mm, as the training volumes are; ``--full-fov`` pastes each
 copy back into the whole real scan first (:func:`full_fov_versions`), so the copies come at the field of view a
 user's scan has (the segmenter's CLAHE and resampling run before its own lung crop, so the two differ a little).
@@ -109,13 +112,15 @@ def _stage_tables(detections, refs, marks, subsets, threshold):
     return out
 
 
-def noisy_versions(images: list[Path], folder: Path, sd_hu: float, sharpen: float = 0.0) -> list[Path]:
-    """``images`` through a sharper kernel (``bench_dose.sharper`` with amount ``sharpen``, when > 0) and then with
+def noisy_versions(images: list[Path], folder: Path, sd_hu: float, sharpen: float = 0.0,
+                   slice_mm: float = 0.0) -> list[Path]:
+    """``images`` as a thicker reconstruction (``bench_dose.thicker``: a ``slice_mm`` slice profile on the same grid,
+    when > 0), through a sharper kernel (``bench_dose.sharper`` with amount ``sharpen``, when > 0) and then with
     ``sd_hu`` of correlated noise added (``bench_dose.noisier``: a lower dose; none at 0), written once to
     ``folder`` under their own names (the case ids stay, so the reference tables still score them)."""
     import nibabel as nib
 
-    from bench_dose import noisier, sharper
+    from bench_dose import noisier, sharper, thicker
 
     out = []
     for path in images:
@@ -123,6 +128,8 @@ def noisy_versions(images: list[Path], folder: Path, sd_hu: float, sharpen: floa
         if not dest.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             image = nib.load(path)
+            if slice_mm > 0:
+                image = thicker(image, slice_mm)
             if sharpen > 0:
                 image = sharper(image, sharpen)
             nib.save(noisier(image, sd_hu) if sd_hu > 0 else image, dest)
@@ -162,7 +169,7 @@ def full_fov_versions(real_image: Path, copies: list[Path], copy_instances: Path
 
 def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float,
              seg_overrides: dict | None = None, noise_hu: float = 0.0, sharpen: float = 0.0,
-             full_fov: bool = False) -> dict:
+             full_fov: bool = False, slice_mm: float = 0.0) -> dict:
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions
     from lungnod_ext.metrics.model_evaluation import (per_nodule_axes, per_nodule_dice, read_references,
@@ -180,9 +187,10 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
         full = work / "full_fov"
         images = images[:1] + full_fov_versions(images[0], images[1:], inserted_instances, full)
         inserted_instances, detect_dir = full / "instances", work / "detect_full_fov"
-    if noise_hu > 0 or sharpen > 0:
-        version = ("full_fov_" if full_fov else "") + f"noise{noise_hu:g}" + (f"_sharpen{sharpen:g}" if sharpen > 0 else "")
-        images = noisy_versions(images, work / version, noise_hu, sharpen)
+    if noise_hu > 0 or sharpen > 0 or slice_mm > 0:
+        version = (("full_fov_" if full_fov else "") + f"noise{noise_hu:g}" + (f"_sharpen{sharpen:g}" if sharpen > 0 else "")
+                   + (f"_slice{slice_mm:g}" if slice_mm > 0 else ""))
+        images = noisy_versions(images, work / version, noise_hu, sharpen, slice_mm)
         detect_dir = work / f"detect_{version}"
     (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": str(i)} for i in images]}))
     t = time.perf_counter()
@@ -194,7 +202,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
     seconds = time.perf_counter() - t
 
     result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,
-                    "added_noise_hu": noise_hu, "sharpen": sharpen, "full_fov": full_fov,
+                    "added_noise_hu": noise_hu, "sharpen": sharpen, "full_fov": full_fov, "slice_profile_mm": slice_mm,
                     "detector_priors": priors or "the classification bundle's",
                     "detect_seconds": round(seconds, 1), "pipeline_seconds": summary["seconds"]}
     for group, table_dir, cases in (("real", converted, [case]), ("inserted", inserted, names)):
@@ -270,6 +278,8 @@ def main() -> None:
                     help="correlated noise (HU) added to the held-out scan and its copies: a lower dose (bench_dose.py)")
     ap.add_argument("--sharpen", type=float, default=0.0,
                     help="a sharper reconstruction kernel first: unsharp-mask amount (bench_dose.sharper; cohort 0.3-1.0)")
+    ap.add_argument("--slice-profile-mm", type=float, default=0.0,
+                    help="a thicker reconstruction on the same grid: the slices blurred to this slice profile (mm; bench_dose.thicker)")
     ap.add_argument("--full-fov", action="store_true",
                     help="paste the copies back into the whole real scan (a user's field of view) before detect")
     a = ap.parse_args()
@@ -278,7 +288,7 @@ def main() -> None:
     for fold in a.fold:
         patient, _, models = fold.partition("=")
         r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, parse_overrides(a.seg),
-                     a.noise_hu, a.sharpen, a.full_fov)
+                     a.noise_hu, a.sharpen, a.full_fov, a.slice_profile_mm)
         _print(r)
         results["folds"].append(r)
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
