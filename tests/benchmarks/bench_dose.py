@@ -93,7 +93,6 @@ def sharper(image: nib.Nifti1Image, amount: float, sigma_mm: float = 0.8) -> nib
     return _hu_image(data, image.affine)
 
 
-
 def thicker(image: nib.Nifti1Image, slice_mm: float) -> nib.Nifti1Image:
     """``image`` (int16 HU, axial slices along its third axis) as a thicker reconstruction on the same grid, as the
     training cohort's scanner augmentation makes one (``data_prep.training_cohort.augment_scanner``): a Gaussian
@@ -104,6 +103,7 @@ def thicker(image: nib.Nifti1Image, slice_mm: float) -> nib.Nifti1Image:
     if slice_mm > spacing_z * 1.05:
         data = ndi.gaussian_filter1d(data, sigma=np.sqrt(slice_mm ** 2 - spacing_z ** 2) / 2.355 / spacing_z, axis=2)
     return _hu_image(data, image.affine)
+
 
 def main() -> None:
     from bench_slice_thickness import converted_series, run_version, score
