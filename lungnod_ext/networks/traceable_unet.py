@@ -37,17 +37,14 @@ class ZeroPadShortcut(nn.Module):
         return torch.cat([out.detach(), zeros], dim=1)
 
 
-def make_shortcuts_traceable(net: nn.Module) -> int:
+def make_shortcuts_traceable(net: nn.Module) -> None:
     """Replace every ``functools.partial`` downsample of MONAI's ResNet blocks in ``net`` by a
-    :class:`ZeroPadShortcut` with its arguments, in place; returns how many were replaced."""
-    replaced = 0
+    :class:`ZeroPadShortcut` with its arguments, in place."""
     for module in net.modules():
         shortcut = getattr(module, "downsample", None)
         if isinstance(shortcut, partial) and getattr(shortcut.func, "__name__", "") == "_downsample_basic_block":
             kw = shortcut.keywords
             module.downsample = ZeroPadShortcut(kw["planes"], kw["stride"], kw.get("spatial_dims", 3))
-            replaced += 1
-    return replaced
 
 
 class TraceableFlexibleUNet(FlexibleUNet):
