@@ -111,6 +111,15 @@ def _correlated_noise(shape, rng, sd: float, sigma_vox) -> np.ndarray:
     return n * (sd / max(float(n.std()), 1e-6))
 
 
+def slice_profile_sigma(spacing_mm: float, target_mm: float) -> float | None:
+    """The Gaussian (sigma in slices, along z) that widens a scan's slice profile from its slice spacing
+    ``spacing_mm`` to ``target_mm`` (FWHM, mm): a thicker reconstruction on the same grid; None when the target
+    is not thicker (within 5 %)."""
+    if target_mm <= spacing_mm * 1.05:
+        return None
+    return float(np.sqrt(target_mm ** 2 - spacing_mm ** 2) / 2.355 / spacing_mm)
+
+
 def augment_scanner(hu_zyx: np.ndarray, geometry: Geometry, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Scanner variety for a whole (z, y, x) HU volume -> (float32 HU, what was done).
 
@@ -131,8 +140,8 @@ def augment_scanner(hu_zyx: np.ndarray, geometry: Geometry, rng: np.random.Gener
         done["sharp_kernel_amount"] = round(a, 3)
     if rng.uniform() < 0.35:
         target = float(rng.uniform(2.5, 5.0))
-        if target > sz * 1.05:
-            sigma = np.sqrt(target ** 2 - sz ** 2) / 2.355 / sz
+        sigma = slice_profile_sigma(sz, target)
+        if sigma is not None:
             x = ndimage.gaussian_filter1d(x, sigma=sigma, axis=0)
             done["slice_thickness_mm"] = round(target, 2)
     if rng.uniform() < 0.5:

@@ -98,10 +98,12 @@ def thicker(image: nib.Nifti1Image, slice_mm: float) -> nib.Nifti1Image:
     training cohort's scanner augmentation makes one (``data_prep.training_cohort.augment_scanner``): a Gaussian
     along the slices that widens the slice profile from the slice spacing to ``slice_mm`` (FWHM, mm); unchanged
     when ``slice_mm`` is not thicker than the spacing."""
+    from data_prep.training_cohort import slice_profile_sigma
+
     data = np.asarray(image.dataobj).astype(np.float32)
-    spacing_z = float(np.sqrt((image.affine[:3, 2] ** 2).sum()))
-    if slice_mm > spacing_z * 1.05:
-        data = ndi.gaussian_filter1d(data, sigma=np.sqrt(slice_mm ** 2 - spacing_z ** 2) / 2.355 / spacing_z, axis=2)
+    sigma = slice_profile_sigma(float(np.sqrt((image.affine[:3, 2] ** 2).sum())), slice_mm)
+    if sigma is not None:
+        data = ndi.gaussian_filter1d(data, sigma=sigma, axis=2)
     return _hu_image(data, image.affine)
 
 
