@@ -165,22 +165,24 @@ def test_patches_are_cut_with_the_classifier_overrides_geometry(tmp_path, monkey
 
 
 def test_candidates_keep_the_mass_rule_the_shipped_classifiers_learned(tmp_path, monkeypatch):
-    """The recipe's candidates stage makes the training candidates with mass_min_diameter_mm 30 (the rule of the
-    shipped classifiers' training candidates), though inference keeps segments from 20 mm; a --seg override wins."""
+    """The recipe's candidates stage makes the training candidates with mass_min_diameter_mm 30 and the dot filter
+    on every slice thickness as it is (blob_slice_profile_mm null), the rules of the shipped classifiers' training
+    candidates, though inference keeps segments from 20 mm and sees thin slices at 2.5 mm; a --seg override wins."""
     from lungnod_ext.apps import pipeline
     from lungnod_ext.apps import train_models as tm
 
     seen = []
     monkeypatch.setattr(pipeline, "run_bundle_inference", lambda *a, **kw: seen.append(a[5]))
-    for n, overrides in enumerate(({}, {"mass_min_diameter_mm": 20.0})):
+    for n, overrides in enumerate(({}, {"mass_min_diameter_mm": 20.0, "blob_slice_profile_mm": 2.5})):
         out = _recipe_folder(tmp_path / f"run{n}", ("convert", "cohort", "segmentation", "masses",
                                                    "segmentation_masses", "classifier_masses", "classifier_small"),
                              training=[{"image": "images/a.nii.gz"}])
         tm.train_models(tmp_path, out, tm.RecipeSettings(seg_overrides=overrides), until="candidates",
                         tracking=False, log=lambda *a: None)
     assert [o["mass_min_diameter_mm"] for o in seen] == [30.0, 20.0]
+    assert [o["blob_slice_profile_mm"] for o in seen] == [None, 2.5]
     inference = json.loads((tm.SEG / "configs" / "inference.json").read_text())
-    assert inference["mass_min_diameter_mm"] == 20.0
+    assert inference["mass_min_diameter_mm"] == 20.0 and inference["blob_slice_profile_mm"] == 2.5
 
 
 def test_faint_candidates_reach_the_candidate_run_and_match_inference(tmp_path, monkeypatch):
@@ -385,8 +387,8 @@ def test_classifier_small_copies_join_the_candidates_but_not_the_priors(tmp_path
 
 def test_install_sets_the_inference_configs_the_models_need(tmp_path):
     """``--install`` copies both models and writes what the default inference configs must match: this run's
-    ``detector_priors``, the dot filter's ``blob_max_candidates`` / ``blob_faint_candidates`` and a ``--seg
-    pleural_caps`` setting; every other line of the hand-formatted segmentation config stays as it was, and a
+    ``detector_priors``, the dot filter's ``blob_max_candidates`` / ``blob_faint_candidates`` and ``--seg
+    pleural_caps`` / ``blob_slice_profile_mm`` settings; every other line of the hand-formatted segmentation config stays as it was, and a
     config without such a line is refused before it is written."""
     import shutil
 
@@ -398,18 +400,20 @@ def test_install_sets_the_inference_configs_the_models_need(tmp_path):
         (dst / "models").mkdir()
     for name in ("s.pt", "c.pt"):
         (tmp_path / name).write_bytes(name.encode())
-    settings = tm.RecipeSettings(inference_faint_candidates=30, seg_overrides={"pleural_caps": True})
+    settings = tm.RecipeSettings(inference_faint_candidates=30,
+                                 seg_overrides={"pleural_caps": True, "blob_slice_profile_mm": None})
     changed = tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.041, "faint": 0.002}, settings,
                                 seg, cls)
     assert (seg / "models" / "model.pt").read_bytes() == b"s.pt" and (cls / "models" / "model.pt").read_bytes() == b"c.pt"
     seg_config = json.loads((seg / "configs" / "inference.json").read_text())
-    assert (seg_config["blob_max_candidates"], seg_config["blob_faint_candidates"], seg_config["pleural_caps"]) == (50, 30, True)
+    assert (seg_config["blob_max_candidates"], seg_config["blob_faint_candidates"], seg_config["pleural_caps"],
+            seg_config["blob_slice_profile_mm"]) == (50, 30, True, None)
     assert json.loads((cls / "configs" / "inference.json").read_text())["detector_priors"] == {"blob": 0.041, "faint": 0.002}
     assert changed["seg/configs/inference.json"] == {"blob_max_candidates": 50, "blob_faint_candidates": 30,
-                                                     "pleural_caps": True}
+                                                     "pleural_caps": True, "blob_slice_profile_mm": None}
     before = (tm.SEG / "configs" / "inference.json").read_text().splitlines()
     after = (seg / "configs" / "inference.json").read_text().splitlines()
-    assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) == 2   # faint quota, caps
+    assert len(before) == len(after) and sum(a != b for a, b in zip(before, after)) == 3   # faint quota, caps, profile
     # the shipped pair's own settings and priors (recipe_dependent_density_0001.json) leave both configs as they are
     shutil.copyfile(tm.SEG / "configs" / "inference.json", seg / "configs" / "inference.json")
     tm.install_models(tmp_path / "s.pt", tmp_path / "c.pt", {"blob": 0.0469, "faint": 0.00279}, tm.RecipeSettings(), seg, cls)

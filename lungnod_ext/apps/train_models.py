@@ -172,11 +172,13 @@ def install_models(seg_model: Path, cls_model: Path, priors: dict, settings: Rec
     """Copy the exported models to ``<bundle>/models/model.pt`` and set what the default inference configs must
     match for them: the classification ``detector_priors`` (this run's), the segmentation ``blob_max_candidates``
     / ``blob_faint_candidates`` (the recipe's ``blob_candidates`` / ``inference_faint_candidates``) and ``pleural_caps``
-    when ``--seg`` set it. Every file is written atomically. Returns {config: {id: value}} as set."""
+    / ``blob_slice_profile_mm`` when ``--seg`` set them. Every file is written atomically. Returns {config: {id: value}} as set."""
     seg_ids = {"blob_max_candidates": settings.blob_candidates,
                "blob_faint_candidates": settings.inference_faint_candidates}
     if "pleural_caps" in settings.seg_overrides:
         seg_ids["pleural_caps"] = bool(settings.seg_overrides["pleural_caps"])
+    if "blob_slice_profile_mm" in settings.seg_overrides:
+        seg_ids["blob_slice_profile_mm"] = settings.seg_overrides["blob_slice_profile_mm"]
     seg_config = seg_bundle / "configs" / "inference.json"
     seg_text = seg_config.read_text()
     for key, value in seg_ids.items():   # every config edited in memory first: a bad one stops before any write
@@ -318,7 +320,10 @@ def train_models(lidc_dir, out_dir, settings: RecipeSettings | None = None, inst
                                   "zoom_threshold": None,
                                   # the mass rule the shipped classifiers' candidates were made with (segmentation
                                   # 0.11.0-0.12.0); inference keeps segments from 20 mm since 0.12.1
-                                  "mass_min_diameter_mm": TRAINING_MASS_MIN_DIAMETER_MM, **s.seg_overrides})
+                                  "mass_min_diameter_mm": TRAINING_MASS_MIN_DIAMETER_MM,
+                                  # the dot filter on every slice thickness as it is, as the shipped classifiers
+                                  # learned (inference sees thin slices at 2.5 mm since segmentation 0.15.0)
+                                  "blob_slice_profile_mm": None, **s.seg_overrides})
             return {"images": len(images)}
 
         stage("candidates", candidates)

@@ -30,6 +30,7 @@ from scipy import ndimage as ndi
 
 from data_prep.coords import Geometry, bbox_lps
 from data_prep.masks import bounding_box, equivalent_diameter_mm
+from data_prep.training_cohort import slice_profile_sigma
 from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
 
 DEFAULT_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8)
@@ -207,7 +208,7 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
                      grid_mm: float | None = None, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
                      max_peaks: int = 100, min_response: float = 5.0,
                      min_separation_mm: float = 4.0, faint_max_peaks: int = 0,
-                     faint_hu: Sequence[float] = FAINT_HU) -> DotPeaks | None:
+                     faint_hu: Sequence[float] = FAINT_HU, slice_profile_mm: float | None = None) -> DotPeaks | None:
     """The strongest local maxima of :func:`dot_enhancement` in a (z, y, x) HU volume, over ``lung_zyx``
     (non-zero = lung, same grid; None: everywhere; None is returned when it is empty): peaks at least
     ``min_separation_mm`` apart with response > ``min_response`` (HU), ``max_peaks`` at most (their ``rank`` 0, 1,
@@ -220,7 +221,13 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     within ``faint_hu`` (HU, [low, high)) at the peak. The response scales with a blob's contrast, so a
     ground-glass nodule of -650 HU answers a third of a solid one and ranks behind hundreds of vessel
     crossings; among the faint peaks it is near the top. They come after the others, flagged in ``faint``, with
-    their rank among all peaks."""
+    their rank among all peaks.
+
+    ``slice_profile_mm`` (FWHM, mm; None: off): a volume with thinner slices (z spacing) is filtered as a
+    reconstruction of that slice thickness on its own grid (a Gaussian along z,
+    :func:`data_prep.training_cohort.slice_profile_sigma`): on thin slices a small vessel's cross-section keeps its
+    full contrast over a few slices and answers like a nodule, where partial volume in the 2.5 mm series the
+    classifier learned on dims it. Thicker or equal slices are untouched."""
     hu = np.asarray(hu_zyx)
     spacing = np.asarray(spacing_zyx_mm, dtype=float)
     if lung_zyx is not None:
@@ -234,6 +241,9 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     # transposed views; no unclipped copy is kept: on a 0.625 mm scan the box is about 230 MB of float32)
     work = np.ascontiguousarray(hu[box], dtype=np.float32)
     np.clip(work, *HU_CLIP, out=work)
+    sigma_z = slice_profile_sigma(float(spacing[0]), float(slice_profile_mm)) if slice_profile_mm else None
+    if sigma_z is not None:
+        ndi.gaussian_filter1d(work, sigma_z, axis=0, output=work, mode="nearest")
     lung_box = np.ascontiguousarray(lung[box]) != 0 if lung is not None else None
     zoom = np.ones(3) if grid_mm is None else np.minimum(spacing / grid_mm, 1.0)          # never upsample
     work_shape = np.asarray(work.shape)
@@ -284,7 +294,8 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
                          grid_mm: float = 1.0, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
                          max_candidates: int = 100, min_response: float = 5.0, min_separation_mm: float = 4.0,
                          taken_zyx: np.ndarray | None = None, faint_max_candidates: int = 0,
-                         faint_hu: Sequence[float] = FAINT_HU) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
+                         faint_hu: Sequence[float] = FAINT_HU,
+                         slice_profile_mm: float | None = None) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
     """Dot-filter candidates of a (z, y, x) HU volume on ``geometry``: the peaks of :func:`dot_filter_peaks`
     (``lung_zyx``, ``grid_mm`` and the filter options as there; ``max_candidates`` peaks at most), each
     outlined by region growing; a peak whose grown region is empty is skipped. Returns ``[(candidate dict
@@ -293,10 +304,11 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
     blob (e.g. a lobulation at the edge of the U-Net's segment of a nodule) is that object, not a new
     candidate. ``faint_max_candidates`` peaks more from the faint quota (``faint_hu``; see
     :func:`dot_filter_peaks`) become candidates of ``detector`` "faint"; ``blob_rank`` is a peak's rank among
-    all the filter's peaks either way."""
+    all the filter's peaks either way. ``slice_profile_mm``: the filter sees thinner slices at that slice
+    profile (:func:`dot_filter_peaks`); the regions are grown on ``hu_zyx`` as it is."""
     spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
     peaks = dot_filter_peaks(hu_zyx, spacing, lung_zyx, grid_mm, sigmas_mm, max_candidates, min_response,
-                             min_separation_mm, faint_max_candidates, faint_hu)
+                             min_separation_mm, faint_max_candidates, faint_hu, slice_profile_mm)
     if peaks is None:
         return []
     box = peaks.box
@@ -372,7 +384,7 @@ class AddBlobCandidatesd(MapTransform):
     ``image_key``: the CT in HU on the prediction's grid, ``(1, X, Y, Z)``; ``lung_mask_key``: the lung
     mask on it (the filter runs only there); ``keys``: the prediction (for the blobs' probabilities).
     ``enabled`` False passes data through (a config switch); other keyword arguments go to
-    :func:`find_blob_candidates` (e.g. ``max_candidates``)."""
+    :func:`find_blob_candidates` (e.g. ``max_candidates``, ``slice_profile_mm``)."""
 
     def __init__(self, keys: KeysCollection = "pred", image_key: str = "ct_hu", lung_mask_key: str | None = "lung_roi",
                  candidates_key: str = "candidates", labels_key: str = "candidate_labels", enabled: bool = True,
@@ -383,6 +395,10 @@ class AddBlobCandidatesd(MapTransform):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"AddBlobCandidatesd {name} (segmentation config {config_id}) must be a whole number "
                                  f">= 0, got {value!r}")
+        profile = options.get("slice_profile_mm")
+        if profile is not None and (isinstance(profile, bool) or not isinstance(profile, (int, float)) or not profile > 0):
+            raise ValueError("AddBlobCandidatesd slice_profile_mm (segmentation config blob_slice_profile_mm) must be a "
+                             f"slice thickness in mm > 0 or null, got {profile!r}")
         self.image_key, self.lung_mask_key = image_key, lung_mask_key
         self.candidates_key, self.labels_key = candidates_key, labels_key
         self.enabled, self.options = enabled, options

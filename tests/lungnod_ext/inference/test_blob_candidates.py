@@ -129,6 +129,12 @@ def test_transform_works_on_monai_tensors_and_can_be_switched_off():
         for bad in (-1, 2.5, True, "30"):
             with pytest.raises(ValueError, match=f"{name} \\(segmentation config {config_id}\\) must be a whole number"):
                 AddBlobCandidatesd(**{name: bad})
+    # so is a slice profile that is no thickness in mm (null: off)
+    for bad in (0, -2.5, True, "2.5"):
+        with pytest.raises(ValueError, match="slice_profile_mm \\(segmentation config blob_slice_profile_mm\\) must be"):
+            AddBlobCandidatesd(slice_profile_mm=bad)
+    assert AddBlobCandidatesd(slice_profile_mm=None).options["slice_profile_mm"] is None
+    assert AddBlobCandidatesd(slice_profile_mm=2).options["slice_profile_mm"] == 2
 
 
 def test_a_blob_connected_to_a_candidate_is_that_candidate():
@@ -211,3 +217,56 @@ def test_smoothed_value_at_points_matches_the_whole_volume_filter():
     points = np.array([[10, 20, 20], [5, 12, 30], [14, 30, 9]])
     whole = ndi.gaussian_filter(vol, sigma=1.0 / spacing, truncate=3.0, mode="nearest")
     assert np.allclose(_smoothed_at(vol, spacing, points, 1.0), whole[tuple(points.T)], atol=0.5)
+
+
+def _small_dot_phantom(spacing_xyz):
+    """(z, y, x) HU on a grid of ``spacing_xyz``: lung (-850) with a 6 mm solid sphere at (z 25, y 28, x 28) mm,
+    a 3 mm solid dot at (25, 63, 63) and a 3 mm faint dot (-550 HU) at (25, 63, 28); its geometry."""
+    shape = (int(50 / spacing_xyz[2]), 130, 130)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing_xyz[::-1])], indexing="ij")
+    hu = np.full(shape, -850.0, np.float32)
+    hu[(z - 25.0) ** 2 + (y - 28.0) ** 2 + (x - 28.0) ** 2 <= 3.0 ** 2] = 0.0
+    hu[(z - 25.0) ** 2 + (y - 63.0) ** 2 + (x - 63.0) ** 2 <= 1.5 ** 2] = 0.0
+    hu[(z - 25.0) ** 2 + (y - 63.0) ** 2 + (x - 28.0) ** 2 <= 1.5 ** 2] = -550.0
+    hu = np.rint(hu + np.random.default_rng(0).normal(0, 10, shape)).astype(np.int16)
+    return hu, Geometry(origin=(0.0, 0.0, 0.0), spacing=tuple(spacing_xyz), shape=shape[::-1])
+
+
+def test_slice_profile_dims_thin_slice_dots_and_keeps_their_outlines():
+    """On 1.25 mm slices seen at a 2.5 mm slice profile the 3 mm dots answer half as strongly (117 -> 55 HU, 40
+    -> 19 HU) and the 6 mm sphere keeps three quarters (213 -> 164 HU); the same three peaks, the same centres,
+    and the regions, grown on the unfiltered CT, are unchanged (diameters 6.1 / 3.0 / 3.0 mm)."""
+    hu, g = _small_dot_phantom(SPACING_XYZ)
+    thin = find_blob_candidates(hu, g, max_candidates=5)
+    seen = find_blob_candidates(hu, g, max_candidates=5, slice_profile_mm=2.5)
+    assert len(thin) == len(seen) == 3
+    for (a, _, region_a), (b, _, region_b) in zip(thin, seen):
+        assert a["centre_lps"] == b["centre_lps"] and a["diameter_mm"] == b["diameter_mm"]
+        assert np.array_equal(region_a, region_b)
+    ratio = [b["blob_response"] / a["blob_response"] for (a, _, _), (b, _, _) in zip(thin, seen)]
+    assert [round(c["diameter_mm"]) for c, _, _ in thin] == [6, 3, 3]
+    assert 0.7 < ratio[0] < 0.85                     # the 6 mm sphere
+    assert ratio[1] < 0.55 and ratio[2] < 0.55       # the 3 mm dots, solid and faint
+    assert thin[0][0]["blob_response"] > 200.0 and thin[2][0]["blob_response"] > 35.0
+
+
+def test_slice_profile_is_the_filter_of_the_blurred_volume_and_off_for_thick_slices():
+    """The peaks with ``slice_profile_mm`` are those of the clipped CT blurred along z by
+    ``slice_profile_sigma`` (to the HU); on 2.5 mm slices a 2.5 mm profile changes nothing."""
+    from scipy import ndimage as ndi
+
+    from data_prep.training_cohort import slice_profile_sigma
+    from lungnod_ext.inference.blob_candidates import HU_CLIP, dot_filter_peaks
+
+    hu, g = _small_dot_phantom(SPACING_XYZ)
+    spacing_zyx = SPACING_XYZ[::-1]
+    blurred = ndi.gaussian_filter1d(np.clip(hu.astype(np.float32), *HU_CLIP), slice_profile_sigma(1.25, 2.5),
+                                    axis=0, mode="nearest")
+    by_hand = dot_filter_peaks(blurred, spacing_zyx, max_peaks=5)
+    built_in = dot_filter_peaks(hu, spacing_zyx, max_peaks=5, slice_profile_mm=2.5)
+    assert np.array_equal(by_hand.centres_zyx, built_in.centres_zyx)
+    assert np.allclose(by_hand.response, built_in.response, atol=1e-3)
+    hu, g = _small_dot_phantom((0.7, 0.7, 2.5))
+    plain = find_blob_candidates(hu, g, max_candidates=5)
+    same = find_blob_candidates(hu, g, max_candidates=5, slice_profile_mm=2.5)
+    assert len(plain) == 3 and [c for c, _, _ in plain] == [c for c, _, _ in same]
