@@ -223,8 +223,8 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     crossings; among the faint peaks it is near the top. They come after the others, flagged in ``faint``, with
     their rank among all peaks.
 
-    ``slice_profile_mm`` (FWHM, mm; None: off): a volume with thinner slices (z spacing) is filtered as a
-    reconstruction of that slice thickness on its own grid (a Gaussian along z,
+    ``slice_profile_mm`` (FWHM, mm; None: off): a volume with thinner slices (z spacing on the filter's grid, after
+    ``grid_mm``) is filtered as a reconstruction of that slice thickness on that grid (a Gaussian along z,
     :func:`data_prep.training_cohort.slice_profile_sigma`): on thin slices a small vessel's cross-section keeps its
     full contrast over a few slices and answers like a nodule, where partial volume in the 2.5 mm series the
     classifier learned on dims it. Thicker or equal slices are untouched."""
@@ -241,9 +241,6 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     # transposed views; no unclipped copy is kept: on a 0.625 mm scan the box is about 230 MB of float32)
     work = np.ascontiguousarray(hu[box], dtype=np.float32)
     np.clip(work, *HU_CLIP, out=work)
-    sigma_z = slice_profile_sigma(float(spacing[0]), float(slice_profile_mm)) if slice_profile_mm else None
-    if sigma_z is not None:
-        ndi.gaussian_filter1d(work, sigma_z, axis=0, output=work, mode="nearest")
     lung_box = np.ascontiguousarray(lung[box]) != 0 if lung is not None else None
     zoom = np.ones(3) if grid_mm is None else np.minimum(spacing / grid_mm, 1.0)          # never upsample
     work_shape = np.asarray(work.shape)
@@ -258,6 +255,11 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
             if work_mask.shape != vol.shape:
                 work_mask = np.resize(work_mask, vol.shape)
     del work, lung_box   # full-resolution copies (vol / work_mask when not zoomed): not held through the filter
+    # the slice profile on the filter's grid (z resampled to grid_mm first when finer: a 0.625 mm scan's box is
+    # filtered at a third of its size); vol is this function's own float32 array either way
+    sigma_z = slice_profile_sigma(float(work_spacing[0]), float(slice_profile_mm)) if slice_profile_mm else None
+    if sigma_z is not None:
+        ndi.gaussian_filter1d(vol, sigma_z, axis=0, output=vol, mode="nearest")
     response, best_sigma = dot_enhancement(vol, work_spacing, sigmas_mm, work_mask, floor=min_response)
     faint_max_peaks = max(int(faint_max_peaks), 0)
     peaks = _local_peaks(response, work_spacing, min_separation_mm, min_response,
