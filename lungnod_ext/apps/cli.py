@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lidc", help="folder of LIDC-IDRI series with their XML (default ../shared/data/lidc)")
     t.add_argument("--hold-out", action="append", metavar="PATIENT", help="patient id never trained on (repeatable; default LIDC-IDRI-0001)")
     t.add_argument("--install", action="store_true", help="copy the models into bundles/*/models/model.pt and set the inference configs to "
-                   "match (detector_priors, blob_max_candidates, blob_faint_candidates, a --seg pleural_caps)")
+                   "match (detector_priors, blob_max_candidates, blob_faint_candidates, a --seg pleural_caps / blob_slice_profile_mm)")
     t.add_argument("--tiny", action="store_true", help="a few minutes, every stage, nothing useful learned (tests)")
     t.add_argument("--copies", type=int, help="cohort volumes per training series (10)")
     t.add_argument("--seg-epochs", type=int, help="segmentation epochs (140)")
