@@ -238,8 +238,9 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     else:
         lung, box = None, tuple(slice(0, n) for n in hu.shape)
     # the filter works on one contiguous float32 copy of the lung box, clipped in place (the inputs are often
-    # transposed views; no unclipped copy is kept: on a 0.625 mm scan the box is about 230 MB of float32)
-    work = np.ascontiguousarray(hu[box], dtype=np.float32)
+    # transposed views; no unclipped copy is kept: on a 0.625 mm scan the box is about 230 MB of float32); always a
+    # copy, so a float32 C-ordered input is never clipped or blurred in place
+    work = np.array(hu[box], dtype=np.float32, order="C", copy=True)
     np.clip(work, *HU_CLIP, out=work)
     lung_box = np.ascontiguousarray(lung[box]) != 0 if lung is not None else None
     zoom = np.ones(3) if grid_mm is None else np.minimum(spacing / grid_mm, 1.0)          # never upsample

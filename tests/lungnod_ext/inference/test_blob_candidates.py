@@ -266,6 +266,13 @@ def test_slice_profile_is_the_filter_of_the_blurred_volume_and_off_for_thick_sli
     built_in = dot_filter_peaks(hu, spacing_zyx, max_peaks=5, slice_profile_mm=2.5)
     assert np.array_equal(by_hand.centres_zyx, built_in.centres_zyx)
     assert np.allclose(by_hand.response, built_in.response, atol=1e-3)
+    # a float32 C-ordered input (which needs no conversion) is filtered in a copy: the caller's CT is unchanged
+    ct = hu.astype(np.float32)
+    ct[0, :5] = -1024.0                          # air and bone, which the filter clips
+    ct[-1, -5:] = 700.0
+    kept = ct.copy()
+    dot_filter_peaks(ct, spacing_zyx, max_peaks=5, slice_profile_mm=2.5)
+    assert np.array_equal(ct, kept)
     hu, g = _small_dot_phantom((0.7, 0.7, 2.5))
     plain = find_blob_candidates(hu, g, max_candidates=5)
     same = find_blob_candidates(hu, g, max_candidates=5, slice_profile_mm=2.5)
