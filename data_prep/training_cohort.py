@@ -44,6 +44,7 @@ from data_prep.errors import DataPrepError, InputNotFoundError
 from data_prep.insert import find_lung_mask, insert_nodules
 from data_prep.masks import bounding_box
 from data_prep.nifti_io import read_nifti, write_nifti, write_text_atomic
+from data_prep.slice_profile import slice_profile_sigma
 from data_prep.synth.nodules import GROUND_GLASS_HU, NODULE_TYPES, SHAPES
 from data_prep.coords import Geometry
 
@@ -109,15 +110,6 @@ def small_mark_mask(rows: list[dict], geometry: Geometry, shape_zyx, radius_mm: 
 def _correlated_noise(shape, rng, sd: float, sigma_vox) -> np.ndarray:
     n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma_vox)
     return n * (sd / max(float(n.std()), 1e-6))
-
-
-def slice_profile_sigma(spacing_mm: float, target_mm: float) -> float | None:
-    """The Gaussian (sigma in slices, along z) that widens a scan's slice profile from its slice spacing
-    ``spacing_mm`` to ``target_mm`` (FWHM, mm): a thicker reconstruction on the same grid; None when the target
-    is not thicker (within 5 %)."""
-    if target_mm <= spacing_mm * 1.05:
-        return None
-    return float(np.sqrt(target_mm ** 2 - spacing_mm ** 2) / 2.355 / spacing_mm)
 
 
 def augment_scanner(hu_zyx: np.ndarray, geometry: Geometry, rng: np.random.Generator) -> tuple[np.ndarray, dict]:

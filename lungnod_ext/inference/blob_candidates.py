@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 
 from data_prep.coords import Geometry, bbox_lps
 from data_prep.masks import bounding_box, equivalent_diameter_mm
-from data_prep.training_cohort import slice_profile_sigma
+from data_prep.slice_profile import slice_profile_sigma
 from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
 
 DEFAULT_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8)
@@ -225,7 +225,7 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
 
     ``slice_profile_mm`` (FWHM, mm; None: off): a volume with thinner slices (z spacing on the filter's grid, after
     ``grid_mm``) is filtered as a reconstruction of that slice thickness on that grid (a Gaussian along z,
-    :func:`data_prep.training_cohort.slice_profile_sigma`): on thin slices a small vessel's cross-section keeps its
+    :func:`data_prep.slice_profile.slice_profile_sigma`): on thin slices a small vessel's cross-section keeps its
     full contrast over a few slices and answers like a nodule, where partial volume in the 2.5 mm series the
     classifier learned on dims it. Thicker or equal slices are untouched."""
     hu = np.asarray(hu_zyx)

@@ -98,7 +98,7 @@ def thicker(image: nib.Nifti1Image, slice_mm: float) -> nib.Nifti1Image:
     training cohort's scanner augmentation makes one (``data_prep.training_cohort.augment_scanner``): a Gaussian
     along the slices that widens the slice profile from the slice spacing to ``slice_mm`` (FWHM, mm); unchanged
     when ``slice_mm`` is not thicker than the spacing."""
-    from data_prep.training_cohort import slice_profile_sigma
+    from data_prep.slice_profile import slice_profile_sigma
 
     data = np.asarray(image.dataobj).astype(np.float32)
     sigma = slice_profile_sigma(float(np.sqrt((image.affine[:3, 2] ** 2).sum())), slice_mm)

@@ -255,7 +255,7 @@ def test_slice_profile_is_the_filter_of_the_blurred_volume_and_off_for_thick_sli
     ``slice_profile_sigma`` (to the HU); on 2.5 mm slices a 2.5 mm profile changes nothing."""
     from scipy import ndimage as ndi
 
-    from data_prep.training_cohort import slice_profile_sigma
+    from data_prep.slice_profile import slice_profile_sigma
     from lungnod_ext.inference.blob_candidates import HU_CLIP, dot_filter_peaks
 
     hu, g = _small_dot_phantom(SPACING_XYZ)
