@@ -9,4 +9,4 @@ model, also used by :mod:`insert`), :mod:`synth.anatomy`, :mod:`synth.readers` (
 :mod:`synth.cohort` (config, a case in memory), :mod:`synth.writing` (DICOM, LIDC XML, ground truth).
 """
 
-__version__ = "0.2.0"   # in each conversion's signature: a new version converts again (0.2.0: provenance slice_instance_numbers, reconstruction)
+__version__ = "0.3.0"   # in each conversion's signature: a new version converts again (0.2.0: provenance slice_instance_numbers, reconstruction; 0.3.0: reconstruction slice_thickness_mm)

@@ -174,12 +174,16 @@ def slice_instance_numbers(plan: SeriesPlan) -> list[int | None] | None:
 
 def reconstruction_of(headers) -> dict:
     """The series' scanner maker and reconstruction kernel(s) (DICOM Manufacturer, ConvolutionKernel; several
-    kernels joined by " / " in file order, "" where the files do not say) and whether it is a sharp kernel
-    (:func:`data_prep.recon_kernels.is_sharp_kernel`, any of them)."""
+    kernels joined by " / " in file order, "" where the files do not say), whether it is a sharp kernel
+    (:func:`data_prep.recon_kernels.is_sharp_kernel`, any of them) and its slice thickness
+    (``slice_thickness_mm``: the median of the files' SliceThickness, mm, 0.01 mm; None where none says; an
+    overlapping reconstruction's is larger than its slice spacing)."""
     manufacturer = next((h.manufacturer for h in headers if h.manufacturer), "")
     kernels = list(dict.fromkeys(h.convolution_kernel for h in headers if h.convolution_kernel))
+    thicknesses = [h.slice_thickness_mm for h in headers if h.slice_thickness_mm]
     return {"manufacturer": manufacturer, "convolution_kernel": " / ".join(kernels),
-            "sharp_kernel": any(is_sharp_kernel(k, manufacturer) for k in kernels)}
+            "sharp_kernel": any(is_sharp_kernel(k, manufacturer) for k in kernels),
+            "slice_thickness_mm": round(float(np.median(thicknesses)), 2) if thicknesses else None}
 
 
 # -------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 from data_prep.errors import DicomReadError, InputNotFoundError, SeriesError
 from data_prep.coords import Geometry
 from data_prep.recon_kernels import kernel_name
+from data_prep.slice_profile import slice_thickness_or_none
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class DicomHeader:
     manufacturer: str = ""
     convolution_kernel: str = ""     # the reconstruction kernel (data_prep.recon_kernels.kernel_name); "" unknown
     instance_number: int | None = None   # InstanceNumber: the image number a PACS viewer shows; None if absent
+    slice_thickness_mm: float | None = None   # SliceThickness (mm, the slice profile's width); None if absent or not > 0
 
 
 @dataclass
@@ -161,6 +163,7 @@ def read_header(path: Path) -> DicomHeader | None:
         instance_number = int(ds.get("InstanceNumber"))
     except (TypeError, ValueError):
         instance_number = None
+    thickness = slice_thickness_or_none(ds.get("SliceThickness"))
     return DicomHeader(
         path=path,
         modality=str(ds.get("Modality", "")).upper(),
@@ -186,6 +189,7 @@ def read_header(path: Path) -> DicomHeader | None:
         manufacturer=str(ds.get("Manufacturer", "") or "").strip(),
         convolution_kernel=kernel_name(ds.get("ConvolutionKernel")),
         instance_number=instance_number,
+        slice_thickness_mm=thickness,
     )
 
 

@@ -1,6 +1,7 @@
 """`lungnod detect` end to end on the real LIDC-IDRI-0001 DICOM folder: a valid report on the original
 geometry; a scan with nothing found gives an empty list. Random-weight models (the report's validity,
-not its accuracy, is under test here; accuracy is measured by the bundle tests and the benchmarks)."""
+not its accuracy, is under test here; accuracy is measured by the bundle tests and the benchmarks); an
+overlapping reconstruction's slice thickness reaching the dot filter, with the shipped models."""
 
 from __future__ import annotations
 
@@ -148,3 +149,36 @@ def test_dicom_outputs_need_a_dicom_input(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "scan.nii.gz" in lines[0] and "need a DICOM folder" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_overlapping_reconstruction_reaches_the_dot_filter(lidc_root, tmp_path):
+    """40 slices of the real LIDC-IDRI-0002 (1.25 mm apart) labelled SliceThickness 2.5 (an overlapping
+    reconstruction) already have the dot filter's 2.5 mm slice profile: their dot-filter candidates are those of
+    the same slices labelled 1.25 mm with the profile off, and differ from the 1.25 mm slices' blurred ones. The
+    thickness goes DICOM -> provenance -> datalist item -> AddBlobCandidatesd through MONAI's loader."""
+    import pydicom
+
+    series = next(p for p in lidc_root.glob("LIDC-IDRI-0002/*/*/") if len(list(p.glob("*.dcm"))) > 100)
+    files = sorted(series.glob("*.dcm"))
+    z = [float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files]
+    for label in ("1.25", "2.5"):
+        (tmp_path / label).mkdir()
+        for k, i in enumerate(np.argsort(z)[100:140]):
+            ds = pydicom.dcmread(files[i])
+            ds.SliceThickness = label
+            ds.save_as(tmp_path / label / f"s{k:03d}.dcm")
+
+    def blobs(label, *extra):   # the shipped models (a random U-Net's segments cover the lung, leaving no blob)
+        out = tmp_path / f"out_{label}_{len(extra)}"
+        proc = subprocess.run([sys.executable, "-m", "lungnod_ext", "detect", str(tmp_path / label), "--out", str(out),
+                               *extra], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        (case,) = json.loads((out / "summary.json").read_text())["cases"]
+        assert case["scan"]["reconstruction"]["slice_thickness_mm"] == float(label)
+        cands = json.loads((out / case["case"] / f"{case['case']}_candidates.json").read_text())["candidates"]
+        return [(c["blob_rank"], round(c["blob_response"], 3)) for c in cands if c["detector"] in ("blob", "faint")]
+
+    overlapping, thin = blobs("2.5"), blobs("1.25")
+    assert len(overlapping) >= 20
+    assert overlapping == blobs("1.25", "--seg", "blob_slice_profile_mm=null")
+    assert thin != overlapping

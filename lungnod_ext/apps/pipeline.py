@@ -213,16 +213,19 @@ def scan_geometry(image) -> dict:
 def scan_notes(scan: dict) -> list[str]:
     """What the reader of a case's results should know about the scan itself (one sentence each), from
     :func:`scan_geometry` (+ ``reconstruction``, :func:`data_prep.convert.reconstruction_of`, for a DICOM
-    series): slices more than ``THICK_SLICE_MM`` apart; a sharp reconstruction kernel."""
+    series): slices more than ``THICK_SLICE_MM`` apart or thick (DICOM SliceThickness, where it is more than the
+    spacing: an overlapping reconstruction); a sharp reconstruction kernel."""
     notes = []
     step = scan["spacing_mm"][2]
-    if step > THICK_SLICE_MM:
-        notes.append(f"slices {step:.1f} mm apart: nodules under about 6 mm may be missed and false positives are "
+    recon = scan.get("reconstruction") or {}
+    thickness = _thicker_than_spacing(recon, step)
+    if max(step, thickness or 0.0) > THICK_SLICE_MM:
+        slices = f"{thickness:.1f} mm thick ({step:.1f} mm apart)" if thickness else f"{step:.1f} mm apart"
+        notes.append(f"slices {slices}: nodules under about 6 mm may be missed and false positives are "
                      f"more likely (a 5 mm slab version of LIDC-IDRI-0006, a training scan of the models, lost two "
                      f"of its four nodules, of 5.2 and 6.5 mm, and gave 6 false positives; "
                      f"tests/benchmarks/bench_slice_thickness.py); use the study's thin-slice series (<= 2.5 mm) if "
                      f"it has one")
-    recon = scan.get("reconstruction") or {}
     if recon.get("sharp_kernel"):
         kernel = " ".join(v for v in (recon.get("manufacturer"), recon.get("convolution_kernel")) if v)
         notes.append(f"reconstructed with a sharp kernel ({kernel}): "
@@ -233,12 +236,23 @@ def scan_notes(scan: dict) -> list[str]:
     return notes
 
 
+def _thicker_than_spacing(reconstruction: dict, spacing_mm: float) -> float | None:
+    """The DICOM series' slice thickness (mm) where it is more than 5 % over the slice spacing (an overlapping
+    reconstruction), else None (equal, thinner, or not known)."""
+    thickness = reconstruction.get("slice_thickness_mm")
+    return float(thickness) if thickness and float(thickness) > 1.05 * spacing_mm else None
+
+
 def scan_text(scan: dict) -> str:
-    """"512 x 512 x 133 voxels of 0.70 x 0.70 x 2.50 mm", plus ", kernel STANDARD (GE MEDICAL SYSTEMS)" when the
+    """"512 x 512 x 133 voxels of 0.70 x 0.70 x 2.50 mm", plus ", slices 2.50 mm thick" for an overlapping
+    reconstruction (DICOM SliceThickness over the spacing) and ", kernel STANDARD (GE MEDICAL SYSTEMS)" when the
     DICOM series named its reconstruction kernel."""
     text = (" x ".join(str(v) for v in scan["shape"]) + " voxels of "
             + " x ".join(f"{v:.2f}" for v in scan["spacing_mm"]) + " mm")
     recon = scan.get("reconstruction") or {}
+    thickness = _thicker_than_spacing(recon, scan["spacing_mm"][2])
+    if thickness:
+        text += f", slices {thickness:.2f} mm thick"
     if recon.get("convolution_kernel"):
         maker = f" ({recon['manufacturer']})" if recon.get("manufacturer") else ""
         text += f", kernel {recon['convolution_kernel']}{maker}"

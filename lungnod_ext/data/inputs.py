@@ -5,6 +5,12 @@ Accepted: a NIfTI file (.nii / .nii.gz), a folder of NIfTI files, a MONAI datali
 nesting) or a .zip / .tar / .tar.gz of one: every usable CT series is converted by data_prep's convert
 into ``<work_dir>``, with all of its checks (an archive is unpacked there and removed afterwards), and
 the converted volumes are used.
+
+An image with a data_prep provenance record beside it (``<folder>/provenance/<case>.json``: converted here, or
+a data_prep convert output given as the input) also gets ``slice_thickness_mm``, its DICOM SliceThickness (mm),
+where the series said it: a NIfTI header keeps only the slice spacing, and an overlapping reconstruction's slices
+are thicker than that (the segmentation bundle's dot filter reads it, ``AddBlobCandidatesd``). A datalist JSON's
+entries may give it themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 
 from data_prep.archives import is_archive
 from data_prep.errors import InputNotFoundError
+from data_prep.slice_profile import slice_thickness_or_none
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".nrrd")
 
@@ -38,29 +45,76 @@ def resolve_inputs(path, work_dir, check: bool = True, assume_hu: bool = False) 
     return items
 
 
-def _datalist_images(path: Path) -> list[Path]:
-    """A MONAI datalist JSON -> the image paths of its ``testing`` list (else ``validation``, else
-    ``training``), relative ones resolved against the JSON's folder."""
+def _item(image: Path) -> dict:
+    """``{"image": <absolute path>}``, with ``slice_thickness_mm`` where a data_prep provenance record beside it
+    (``<image folder>/../provenance/<case>.json``) names the series' slice thickness."""
+    item = {"image": str(image.resolve())}
+    thickness = provenance_slice_thickness(image)
+    if thickness is not None:
+        item["slice_thickness_mm"] = thickness
+    return item
+
+
+def provenance_slice_thickness(image: Path) -> float | None:
+    """The DICOM slice thickness (mm) data_prep's provenance record gives for a converted ``image``
+    (``<folder>/images/<case>.nii.gz`` -> ``<folder>/provenance/<case>.json``, ``reconstruction``); None where
+    there is no record, or it does not say (older conversions, multi-frame series, no SliceThickness)."""
+    name = image.name
+    case = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else image.stem
+    record = image.parent.parent / "provenance" / f"{case}.json"
+    if not record.is_file():
+        return None
+    try:
+        value = (json.loads(record.read_text()).get("reconstruction") or {}).get("slice_thickness_mm")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return slice_thickness_or_none(value)
+
+
+def _datalist_items(path: Path) -> list[dict]:
+    """A MONAI datalist JSON -> its items (:func:`_item`), an entry's own ``slice_thickness_mm`` (mm > 0; anything
+    else stops here) taking the place of the provenance record's."""
+    items = []
+    for image, entry in _datalist_entries(path):
+        item = _item(image)
+        if isinstance(entry, dict) and entry.get("slice_thickness_mm") is not None:
+            own = slice_thickness_or_none(entry["slice_thickness_mm"])
+            if own is None:
+                raise InputNotFoundError(path, f"entry {entry.get('image')!r}: slice_thickness_mm must be a slice "
+                                               f"thickness in mm > 0 (or left out), got {entry['slice_thickness_mm']!r}")
+            item["slice_thickness_mm"] = own
+        items.append(item)
+    return items
+
+
+def _datalist_entries(path: Path) -> list[tuple[Path, object]]:
+    """A MONAI datalist JSON -> (image path, entry) of its ``testing`` list (else ``validation``, else
+    ``training``), relative paths resolved against the JSON's folder."""
     data = json.loads(path.read_text())
     key = next((k for k in ("testing", "validation", "training") if data.get(k)), None)
     if key is None:
         raise InputNotFoundError(path, "datalist has no testing/validation/training entries")
-    return [path.parent / (e["image"] if isinstance(e, dict) else e) for e in data[key]]
+    return [(path.parent / (e["image"] if isinstance(e, dict) else e), e) for e in data[key]]
+
+
+def _datalist_images(path: Path) -> list[Path]:
+    """A MONAI datalist JSON -> the image paths of its entries (:func:`_datalist_entries`)."""
+    return [image for image, _ in _datalist_entries(path)]
 
 
 def _resolve(path: Path, work_dir) -> list[dict]:
     if not path.exists():
         raise InputNotFoundError(path, "no such file or folder")
     if _is_image_file(path):
-        return [{"image": str(path.resolve())}]
+        return [_item(path)]
     if path.is_file() and path.suffix.lower() == ".json":
-        return [{"image": str(f.resolve())} for f in _datalist_images(path)]
+        return _datalist_items(path)
     if path.is_dir() or is_archive(path):
         images = sorted(p for p in path.iterdir() if _is_image_file(p)) if path.is_dir() else []
         if not images and (path / "images").is_dir():
             images = sorted(p for p in (path / "images").iterdir() if _is_image_file(p))
         if images:
-            return [{"image": str(p.resolve())} for p in images]
+            return [_item(p) for p in images]
         from data_prep.convert import ConvertOptions, convert_dicom_root
 
         created = _first_missing(Path(work_dir))
@@ -74,7 +128,7 @@ def _resolve(path: Path, work_dir) -> list[dict]:
             if created is not None:  # nothing of a failed conversion is left behind
                 shutil.rmtree(created, ignore_errors=True)
             raise
-        return [{"image": str((Path(work_dir) / "images" / f"{c}.nii.gz").resolve())} for c in sorted(cases)]
+        return [_item(Path(work_dir) / "images" / f"{c}.nii.gz") for c in sorted(cases)]
     raise InputNotFoundError(path, "not a NIfTI / MetaImage file, datalist JSON, DICOM folder or archive of one "
                                    "(.zip, .tar, .tar.gz)")
 

@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 
 from data_prep.coords import Geometry, bbox_lps
 from data_prep.masks import bounding_box, equivalent_diameter_mm
-from data_prep.slice_profile import slice_profile_sigma
+from data_prep.slice_profile import slice_profile_sigma, slice_thickness_or_none
 from lungnod_ext.data.meta import channel_view_zyx, geometry_from_meta_tensor
 
 DEFAULT_SIGMAS_MM = (1.0, 1.4, 2.0, 2.8)
@@ -208,7 +208,8 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
                      grid_mm: float | None = None, sigmas_mm: Sequence[float] = DEFAULT_SIGMAS_MM,
                      max_peaks: int = 100, min_response: float = 5.0,
                      min_separation_mm: float = 4.0, faint_max_peaks: int = 0,
-                     faint_hu: Sequence[float] = FAINT_HU, slice_profile_mm: float | None = None) -> DotPeaks | None:
+                     faint_hu: Sequence[float] = FAINT_HU, slice_profile_mm: float | None = None,
+                     slice_thickness_mm: float | None = None) -> DotPeaks | None:
     """The strongest local maxima of :func:`dot_enhancement` in a (z, y, x) HU volume, over ``lung_zyx``
     (non-zero = lung, same grid; None: everywhere; None is returned when it is empty): peaks at least
     ``min_separation_mm`` apart with response > ``min_response`` (HU), ``max_peaks`` at most (their ``rank`` 0, 1,
@@ -227,7 +228,10 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     ``grid_mm``) is filtered as a reconstruction of that slice thickness on that grid (a Gaussian along z,
     :func:`data_prep.slice_profile.slice_profile_sigma`): on thin slices a small vessel's cross-section keeps its
     full contrast over a few slices and answers like a nodule, where partial volume in the 2.5 mm series the
-    classifier learned on dims it. Thicker or equal slices are untouched."""
+    classifier learned on dims it. Thicker or equal slices are untouched. ``slice_thickness_mm``: the series' own
+    slice thickness (mm, DICOM SliceThickness; None: taken to be the slice spacing): an overlapping reconstruction
+    (e.g. 2.5 mm slices every 1.25 mm) already has a wider profile than its spacing and is blurred only by what it
+    lacks, not at all when that is already 2.5 mm."""
     hu = np.asarray(hu_zyx)
     spacing = np.asarray(spacing_zyx_mm, dtype=float)
     if lung_zyx is not None:
@@ -258,7 +262,8 @@ def dot_filter_peaks(hu_zyx: np.ndarray, spacing_zyx_mm: Sequence[float], lung_z
     del work, lung_box   # full-resolution copies (vol / work_mask when not zoomed): not held through the filter
     # the slice profile on the filter's grid (z resampled to grid_mm first when finer: a 0.625 mm scan's box is
     # filtered at a third of its size); vol is this function's own float32 array either way
-    sigma_z = slice_profile_sigma(float(work_spacing[0]), float(slice_profile_mm)) if slice_profile_mm else None
+    sigma_z = (slice_profile_sigma(float(work_spacing[0]), float(slice_profile_mm), slice_thickness_mm)
+               if slice_profile_mm else None)
     if sigma_z is not None:
         ndi.gaussian_filter1d(vol, sigma_z, axis=0, output=vol, mode="nearest")
     response, best_sigma = dot_enhancement(vol, work_spacing, sigmas_mm, work_mask, floor=min_response)
@@ -298,7 +303,8 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
                          max_candidates: int = 100, min_response: float = 5.0, min_separation_mm: float = 4.0,
                          taken_zyx: np.ndarray | None = None, faint_max_candidates: int = 0,
                          faint_hu: Sequence[float] = FAINT_HU,
-                         slice_profile_mm: float | None = None) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
+                         slice_profile_mm: float | None = None,
+                         slice_thickness_mm: float | None = None) -> list[tuple[dict, tuple[slice, ...], np.ndarray]]:
     """Dot-filter candidates of a (z, y, x) HU volume on ``geometry``: the peaks of :func:`dot_filter_peaks`
     (``lung_zyx``, ``grid_mm`` and the filter options as there; ``max_candidates`` peaks at most), each
     outlined by region growing; a peak whose grown region is empty is skipped. Returns ``[(candidate dict
@@ -308,10 +314,11 @@ def find_blob_candidates(hu_zyx: np.ndarray, geometry: Geometry, lung_zyx: np.nd
     candidate. ``faint_max_candidates`` peaks more from the faint quota (``faint_hu``; see
     :func:`dot_filter_peaks`) become candidates of ``detector`` "faint"; ``blob_rank`` is a peak's rank among
     all the filter's peaks either way. ``slice_profile_mm``: the filter sees thinner slices at that slice
-    profile (:func:`dot_filter_peaks`); the regions are grown on ``hu_zyx`` as it is."""
+    profile (:func:`dot_filter_peaks`, from the series' ``slice_thickness_mm`` where known); the regions are grown
+    on ``hu_zyx`` as it is."""
     spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
     peaks = dot_filter_peaks(hu_zyx, spacing, lung_zyx, grid_mm, sigmas_mm, max_candidates, min_response,
-                             min_separation_mm, faint_max_candidates, faint_hu, slice_profile_mm)
+                             min_separation_mm, faint_max_candidates, faint_hu, slice_profile_mm, slice_thickness_mm)
     if peaks is None:
         return []
     box = peaks.box
@@ -386,12 +393,15 @@ class AddBlobCandidatesd(MapTransform):
 
     ``image_key``: the CT in HU on the prediction's grid, ``(1, X, Y, Z)``; ``lung_mask_key``: the lung
     mask on it (the filter runs only there); ``keys``: the prediction (for the blobs' probabilities).
-    ``enabled`` False passes data through (a config switch); other keyword arguments go to
-    :func:`find_blob_candidates` (e.g. ``max_candidates``, ``slice_profile_mm``)."""
+    ``enabled`` False passes data through (a config switch); ``slice_thickness_key``: the item's DICOM slice
+    thickness (mm; :func:`lungnod_ext.data.inputs.resolve_inputs` sets it for a converted DICOM series; absent or
+    None: the slice spacing), for ``slice_profile_mm``; other keyword arguments go to :func:`find_blob_candidates`
+    (e.g. ``max_candidates``, ``slice_profile_mm``)."""
 
     def __init__(self, keys: KeysCollection = "pred", image_key: str = "ct_hu", lung_mask_key: str | None = "lung_roi",
                  candidates_key: str = "candidates", labels_key: str = "candidate_labels", enabled: bool = True,
-                 allow_missing_keys: bool = False, **options) -> None:
+                 allow_missing_keys: bool = False, slice_thickness_key: str | None = "slice_thickness_mm",
+                 **options) -> None:
         super().__init__(keys, allow_missing_keys)
         for name, config_id in (("max_candidates", "blob_max_candidates"), ("faint_max_candidates", "blob_faint_candidates")):
             value = options.get(name, 0)
@@ -405,6 +415,7 @@ class AddBlobCandidatesd(MapTransform):
         self.image_key, self.lung_mask_key = image_key, lung_mask_key
         self.candidates_key, self.labels_key = candidates_key, labels_key
         self.enabled, self.options = enabled, options
+        self.slice_thickness_key = slice_thickness_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
@@ -426,11 +437,15 @@ class AddBlobCandidatesd(MapTransform):
             if not label_zyx.flags.writeable or not isinstance(labels, torch.Tensor):
                 raise ValueError(f"{self.labels_key!r} must be a writable (1, X, Y, Z) tensor")
             prob = channel_view_zyx(d[key], -1)
+            thickness = (slice_thickness_or_none(d.get(self.slice_thickness_key))
+                         if self.slice_thickness_key is not None else None)
             d[self.candidates_key] = self.add(list(d.get(self.candidates_key) or []), label_zyx, prob, hu,
-                                              geometry, lung)
+                                              geometry, lung, thickness)
         return d
 
     def add(self, candidates: list[dict], label_zyx: np.ndarray, prob_zyx: np.ndarray, hu_zyx: np.ndarray,
-            geometry: Geometry, lung_zyx: np.ndarray | None) -> list[dict]:
-        """The candidates after this step (all arrays (z, y, x) views on the CT's grid; ``label_zyx`` written)."""
-        return add_blob_candidates(candidates, label_zyx, prob_zyx, hu_zyx, geometry, lung_zyx, **self.options)
+            geometry: Geometry, lung_zyx: np.ndarray | None, slice_thickness_mm: float | None = None) -> list[dict]:
+        """The candidates after this step (all arrays (z, y, x) views on the CT's grid; ``label_zyx`` written;
+        ``slice_thickness_mm``: the series' own, None: its slice spacing)."""
+        return add_blob_candidates(candidates, label_zyx, prob_zyx, hu_zyx, geometry, lung_zyx,
+                                   slice_thickness_mm=slice_thickness_mm, **self.options)

@@ -102,6 +102,6 @@ class AddPleuralCapCandidatesd(AddBlobCandidatesd):
         super().__init__(keys, image_key, lung_mask_key, candidates_key, labels_key, enabled, allow_missing_keys,
                          **options)
 
-    def add(self, candidates, label_zyx, prob_zyx, hu_zyx, geometry, lung_zyx):
+    def add(self, candidates, label_zyx, prob_zyx, hu_zyx, geometry, lung_zyx, slice_thickness_mm=None):
         found = find_cap_candidates(hu_zyx, geometry, taken_zyx=label_zyx, lung_zyx=lung_zyx, **self.options)
         return append_region_candidates(candidates, found, label_zyx, prob_zyx)

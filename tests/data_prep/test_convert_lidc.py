@@ -91,9 +91,10 @@ def test_provenance_record(lidc_converted, lidc_series_dir):
     assert prov["series_uid"] == lidc_series_dir.name
     assert prov["geometry"]["spacing_mm"] == [0.703125, 0.703125, 2.5]
     assert prov["hu_range"][0] == -1024
-    # the scanner and reconstruction kernel the models learned (lungnod detect notes a sharp one)
+    # the scanner and reconstruction kernel the models learned (lungnod detect notes a sharp one), and the
+    # slices' thickness (DICOM SliceThickness; the dot filter's slice profile starts from it)
     assert prov["reconstruction"] == {"manufacturer": "GE MEDICAL SYSTEMS", "convolution_kernel": "STANDARD",
-                                      "sharp_kernel": False}
+                                      "sharp_kernel": False, "slice_thickness_mm": 2.5}
     # the image number a PACS viewer shows for each converted slice k: the InstanceNumber of the file at k's
     # position (the series' files, read here by pydicom on their own)
     by_z = {}

@@ -34,12 +34,21 @@ def test_soft_and_unknown_kernels_are_not(kernel, maker):
 def test_kernel_names_and_a_series_with_two_kernels():
     assert kernel_name(MultiValue(str, ["I70f", "2"])) == "I70f\\2"
     assert kernel_name(None) == "" and kernel_name(" B30f ") == "B30f"
-    headers = [SimpleNamespace(manufacturer="", convolution_kernel=""),
-               SimpleNamespace(manufacturer="SIEMENS", convolution_kernel="B30f"),
-               SimpleNamespace(manufacturer="SIEMENS", convolution_kernel="B70f"),
-               SimpleNamespace(manufacturer="SIEMENS", convolution_kernel="B30f")]
+    headers = [SimpleNamespace(manufacturer="", convolution_kernel="", slice_thickness_mm=None),
+               SimpleNamespace(manufacturer="SIEMENS", convolution_kernel="B30f", slice_thickness_mm=None),
+               SimpleNamespace(manufacturer="SIEMENS", convolution_kernel="B70f", slice_thickness_mm=None),
+               SimpleNamespace(manufacturer="SIEMENS", convolution_kernel="B30f", slice_thickness_mm=None)]
     assert reconstruction_of(headers) == {"manufacturer": "SIEMENS", "convolution_kernel": "B30f / B70f",
-                                          "sharp_kernel": True}
+                                          "sharp_kernel": True, "slice_thickness_mm": None}
     assert reconstruction_of(headers[:2]) == {"manufacturer": "SIEMENS", "convolution_kernel": "B30f",
-                                              "sharp_kernel": False}
-    assert reconstruction_of(headers[:1]) == {"manufacturer": "", "convolution_kernel": "", "sharp_kernel": False}
+                                              "sharp_kernel": False, "slice_thickness_mm": None}
+    assert reconstruction_of(headers[:1]) == {"manufacturer": "", "convolution_kernel": "", "sharp_kernel": False,
+                                              "slice_thickness_mm": None}
+
+
+def test_a_series_slice_thickness_is_the_median_of_its_files():
+    """SliceThickness of each file (None where a file has none): the median of those that say, 0.01 mm."""
+    headers = [SimpleNamespace(manufacturer="GE", convolution_kernel="STANDARD", slice_thickness_mm=t)
+               for t in (2.5, None, 2.5, 1.25, 2.5004)]
+    assert reconstruction_of(headers)["slice_thickness_mm"] == 2.5
+    assert reconstruction_of(headers[3:4])["slice_thickness_mm"] == 1.25

@@ -277,3 +277,56 @@ def test_slice_profile_is_the_filter_of_the_blurred_volume_and_off_for_thick_sli
     plain = find_blob_candidates(hu, g, max_candidates=5)
     same = find_blob_candidates(hu, g, max_candidates=5, slice_profile_mm=2.5)
     assert len(plain) == 3 and [c for c, _, _ in plain] == [c for c, _, _ in same]
+
+
+def test_an_overlapping_reconstruction_is_blurred_only_by_what_its_thickness_lacks():
+    """2.5 mm slices every 1.25 mm (DICOM SliceThickness 2.5) already have the 2.5 mm profile: with their
+    thickness the filter sees them as they are (the same peaks and responses as without a profile), where the
+    spacing alone would have blurred them to about 3.3 mm; 1.25 mm slices every 1.25 mm (thickness 1.25) are
+    blurred as before; a thickness of 1.8 mm is blurred by sqrt(2.5^2 - 1.8^2) mm (FWHM), less than 1.25 mm
+    slices."""
+    from data_prep.slice_profile import slice_profile_sigma
+    from lungnod_ext.inference.blob_candidates import dot_filter_peaks
+
+    hu, _ = _small_dot_phantom(SPACING_XYZ)
+    spacing_zyx = SPACING_XYZ[::-1]
+    plain = dot_filter_peaks(hu, spacing_zyx, max_peaks=5)
+    overlapping = dot_filter_peaks(hu, spacing_zyx, max_peaks=5, slice_profile_mm=2.5, slice_thickness_mm=2.5)
+    assert np.array_equal(plain.centres_zyx, overlapping.centres_zyx)
+    assert np.array_equal(plain.response, overlapping.response)
+    by_spacing = dot_filter_peaks(hu, spacing_zyx, max_peaks=5, slice_profile_mm=2.5)
+    same_as_spacing = dot_filter_peaks(hu, spacing_zyx, max_peaks=5, slice_profile_mm=2.5, slice_thickness_mm=1.25)
+    assert np.array_equal(by_spacing.response, same_as_spacing.response)
+    assert by_spacing.response[2] < 0.55 * plain.response[2]           # the faint 3 mm dot, dimmed by the spacing's blur
+    partly = dot_filter_peaks(hu, spacing_zyx, max_peaks=5, slice_profile_mm=2.5, slice_thickness_mm=1.8)
+    assert np.all(by_spacing.response < partly.response) and np.all(partly.response < plain.response)
+    assert slice_profile_sigma(1.25, 2.5, 2.5) is None and slice_profile_sigma(1.25, 2.5, None) == slice_profile_sigma(1.25, 2.5)
+    assert slice_profile_sigma(1.25, 2.5, 1.8) == pytest.approx((2.5 ** 2 - 1.8 ** 2) ** 0.5 / 2.355 / 1.25)
+    assert slice_profile_sigma(2.0, 2.5, 1.0) == slice_profile_sigma(2.0, 2.5)   # thinner than the spacing: the spacing
+
+
+def test_the_transform_reads_the_items_slice_thickness():
+    """AddBlobCandidatesd takes ``slice_thickness_mm`` from the data item (a float, or a 0-d tensor after
+    MONAI's collation): 2.5 mm on this 1.25 mm phantom gives the unblurred filter's responses; absent, None or
+    not a thickness: the slice spacing (blurred); ``slice_thickness_key`` None ignores it."""
+    hu, g = _small_dot_phantom(SPACING_XYZ)
+    affine = torch.as_tensor(np.diag([-SPACING_XYZ[0], -SPACING_XYZ[1], SPACING_XYZ[2], 1.0]))
+
+    def run(transform, **extra):
+        def tensor(zyx, dtype):
+            return MetaTensor(torch.as_tensor(np.ascontiguousarray(zyx.transpose(2, 1, 0))[None], dtype=dtype),
+                              affine=affine)
+        data = {"pred": tensor(np.zeros(hu.shape), torch.float32), "ct_hu": tensor(hu, torch.float32),
+                "candidate_labels": tensor(np.zeros(hu.shape), torch.int32), "candidates": [], **extra}
+        return [round(c["blob_response"], 3) for c in transform(data)["candidates"]]
+
+    profile = AddBlobCandidatesd(lung_mask_key=None, max_candidates=5, slice_profile_mm=2.5)
+    unblurred = run(AddBlobCandidatesd(lung_mask_key=None, max_candidates=5, slice_profile_mm=None))
+    blurred = run(profile)
+    assert len(unblurred) == len(blurred) == 3 and blurred[2] < 0.55 * unblurred[2]
+    assert run(profile, slice_thickness_mm=2.5) == unblurred
+    assert run(profile, slice_thickness_mm=torch.tensor(2.5, dtype=torch.float64)) == unblurred
+    for unknown in (None, float("nan"), 0.0, "thick"):
+        assert run(profile, slice_thickness_mm=unknown) == blurred
+    ignoring = AddBlobCandidatesd(lung_mask_key=None, max_candidates=5, slice_profile_mm=2.5, slice_thickness_key=None)
+    assert run(ignoring, slice_thickness_mm=2.5) == blurred
