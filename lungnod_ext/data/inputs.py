@@ -7,8 +7,8 @@ into ``<work_dir>``, with all of its checks (an archive is unpacked there and re
 the converted volumes are used.
 
 An image with a data_prep provenance record beside it (``<folder>/provenance/<case>.json``: converted here, or
-a data_prep convert output given as the input) also gets ``slice_thickness_mm``, its DICOM SliceThickness (mm),
-where the series said it: a NIfTI header keeps only the slice spacing, and an overlapping reconstruction's slices
+a data_prep convert output given as the input) or a dcm2niix sidecar (``<name>.json``, BIDS ``SliceThickness``)
+also gets ``slice_thickness_mm``, its DICOM SliceThickness (mm), where the series said it: a NIfTI header keeps only the slice spacing, and an overlapping reconstruction's slices
 are thicker than that (the segmentation bundle's dot filter reads it, ``AddBlobCandidatesd``). A datalist JSON's
 entries may give it themselves.
 """
@@ -46,13 +46,31 @@ def resolve_inputs(path, work_dir, check: bool = True, assume_hu: bool = False) 
 
 
 def _item(image: Path) -> dict:
-    """``{"image": <absolute path>}``, with ``slice_thickness_mm`` where a data_prep provenance record beside it
-    (``<image folder>/../provenance/<case>.json``) names the series' slice thickness."""
+    """``{"image": <absolute path>}``, with ``slice_thickness_mm`` where a data_prep provenance record
+    (``<image folder>/../provenance/<case>.json``) or a dcm2niix / BIDS sidecar (:func:`sidecar_slice_thickness`)
+    names the series' slice thickness."""
     item = {"image": str(image.resolve())}
     thickness = provenance_slice_thickness(image)
+    if thickness is None:
+        thickness = sidecar_slice_thickness(image)
     if thickness is not None:
         item["slice_thickness_mm"] = thickness
     return item
+
+
+def sidecar_slice_thickness(image: Path) -> float | None:
+    """``SliceThickness`` (mm) from the JSON sidecar dcm2niix writes beside a NIfTI it converted (BIDS:
+    ``<name>.nii.gz`` -> ``<name>.json``); None without one, or one that is not such a record or does not say."""
+    name = image.name
+    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else image.stem
+    sidecar = image.with_name(f"{stem}.json")
+    if not sidecar.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return slice_thickness_or_none(record.get("SliceThickness")) if isinstance(record, dict) else None
 
 
 def provenance_slice_thickness(image: Path) -> float | None:

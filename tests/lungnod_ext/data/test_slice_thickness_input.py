@@ -86,3 +86,21 @@ def test_a_datalist_entry_may_give_the_thickness_and_a_bad_one_stops(lidc_series
             resolve_inputs(datalist, tmp_path / "unused")
         assert str(exc.value) == (f"{datalist}: entry {item['image']!r}: slice_thickness_mm must be a slice "
                                   f"thickness in mm > 0 (or left out), got {bad!r}")
+
+
+def test_a_dcm2niix_sidecar_gives_the_thickness(tmp_path):
+    """A NIfTI converted by dcm2niix comes with a BIDS JSON sidecar of the same name: its ``SliceThickness``
+    (mm) goes on the item; a sidecar that does not say, or is no JSON object, adds nothing and stops nothing."""
+    import nibabel as nib
+
+    hu = np.full((64, 64, 24), -800, np.int16)
+    image = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([0.7, 0.7, 1.25, 1.0])), str(image))
+    sidecar = tmp_path / "scan.json"
+    sidecar.write_text(json.dumps({"Modality": "CT", "SliceThickness": 2.5, "SpacingBetweenSlices": 1.25}))
+    expected = {"image": str(image.resolve()), "slice_thickness_mm": 2.5}
+    assert resolve_inputs(image, tmp_path / "unused", check=False) == [expected]
+    assert resolve_inputs(tmp_path, tmp_path / "unused", check=False) == [expected]     # a folder of NIfTI
+    for text in ('{"Modality": "CT"}', "[2.5]", "{not json", '{"SliceThickness": "n/a"}'):
+        sidecar.write_text(text)
+        assert resolve_inputs(image, tmp_path / "unused", check=False) == [{"image": str(image.resolve())}]
