@@ -20,7 +20,8 @@ the same nodules and references), e.g. 40 HU: LIDC-IDRI-0001's lung noise 16 -> 
 reconstruction kernel (``bench_dose.sharper``, an in-plane unsharp mask of amount A; the training cohort's go to 1.0).
 ``--slice-profile-mm T`` before both makes them a thicker reconstruction on the same grid (``bench_dose.thicker``: the
 slices blurred along z to a T mm slice profile, as the cohort's augmentation does), e.g. LIDC-IDRI-0002's 1.25 mm
-slices seen as 2.5 mm ones.
+slices seen as 2.5 mm ones: an overlapping reconstruction, whose datalist entries give ``slice_thickness_mm`` T as
+its DICOM would (``--thickness-unknown``: left out, the dot filter takes the spacing).
 The copies are crops of the scan to its lungs + 15 mm, as the training volumes are; ``--full-fov`` pastes each
 copy back into the whole real scan first (:func:`full_fov_versions`), so the copies come at the field of view a
 user's scan has (the segmenter's CLAHE and resampling run before its own lung crop, so the two differ a little).
@@ -169,7 +170,7 @@ def full_fov_versions(real_image: Path, copies: list[Path], copy_instances: Path
 
 def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: float,
              seg_overrides: dict | None = None, noise_hu: float = 0.0, sharpen: float = 0.0,
-             full_fov: bool = False, slice_mm: float = 0.0) -> dict:
+             full_fov: bool = False, slice_mm: float = 0.0, thickness_known: bool = True) -> dict:
     from data_prep.nifti_io import read_nifti
     from data_prep.training_cohort import CohortOptions
     from lungnod_ext.metrics.model_evaluation import (per_nodule_axes, per_nodule_dice, read_references,
@@ -192,7 +193,10 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
                    + (f"_slice{slice_mm:g}" if slice_mm > 0 else ""))
         images = noisy_versions(images, work / version, noise_hu, sharpen, slice_mm)
         detect_dir = work / f"detect_{version}"
-    (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": str(i)} for i in images]}))
+    # a thicker reconstruction's slices are slice_mm thick, as a scanner's SliceThickness would say (the dot filter's
+    # slice profile starts from it); --thickness-unknown leaves it out, as a NIfTI without it (segmentation 0.15.0)
+    thickness = {"slice_thickness_mm": slice_mm} if slice_mm > 0 and thickness_known else {}
+    (work / "test_datalist.json").write_text(json.dumps({"testing": [{"image": str(i), **thickness} for i in images]}))
     t = time.perf_counter()
     priors = _recipe_priors(cls_ckpt)
     cfg = PipelineConfig(seg_ckpt=seg_ckpt, cls_ckpt=cls_ckpt, overlays=False, explain=False,
@@ -203,6 +207,7 @@ def run_fold(patient: str, models: str, work: Path, n_inserted: int, threshold: 
 
     result: dict = {"held_out": patient, "models": models, "case": case, "n_inserted_scans": n_inserted,
                     "added_noise_hu": noise_hu, "sharpen": sharpen, "full_fov": full_fov, "slice_profile_mm": slice_mm,
+                    "slice_thickness_in_datalist": thickness.get("slice_thickness_mm"),
                     "detector_priors": priors or "the classification bundle's",
                     "detect_seconds": round(seconds, 1), "pipeline_seconds": summary["seconds"]}
     for group, table_dir, cases in (("real", converted, [case]), ("inserted", inserted, names)):
@@ -280,6 +285,9 @@ def main() -> None:
                     help="a sharper reconstruction kernel first: unsharp-mask amount (bench_dose.sharper; cohort 0.3-1.0)")
     ap.add_argument("--slice-profile-mm", type=float, default=0.0,
                     help="a thicker reconstruction on the same grid: the slices blurred to this slice profile (mm; bench_dose.thicker)")
+    ap.add_argument("--thickness-unknown", action="store_true",
+                    help="with --slice-profile-mm: leave the versions' slice thickness out of the datalist (a NIfTI "
+                         "without it; the dot filter then takes their slice spacing for it and blurs them again)")
     ap.add_argument("--full-fov", action="store_true",
                     help="paste the copies back into the whole real scan (a user's field of view) before detect")
     a = ap.parse_args()
@@ -288,7 +296,7 @@ def main() -> None:
     for fold in a.fold:
         patient, _, models = fold.partition("=")
         r = run_fold(patient, models or "bundles", Path(a.work) / patient, a.inserted, a.threshold, parse_overrides(a.seg),
-                     a.noise_hu, a.sharpen, a.full_fov, a.slice_profile_mm)
+                     a.noise_hu, a.sharpen, a.full_fov, a.slice_profile_mm, not a.thickness_unknown)
         _print(r)
         results["folds"].append(r)
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
