@@ -50,12 +50,19 @@ def _item(image: Path) -> dict:
     (``<image folder>/../provenance/<case>.json``) or a dcm2niix / BIDS sidecar (:func:`sidecar_slice_thickness`)
     names the series' slice thickness."""
     item = {"image": str(image.resolve())}
-    thickness = provenance_slice_thickness(image)
-    if thickness is None:
-        thickness = sidecar_slice_thickness(image)
+    thickness = recorded_slice_thickness(image)
     if thickness is not None:
         item["slice_thickness_mm"] = thickness
     return item
+
+
+def recorded_slice_thickness(image) -> float | None:
+    """The slice thickness (mm) recorded beside an image file: its data_prep provenance record
+    (:func:`provenance_slice_thickness`), else its dcm2niix sidecar (:func:`sidecar_slice_thickness`); None where
+    neither says."""
+    image = Path(str(image))
+    thickness = provenance_slice_thickness(image)
+    return thickness if thickness is not None else sidecar_slice_thickness(image)
 
 
 def sidecar_slice_thickness(image: Path) -> float | None:

@@ -395,7 +395,8 @@ class AddBlobCandidatesd(MapTransform):
     mask on it (the filter runs only there); ``keys``: the prediction (for the blobs' probabilities).
     ``enabled`` False passes data through (a config switch); ``slice_thickness_key``: the item's DICOM slice
     thickness (mm; :func:`lungnod_ext.data.inputs.resolve_inputs` sets it for a converted DICOM series; absent or
-    None: the slice spacing), for ``slice_profile_mm``; other keyword arguments go to :func:`find_blob_candidates`
+    None: what is recorded beside the image file, else the slice spacing; :meth:`slice_thickness`), for
+    ``slice_profile_mm``; other keyword arguments go to :func:`find_blob_candidates`
     (e.g. ``max_candidates``, ``slice_profile_mm``)."""
 
     def __init__(self, keys: KeysCollection = "pred", image_key: str = "ct_hu", lung_mask_key: str | None = "lung_roi",
@@ -437,11 +438,25 @@ class AddBlobCandidatesd(MapTransform):
             if not label_zyx.flags.writeable or not isinstance(labels, torch.Tensor):
                 raise ValueError(f"{self.labels_key!r} must be a writable (1, X, Y, Z) tensor")
             prob = channel_view_zyx(d[key], -1)
-            thickness = (slice_thickness_or_none(d.get(self.slice_thickness_key))
-                         if self.slice_thickness_key is not None else None)
+            thickness = self.slice_thickness(d, image)
             d[self.candidates_key] = self.add(list(d.get(self.candidates_key) or []), label_zyx, prob, hu,
                                               geometry, lung, thickness)
         return d
+
+    def slice_thickness(self, data: Mapping, image) -> float | None:
+        """The series' slice thickness (mm): ``data[slice_thickness_key]``, else what is recorded beside the image's
+        source file (``filename_or_obj``: a data_prep provenance record or a dcm2niix sidecar,
+        :func:`lungnod_ext.data.inputs.recorded_slice_thickness`; MONAI Label hands the bare file); None where
+        nothing says, or ``slice_thickness_key`` is None."""
+        if self.slice_thickness_key is None:
+            return None
+        thickness = slice_thickness_or_none(data.get(self.slice_thickness_key))
+        source = getattr(image, "meta", {}).get("filename_or_obj")
+        if thickness is None and isinstance(source, (str, os.PathLike)) and source:
+            from lungnod_ext.data.inputs import recorded_slice_thickness
+
+            thickness = recorded_slice_thickness(source)
+        return thickness
 
     def add(self, candidates: list[dict], label_zyx: np.ndarray, prob_zyx: np.ndarray, hu_zyx: np.ndarray,
             geometry: Geometry, lung_zyx: np.ndarray | None, slice_thickness_mm: float | None = None) -> list[dict]:

@@ -330,3 +330,30 @@ def test_the_transform_reads_the_items_slice_thickness():
         assert run(profile, slice_thickness_mm=unknown) == blurred
     ignoring = AddBlobCandidatesd(lung_mask_key=None, max_candidates=5, slice_profile_mm=2.5, slice_thickness_key=None)
     assert run(ignoring, slice_thickness_mm=2.5) == blurred
+
+
+def test_without_the_items_thickness_the_transform_reads_what_is_recorded_beside_the_file(tmp_path):
+    """An item with no ``slice_thickness_mm`` (MONAI Label hands the bare image): the thickness recorded beside the
+    image's source file (``filename_or_obj``; here a dcm2niix sidecar saying 2.5 mm) is used; the item's own value
+    wins over it."""
+    import json
+
+    hu, g = _small_dot_phantom(SPACING_XYZ)
+    source = tmp_path / "scan.nii.gz"
+    (tmp_path / "scan.json").write_text(json.dumps({"SliceThickness": 2.5}))
+    affine = torch.as_tensor(np.diag([-SPACING_XYZ[0], -SPACING_XYZ[1], SPACING_XYZ[2], 1.0]))
+
+    def run(**extra):
+        def tensor(zyx, dtype):
+            return MetaTensor(torch.as_tensor(np.ascontiguousarray(zyx.transpose(2, 1, 0))[None], dtype=dtype),
+                              affine=affine, meta={"filename_or_obj": str(source)})
+        data = {"pred": tensor(np.zeros(hu.shape), torch.float32), "ct_hu": tensor(hu, torch.float32),
+                "candidate_labels": tensor(np.zeros(hu.shape), torch.int32), "candidates": [], **extra}
+        out = AddBlobCandidatesd(lung_mask_key=None, max_candidates=5, slice_profile_mm=2.5)(data)
+        return [round(c["blob_response"], 3) for c in out["candidates"]]
+
+    unblurred = [round(c["blob_response"], 3) for c, _, _ in find_blob_candidates(hu, g, max_candidates=5)]
+    blurred = [round(c["blob_response"], 3) for c, _, _ in find_blob_candidates(hu, g, max_candidates=5,
+                                                                                  slice_profile_mm=2.5)]
+    assert run() == unblurred != blurred
+    assert run(slice_thickness_mm=1.25) == blurred
