@@ -8,9 +8,9 @@ the converted volumes are used.
 
 An image with a data_prep provenance record beside it (``<folder>/provenance/<case>.json``: converted here, or
 a data_prep convert output given as the input) or a dcm2niix sidecar (``<name>.json``, BIDS ``SliceThickness``)
-also gets ``slice_thickness_mm``, its DICOM SliceThickness (mm), where the series said it: a NIfTI header keeps only the slice spacing, and an overlapping reconstruction's slices
-are thicker than that (the segmentation bundle's dot filter reads it, ``AddBlobCandidatesd``). A datalist JSON's
-entries may give it themselves.
+also gets ``slice_thickness_mm``, its DICOM SliceThickness (mm), where the series said it: a NIfTI header keeps
+only the slice spacing, and an overlapping reconstruction's slices are thicker than that (the segmentation
+bundle's dot filter reads it, ``AddBlobCandidatesd``). A datalist JSON's entries may give it themselves.
 """
 
 from __future__ import annotations
@@ -68,9 +68,7 @@ def recorded_slice_thickness(image) -> float | None:
 def sidecar_slice_thickness(image: Path) -> float | None:
     """``SliceThickness`` (mm) from the JSON sidecar dcm2niix writes beside a NIfTI it converted (BIDS:
     ``<name>.nii.gz`` -> ``<name>.json``); None without one, or one that is not such a record or does not say."""
-    name = image.name
-    stem = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else image.stem
-    sidecar = image.with_name(f"{stem}.json")
+    sidecar = image.with_name(f"{_stem(image)}.json")
     if not sidecar.is_file():
         return None
     try:
@@ -84,9 +82,7 @@ def provenance_slice_thickness(image: Path) -> float | None:
     """The DICOM slice thickness (mm) data_prep's provenance record gives for a converted ``image``
     (``<folder>/images/<case>.nii.gz`` -> ``<folder>/provenance/<case>.json``, ``reconstruction``); None where
     there is no record, or it does not say (older conversions, multi-frame series, no SliceThickness)."""
-    name = image.name
-    case = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else image.stem
-    record = image.parent.parent / "provenance" / f"{case}.json"
+    record = image.parent.parent / "provenance" / f"{_stem(image)}.json"
     if not record.is_file():
         return None
     try:
@@ -94,6 +90,12 @@ def provenance_slice_thickness(image: Path) -> float | None:
     except (OSError, ValueError, AttributeError):
         return None
     return slice_thickness_or_none(value)
+
+
+def _stem(image: Path) -> str:
+    """An image file's name without its suffix (``.nii.gz`` whole): the case id of a data_prep conversion."""
+    name = image.name
+    return name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else image.stem
 
 
 def _datalist_items(path: Path) -> list[dict]:
