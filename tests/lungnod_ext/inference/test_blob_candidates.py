@@ -27,6 +27,22 @@ def _phantom():
     return hu, geometry
 
 
+def _transform_data(hu_zyx, **extra) -> dict:
+    """The post-processing data AddBlobCandidatesd sees for a (z, y, x) HU phantom on ``SPACING_XYZ``: (1, X, Y, Z)
+    MetaTensors (RAS affine of an LPS origin 0; ``meta`` for the CT if given), a zero prediction and label map,
+    no candidates, plus ``extra`` items."""
+    affine = torch.as_tensor(np.diag([-SPACING_XYZ[0], -SPACING_XYZ[1], SPACING_XYZ[2], 1.0]))
+    meta = extra.pop("meta", None)
+
+    def tensor(zyx, dtype, **kw):
+        return MetaTensor(torch.as_tensor(np.ascontiguousarray(zyx.transpose(2, 1, 0))[None], dtype=dtype),
+                          affine=affine, **kw)
+
+    zeros = np.zeros(hu_zyx.shape)
+    return {"pred": tensor(zeros, torch.float32), "ct_hu": tensor(hu_zyx, torch.float32, **({"meta": meta} if meta else {})),
+            "candidate_labels": tensor(zeros, torch.int32), "candidates": [], **extra}
+
+
 def test_dot_filter_answers_a_sphere_and_not_a_vessel():
     """At the sphere's centre the response is large; along the vessel (one eigenvalue about 0) it is under
     a tenth of that; in flat lung it is 0. The best scale of the 5 mm sphere is about d / (2 sqrt 3)."""
@@ -107,13 +123,7 @@ def test_transform_works_on_monai_tensors_and_can_be_switched_off():
     """AddBlobCandidatesd on (1, X, Y, Z) MetaTensors: the label tensor is written in place; with
     ``enabled`` False, or without the HU image under allow_missing_keys, the data pass unchanged."""
     hu, g = _phantom()
-    affine = torch.as_tensor(np.diag([-SPACING_XYZ[0], -SPACING_XYZ[1], SPACING_XYZ[2], 1.0]))   # RAS of LPS origin 0
-
-    def tensor(zyx, dtype):
-        return MetaTensor(torch.as_tensor(np.ascontiguousarray(zyx.transpose(2, 1, 0))[None], dtype=dtype), affine=affine)
-
-    data = {"pred": tensor(np.zeros(hu.shape), torch.float32), "ct_hu": tensor(hu, torch.float32),
-            "candidate_labels": tensor(np.zeros(hu.shape), torch.int32), "candidates": []}
+    data = _transform_data(hu)
     out = AddBlobCandidatesd(lung_mask_key=None, max_candidates=3)(data)
     assert [c["id"] for c in out["candidates"]][:2] == [1, 2]
     assert int(out["candidate_labels"].max()) == len(out["candidates"])
@@ -310,15 +320,9 @@ def test_the_transform_reads_the_items_slice_thickness():
     MONAI's collation): 2.5 mm on this 1.25 mm phantom gives the unblurred filter's responses; absent, None or
     not a thickness: the slice spacing (blurred); ``slice_thickness_key`` None ignores it."""
     hu, g = _small_dot_phantom(SPACING_XYZ)
-    affine = torch.as_tensor(np.diag([-SPACING_XYZ[0], -SPACING_XYZ[1], SPACING_XYZ[2], 1.0]))
 
     def run(transform, **extra):
-        def tensor(zyx, dtype):
-            return MetaTensor(torch.as_tensor(np.ascontiguousarray(zyx.transpose(2, 1, 0))[None], dtype=dtype),
-                              affine=affine)
-        data = {"pred": tensor(np.zeros(hu.shape), torch.float32), "ct_hu": tensor(hu, torch.float32),
-                "candidate_labels": tensor(np.zeros(hu.shape), torch.int32), "candidates": [], **extra}
-        return [round(c["blob_response"], 3) for c in transform(data)["candidates"]]
+        return [round(c["blob_response"], 3) for c in transform(_transform_data(hu, **extra))["candidates"]]
 
     profile = AddBlobCandidatesd(lung_mask_key=None, max_candidates=5, slice_profile_mm=2.5)
     unblurred = run(AddBlobCandidatesd(lung_mask_key=None, max_candidates=5, slice_profile_mm=None))
@@ -341,14 +345,9 @@ def test_without_the_items_thickness_the_transform_reads_what_is_recorded_beside
     hu, g = _small_dot_phantom(SPACING_XYZ)
     source = tmp_path / "scan.nii.gz"
     (tmp_path / "scan.json").write_text(json.dumps({"SliceThickness": 2.5}))
-    affine = torch.as_tensor(np.diag([-SPACING_XYZ[0], -SPACING_XYZ[1], SPACING_XYZ[2], 1.0]))
 
     def run(**extra):
-        def tensor(zyx, dtype):
-            return MetaTensor(torch.as_tensor(np.ascontiguousarray(zyx.transpose(2, 1, 0))[None], dtype=dtype),
-                              affine=affine, meta={"filename_or_obj": str(source)})
-        data = {"pred": tensor(np.zeros(hu.shape), torch.float32), "ct_hu": tensor(hu, torch.float32),
-                "candidate_labels": tensor(np.zeros(hu.shape), torch.int32), "candidates": [], **extra}
+        data = _transform_data(hu, meta={"filename_or_obj": str(source)}, **extra)
         out = AddBlobCandidatesd(lung_mask_key=None, max_candidates=5, slice_profile_mm=2.5)(data)
         return [round(c["blob_response"], 3) for c in out["candidates"]]
 
