@@ -219,7 +219,7 @@ def test_odd_but_usable_dicom_is_detected(kind, slices, tmp_path, ckpt, tilt_ser
     for case in summary["cases"]:
         case_id = case["case"]
         assert case["scan"]["reconstruction"] == {"manufacturer": "GE MEDICAL SYSTEMS", "convolution_kernel": kernel,
-                                                  "sharp_kernel": kind == "sharp_kernel"}
+                                                  "sharp_kernel": kind == "sharp_kernel", "slice_thickness_mm": 2.5}
         kernel_notes = [n for n in case["notes"] if n.startswith("reconstructed with a sharp kernel")]
         assert len(kernel_notes) == (kind == "sharp_kernel")
         assert f"voxels of 0.70 x 0.70 x 2.50 mm, kernel {kernel} (GE MEDICAL SYSTEMS))" in proc.stdout
