@@ -15,6 +15,12 @@ FWHM_PER_SIGMA = 2.355
 """A Gaussian's full width at half maximum over its sigma (2 sqrt(2 ln 2))."""
 
 
+def is_thicker(a_mm: float, b_mm: float) -> bool:
+    """Whether a slice profile of ``a_mm`` is thicker than one of ``b_mm`` by more than 5 % (closer counts as the
+    same: DICOM thickness and spacing are rounded)."""
+    return a_mm > b_mm * 1.05
+
+
 def slice_profile_sigma(spacing_mm: float, target_mm: float, thickness_mm: float | None = None) -> float | None:
     """The Gaussian (sigma in slices, along z) that widens a scan's slice profile to ``target_mm`` (FWHM, mm): a
     thicker reconstruction on the same grid of slices ``spacing_mm`` apart. The profile it starts from is the
@@ -22,7 +28,7 @@ def slice_profile_sigma(spacing_mm: float, target_mm: float, thickness_mm: float
     its spacing) or the spacing, whichever is larger (None: the spacing). None when the target is not thicker than
     that (within 5 %)."""
     current = max(spacing_mm, thickness_mm or 0.0)
-    if target_mm <= current * 1.05:
+    if not is_thicker(target_mm, current):
         return None
     return float(math.sqrt(target_mm ** 2 - current ** 2) / FWHM_PER_SIGMA / spacing_mm)
 

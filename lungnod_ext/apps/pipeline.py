@@ -34,6 +34,7 @@ import numpy as np
 from data_prep.coords import Geometry
 from data_prep.errors import DataPrepError
 from data_prep.nifti_io import read_nifti, write_text_atomic
+from data_prep.slice_profile import is_thicker
 from lungnod_ext.apps.detect_inputs import DetectInputs
 from lungnod_ext.apps.process_memory import peak_rss_mb
 from lungnod_ext.data.bundle_paths import REPO_ROOT
@@ -240,7 +241,7 @@ def _thicker_than_spacing(reconstruction: dict, spacing_mm: float) -> float | No
     """The DICOM series' slice thickness (mm) where it is more than 5 % over the slice spacing (an overlapping
     reconstruction), else None (equal, thinner, or not known)."""
     thickness = reconstruction.get("slice_thickness_mm")
-    return float(thickness) if thickness and float(thickness) > 1.05 * spacing_mm else None
+    return float(thickness) if thickness and is_thicker(float(thickness), spacing_mm) else None
 
 
 def scan_text(scan: dict) -> str:

@@ -447,8 +447,8 @@ class AddBlobCandidatesd(MapTransform):
         """The series' slice thickness (mm): ``data[slice_thickness_key]``, else what is recorded beside the image's
         source file (``filename_or_obj``: a data_prep provenance record or a dcm2niix sidecar,
         :func:`lungnod_ext.data.inputs.recorded_slice_thickness`; MONAI Label hands the bare file); None where
-        nothing says, or ``slice_thickness_key`` is None."""
-        if self.slice_thickness_key is None:
+        nothing says, or when nothing would use it (``slice_thickness_key`` None or no ``slice_profile_mm``)."""
+        if self.slice_thickness_key is None or not self.options.get("slice_profile_mm"):
             return None
         thickness = slice_thickness_or_none(data.get(self.slice_thickness_key))
         source = getattr(image, "meta", {}).get("filename_or_obj")

@@ -100,7 +100,7 @@ class AddPleuralCapCandidatesd(AddBlobCandidatesd):
                  candidates_key: str = "candidates", labels_key: str = "candidate_labels", enabled: bool = True,
                  allow_missing_keys: bool = False, **options) -> None:
         super().__init__(keys, image_key, lung_mask_key, candidates_key, labels_key, enabled, allow_missing_keys,
-                         **options)
+                         slice_thickness_key=None, **options)   # the caps take no slice thickness: none is looked up
 
     def add(self, candidates, label_zyx, prob_zyx, hu_zyx, geometry, lung_zyx, slice_thickness_mm=None):
         found = find_cap_candidates(hu_zyx, geometry, taken_zyx=label_zyx, lung_zyx=lung_zyx, **self.options)
